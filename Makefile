@@ -1,0 +1,73 @@
+# One entry point for everything. `make demo` and `make test` set up what they need from nothing.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+export PYOPENGL_PLATFORM ?= egl
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+OBJ ?= toy
+RUN_DIR ?= runs
+
+.PHONY: setup system-deps build-ops bazel-build-ops test test-all test-gpu demo train evaluate \
+        bench-ops bench-render bench-train ablation projection-loss-table per-object results objects clean
+
+setup: $(VENV_STAMP)
+
+# Debian packages: offscreen OpenGL (EGL + Mesa) for pyrender, Bazel for `make bazel-build-ops`.
+system-deps:
+	@bash .ci/system_deps.sh
+
+$(VENV_STAMP): requirements.txt setup.py
+	@bash .ci/system_deps.sh
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(VENV_STAMP)
+
+# The Projection Loss op (g++, plus nvcc when present) against the venv's TensorFlow.
+build-ops: $(VENV_STAMP)
+	$(PY) -m tf_ops.build
+
+bazel-build-ops: $(VENV_STAMP)
+	bash tf_ops/bazel_build.sh
+
+# The default suite: CPU only, well under 15 minutes on 2 cores.
+test: build-ops
+	$(PY) -m pytest -q tests
+
+# GPU tests through the ctypes harness (skipped without a GPU).
+test-gpu:
+	python3 -m pytest -q tests/gpu
+
+objects: $(VENV_STAMP)
+	$(PY) -m pose_core.objects --out build/objects
+
+# The README's main job: render a built-in object, train briefly, evaluate, write a report with pictures.
+demo: build-ops
+	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/demo_$(OBJ)
+
+train: build-ops
+	$(PY) -m experiments.train_object --object $(OBJ) --out $(RUN_DIR)/train_$(OBJ)
+
+bench-ops: build-ops
+	$(PY) -m tf_ops.bench
+
+bench-render: $(VENV_STAMP)
+	$(PY) -m render.bench
+
+bench-train: build-ops
+	$(PY) -m pose_net.bench
+
+ablation: build-ops
+	$(PY) -m experiments.ablation --out docs/results
+
+projection-loss-table: build-ops
+	$(PY) -m experiments.projection_loss_table --out docs/results
+
+per-object: build-ops
+	$(PY) -m experiments.per_object --out docs/results
+
+results: ablation projection-loss-table per-object
+
+clean:
+	rm -rf build bazel-* tf_ops/*.so tf_ops/lib
