@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Builds the Projection Loss op (CPU only) with Bazel, offline, into build/bazel/_projection_loss_ops.so.
+# What `make bazel-build-ops` runs. Details: docs/building.md, "Bazel build".
+#
+# Environment:
+#   PYTHON_BIN_PATH          python with tensorflow (default: <repo>/.venv/bin/python)
+#   BAZEL                    bazel binary (default: `bazel` on PATH; installed from Debian's bazel-bootstrap if missing)
+#   BAZEL_OUTPUT_USER_ROOT   Bazel's cache/output root (default: /tmp/synthpose-bazel-<uid>); kept between runs
+#                            so a rebuild is incremental. Delete it for a cold build.
+#   BAZEL_JOBS               parallel jobs (default: number of CPUs)
+#   BAZEL_KEEP_SERVER=1      leave the Bazel server running afterwards (default: shut it down)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+TARGET="//tf_ops/projection_loss:_projection_loss_ops.so"
+OUT_DIR="$ROOT/build/bazel"
+OUT="$OUT_DIR/_projection_loss_ops.so"
+
+die() { echo "bazel_build.sh: error: $*" >&2; exit 1; }
+log() { echo "bazel_build.sh: $*"; }
+
+# ---- bazel itself
+BAZEL="${BAZEL:-bazel}"
+if ! command -v "$BAZEL" >/dev/null 2>&1; then
+  log "'$BAZEL' not found; installing Debian's bazel-bootstrap (Bazel 4.2.3)"
+  command -v apt-get >/dev/null 2>&1 || die "no bazel and no apt-get: install Bazel 4.2.x yourself (or set BAZEL=/path/to/bazel)"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "installing bazel-bootstrap needs root or sudo; run: apt-get install -y bazel-bootstrap"
+    SUDO="sudo"
+  fi
+  $SUDO apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends bazel-bootstrap \
+    || die "apt-get install bazel-bootstrap failed"
+  BAZEL=bazel
+  command -v "$BAZEL" >/dev/null 2>&1 || die "bazel-bootstrap installed but 'bazel' is still not on PATH"
+fi
+
+# ---- python with tensorflow (read by third_party/tf/tf_configure.bzl)
+export PYTHON_BIN_PATH="${PYTHON_BIN_PATH:-$ROOT/.venv/bin/python}"
+[ -x "$PYTHON_BIN_PATH" ] || die "python '$PYTHON_BIN_PATH' not found; run 'make setup' or set PYTHON_BIN_PATH"
+TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON_BIN_PATH" -c "import tensorflow" >/dev/null 2>&1 \
+  || die "'$PYTHON_BIN_PATH' cannot import tensorflow; run 'make setup' or set PYTHON_BIN_PATH"
+
+for f in tf_ops/projection_loss/core/projection_loss_core.cc tf_ops/projection_loss/core/projection_loss_core.h \
+         tf_ops/projection_loss/cc/ops/projection_loss_ops.cc tf_ops/projection_loss/cc/kernels/projection_loss_kernels.cc; do
+  [ -f "$f" ] || die "source $f is missing"
+done
+
+# ---- run bazel
+USER_ROOT="${BAZEL_OUTPUT_USER_ROOT:-/tmp/synthpose-bazel-$(id -u)}"
+mkdir -p "$USER_ROOT"
+STARTUP=(--output_user_root="$USER_ROOT" --max_idle_secs=60)
+JOBS="${BAZEL_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+# --symlink_prefix=/ : no bazel-* symlinks in the work tree (tools that walk the tree would follow them).
+BUILD_FLAGS=(--jobs="$JOBS" --symlink_prefix=/ --action_env=PYTHON_BIN_PATH)
+
+shutdown_server() {
+  if [ "${BAZEL_KEEP_SERVER:-0}" != "1" ]; then
+    "$BAZEL" "${STARTUP[@]}" shutdown >/dev/null 2>&1 || true
+  fi
+}
+trap shutdown_server EXIT
+
+log "bazel: $(command -v "$BAZEL") ($("$BAZEL" "${STARTUP[@]}" --version 2>/dev/null | head -1 || true)), output root $USER_ROOT, python $PYTHON_BIN_PATH"
+start=$(date +%s)
+if ! "$BAZEL" "${STARTUP[@]}" build "${BUILD_FLAGS[@]}" "$TARGET"; then
+  die "bazel build $TARGET failed (see above). Note: the build is offline by design; an error about a download
+means something outside third_party/ was referenced. A stale output root can be removed: rm -rf '$USER_ROOT'"
+fi
+end=$(date +%s)
+
+BIN="$("$BAZEL" "${STARTUP[@]}" info "${BUILD_FLAGS[@]}" bazel-bin 2>/dev/null)" || die "'bazel info bazel-bin' failed"
+SO="$BIN/tf_ops/projection_loss/_projection_loss_ops.so"
+[ -f "$SO" ] || die "bazel reported success but $SO does not exist"
+
+mkdir -p "$OUT_DIR"
+rm -f "$OUT"
+cp "$SO" "$OUT"
+chmod u+w,a+r "$OUT"
+log "built $OUT in $((end - start)) s"
