@@ -1,0 +1,1 @@
+"""Python side of the Projection Loss op: TF wrappers (ops/) and the ctypes harness of the core (harness.py)."""

@@ -1,0 +1,1 @@
+"""TF wrappers of the Projection Loss op and its pure-TF reference."""
