@@ -21,7 +21,7 @@ $(VENV_STAMP): requirements.txt setup.py
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
 	touch $(VENV_STAMP)
 
 # The Projection Loss op (g++, plus nvcc when present) against the venv's TensorFlow.

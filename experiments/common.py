@@ -1,0 +1,117 @@
+"""Shared steps of the experiments: render a dataset, export a rendered test set in BOP form, train, evaluate.
+
+Every step is skipped when its output is already complete, so an experiment started again resumes where it stopped
+(rendering and training resume themselves from their own partial outputs).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# The real test sets of ../shared/data: folder -> (BOP obj_id, the built-in object of the same kind)
+REAL_SETS = {"ycbv_banana": (10, "toy"), "ycbv_box": (2, "box"), "ycbv_can": (1, "symmetric")}
+# YCB-V objects shown in ../shared/data/ycbv_backgrounds, per real set: photos showing the object are left out
+THESIS = {  # ADD / ADD-S in %, thesis on its real objects
+    "toy": (43.9, 48.7), "box": (69.0, 74.3), "symmetric": (36.2, 60.7),
+}
+
+
+def run(cmd: list[str], log: Path | None = None) -> None:
+    """Runs a command (a python -m module of this repo), streaming its output; raises on failure."""
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as fh:
+            proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    else:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        tail = log.read_text()[-3000:] if log and log.is_file() else ""
+        raise RuntimeError(f"command failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
+    print(f"  done in {time.time() - t0:.0f} s", flush=True)
+
+
+def dataset_complete(out: Path) -> bool:
+    info = out / "dataset.json"
+    if not info.is_file():
+        return False
+    shards = json.loads(info.read_text()).get("shards", [])
+    return bool(shards) and all((out / (s["file"] if isinstance(s, dict) else s)).is_file() for s in shards)
+
+
+def render_dataset(mesh: str, out: Path, num_images: int, seed: int, mode: str = "complete", image_size: int = 128,
+                   workers: int = 2, num_shards: int = 4, extra: list[str] | None = None, log: Path | None = None):
+    """``python -m render.generate`` unless ``out`` already holds the finished dataset."""
+    if dataset_complete(out):
+        print(f"dataset {out} is complete, skipping", flush=True)
+        return
+    cmd = [sys.executable, "-m", "render.generate", f"--mesh={mesh}", f"--out={out}", f"--num_images={num_images}",
+           f"--seed={seed}", f"--randomization={mode}", f"--image_size={image_size}", f"--workers={workers}",
+           f"--num_shards={num_shards}"] + (extra or [])
+    run(cmd, log)
+
+
+def export_bop_test_set(dataset_dir: Path, out_root: Path, obj_id: int, mesh_path: str, diameter_mm: float,
+                        symmetric: bool, scene_id: int = 0) -> Path:
+    """Writes a rendered dataset as a BOP test set (rgb/, scene_gt.json, scene_camera.json, scene_gt_info.json,
+    models/), so rendered and real test sets go through the same evaluation."""
+    from PIL import Image
+
+    from render.dataset import read_samples
+
+    scene = out_root / "test" / f"{scene_id:06d}"
+    done = out_root / ".complete"
+    if done.is_file():
+        return out_root
+    (scene / "rgb").mkdir(parents=True, exist_ok=True)
+    gt, cams, gt_info = {}, {}, {}
+    for k, s in enumerate(read_samples(dataset_dir)):
+        Image.fromarray(s["image"]).save(scene / "rgb" / f"{k:06d}.png")
+        gt[str(k)] = [{"cam_R_m2c": np.asarray(s["R"]).reshape(9).tolist(),
+                       "cam_t_m2c": np.asarray(s["t_mm"]).tolist(), "obj_id": obj_id}]
+        cams[str(k)] = {"cam_K": np.asarray(s["K"]).reshape(9).tolist(), "depth_scale": 1.0}
+        gt_info[str(k)] = [{"bbox_obj": np.asarray(s["bbox_xywh"]).tolist(),
+                            "bbox_visib": np.asarray(s["bbox_xywh"]).tolist(),
+                            "visib_fract": float(s["visib_fract"])}]
+    (scene / "scene_gt.json").write_text(json.dumps(gt))
+    (scene / "scene_camera.json").write_text(json.dumps(cams))
+    (scene / "scene_gt_info.json").write_text(json.dumps(gt_info))
+    models = out_root / "models"
+    models.mkdir(exist_ok=True)
+    src = Path(mesh_path)
+    for f in src.parent.glob(src.stem + ".*"):
+        shutil.copy(f, models / f"obj_{obj_id:06d}{f.suffix}")
+    for f in src.parent.glob("*.png"):  # textures referenced by an .mtl keep their names
+        shutil.copy(f, models / f.name)
+    entry = {"diameter": diameter_mm}
+    if symmetric:
+        entry["symmetries_continuous"] = [{"axis": [0, 0, 1], "offset": [0, 0, 0]}]
+    (models / "models_info.json").write_text(json.dumps({str(obj_id): entry}))
+    done.write_text("ok")
+    return out_root
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{os.cpu_count()} cores, {cpu}, no GPU, Python {platform.python_version()}"

@@ -1,0 +1,169 @@
+"""Evaluate a trained model on every ground-truth instance of its object in a BOP-layout test set.
+
+    python -m pose_net.evaluate --model_dir M --bop_root D --obj_id N [--boxes gt|predicted] \
+        [--csv OUT.csv] [--report DIR]
+
+Writes the BOP19 results CSV, prints and saves the ADD / ADD-S table (recall at 10% of the diameter), pictures of
+the predicted (red) and true (green) outlines, and the accuracy-vs-threshold plot. ``--boxes gt`` crops around the
+ground-truth box: ``bbox_obj`` of ``scene_gt_info.json`` when present, else the box of the model projected with the
+true pose. ``--boxes predicted`` uses the network's own box head on the whole image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+from absl import app, flags
+
+from pose_core import PoseInputError, bop, metrics
+from pose_core.geometry import bbox_from_points, project_points
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "trained model folder (pose_net.train's --model_dir)")
+flags.DEFINE_string("bop_root", None, "BOP dataset root holding test/<scene>/ and models/")
+flags.DEFINE_integer("obj_id", None, "object id in the BOP set")
+flags.DEFINE_enum("boxes", "gt", ["gt", "predicted"], "2D boxes to crop around")
+flags.DEFINE_string("split", "test", "BOP split folder")
+flags.DEFINE_string("models_dir", None, "BOP models folder (default: BOP_ROOT/models)")
+flags.DEFINE_string("csv", None, "BOP19 results CSV to write")
+flags.DEFINE_string("report", None, "folder for the report: metrics.json, table.md, overlays, accuracy plot")
+flags.DEFINE_integer("num_pictures", 12, "overlay pictures in the report")
+flags.DEFINE_bool("allow_object_mismatch", False, "evaluate even if the model was trained on another mesh")
+
+
+def load_test_object(bop_root, obj_id: int, models_dir=None):
+    """``(mesh points [P, 3] mm, diameter mm, symmetric)`` of ``obj_id`` from the BOP models folder."""
+    from pose_core.geometry import sample_model_points
+    from pose_core.mesh import load_mesh
+
+    models_dir = Path(models_dir or Path(bop_root) / "models")
+    entry = bop.model_info(models_dir / "models_info.json", obj_id)
+    mesh = load_mesh(bop.find_model_file(models_dir, obj_id))
+    return sample_model_points(mesh, 2048, seed=0), float(entry["diameter"]), bop.is_symmetric(entry)
+
+
+def gt_box(instance: dict, points_mm, K, image_hw) -> np.ndarray:
+    """``bbox_obj`` from scene_gt_info.json, else the box of the model projected with the true pose."""
+    if "bbox_obj" in instance:
+        return np.asarray(instance["bbox_obj"], np.float64)
+    uv, z = project_points(points_mm, instance["R"], instance["t_mm"], K)
+    return bbox_from_points(uv[z > 0], image_hw)
+
+
+def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "test", models_dir=None,
+             csv_path=None, report_dir=None, num_pictures: int = 12, allow_object_mismatch: bool = False) -> dict:
+    """Runs the model on the test set; returns the figures (and writes CSV / report when asked)."""
+    from PIL import Image
+
+    from pose_net.draw import contact_sheet, draw_pose_overlay
+    from pose_net.inference import PoseEstimator
+
+    estimator = PoseEstimator(model_dir)
+    points, diameter, symmetric = load_test_object(bop_root, obj_id, models_dir)
+    trained_d = estimator.diameter_mm
+    if abs(trained_d - diameter) > 0.05 * diameter and not allow_object_mismatch:
+        raise PoseInputError(
+            f"the model in {model_dir} was trained on an object of diameter {trained_d:.1f} mm, but object {obj_id} "
+            f"of {bop_root} measures {diameter:.1f} mm: another object? (--allow_object_mismatch to go on)")
+    images = bop.list_test_images(bop_root, obj_id, split)
+    if not images:
+        raise PoseInputError(f"{bop_root}/{split}: no image shows object {obj_id}")
+    rows, estimates, pictures = [], [], []
+    pick = set(np.linspace(0, len(images) - 1, min(num_pictures, len(images))).round().astype(int).tolist())
+    for k, im in enumerate(images):
+        try:
+            rgb = np.asarray(Image.open(im.rgb_path).convert("RGB"))
+        except Exception as e:
+            raise PoseInputError(f"{im.rgb_path}: cannot read the image ({e})") from None
+        for inst in im.instances:
+            box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else None
+            t0 = time.time()
+            est = estimator.estimate(rgb, im.K, box)
+            elapsed = time.time() - t0
+            e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
+            e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
+            rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": e_add, "add_s_mm": e_adds,
+                         "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"]))})
+            estimates.append(bop.PoseEstimate(im.scene_id, im.im_id, obj_id, 1.0, est.R, est.t_mm, elapsed))
+            if k in pick and report_dir:
+                ok = metrics.is_correct(e_adds if symmetric else e_add, diameter)
+                label = f"{im.scene_id}/{im.im_id} {'ADD-S' if symmetric else 'ADD'} " \
+                        f"{(e_adds if symmetric else e_add):.0f}mm {'ok' if ok else 'wrong'}"
+                pictures.append(draw_pose_overlay(rgb, im.K, points, diameter, est.R, est.t_mm, inst["R"],
+                                                  inst["t_mm"], est.bbox_xywh, label))
+    add_errors = np.array([r["add_mm"] for r in rows])
+    adds_errors = np.array([r["add_s_mm"] for r in rows])
+    result = {
+        "bop_root": str(bop_root), "obj_id": obj_id, "boxes": boxes, "instances": len(rows),
+        "diameter_mm": diameter, "symmetric": symmetric,
+        "add_recall": metrics.recall(add_errors, diameter), "add_s_recall": metrics.recall(adds_errors, diameter),
+        "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),
+        "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])),
+        "model_dir": str(model_dir),
+    }
+    if csv_path:
+        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+        bop.write_results_csv(csv_path, estimates)
+    if report_dir:
+        write_report(Path(report_dir), result, rows, add_errors, adds_errors, diameter, pictures, contact_sheet)
+    return result
+
+
+def format_table(result: dict) -> str:
+    return ("| set | obj | boxes | instances | ADD (10% d) | ADD-S (10% d) | median ADD mm | median t err mm |\n"
+            "|---|---|---|---|---|---|---|---|\n"
+            f"| {Path(result['bop_root']).name} | {result['obj_id']} | {result['boxes']} | {result['instances']} | "
+            f"{100 * result['add_recall']:.1f} | {100 * result['add_s_recall']:.1f} | {result['add_median_mm']:.1f} | "
+            f"{result['t_err_median_mm']:.1f} |\n")
+
+
+def write_report(report: Path, result, rows, add_errors, adds_errors, diameter, pictures, contact_sheet):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "metrics.json").write_text(json.dumps(result, indent=1))
+    (report / "per_instance.json").write_text(json.dumps(rows, indent=1))
+    (report / "table.md").write_text(format_table(result))
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for errors, name in ((add_errors, "ADD"), (adds_errors, "ADD-S")):
+        th, acc = metrics.accuracy_vs_threshold(errors, diameter)
+        ax.plot(th * 100, acc * 100, label=name)
+    ax.axvline(10, color="gray", ls=":", lw=1)
+    ax.set_xlabel("threshold (% of diameter)")
+    ax.set_ylabel("correct poses (%)")
+    ax.set_title(f"{Path(result['bop_root']).name}, obj {result['obj_id']}, {result['boxes']} boxes")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(report / "accuracy_vs_threshold.png", dpi=110)
+    plt.close(fig)
+    if pictures:
+        contact_sheet(pictures, columns=4, tile=320).save(report / "overlays.png")
+
+
+def main(argv):
+    del argv
+    for name in ("model_dir", "bop_root", "obj_id"):
+        if FLAGS[name].value is None:
+            raise app.UsageError(f"--{name} is required")
+    try:
+        result = evaluate(FLAGS.model_dir, FLAGS.bop_root, FLAGS.obj_id, FLAGS.boxes, FLAGS.split, FLAGS.models_dir,
+                          FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.allow_object_mismatch)
+    except PoseInputError as e:
+        raise SystemExit(f"error: {e}")
+    print(format_table(result))
+    if FLAGS.report:
+        print(f"report written to {FLAGS.report}")
+
+
+if __name__ == "__main__":
+    app.run(main)

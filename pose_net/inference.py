@@ -1,0 +1,113 @@
+"""Running a trained pose network on images: crops, the network, pose decoding.
+
+:class:`PoseEstimator` is what evaluation, prediction, training's validation and the demo share. A model folder
+(``--model_dir``) holds ``config.json`` (object, diameter, symmetry, model points, network settings) and either the
+latest training checkpoint or the exported ``model.keras``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from pose_core import PoseInputError
+from pose_net import parametrization as param
+
+CONFIG_FILE = "config.json"
+EXPORT_FILE = "model.keras"
+
+
+@dataclass
+class PoseResult:
+    """One estimate: ``R [3, 3]``, ``t_mm [3]``, the 2D box used (``bbox_xywh``), and the network's own box."""
+    R: np.ndarray
+    t_mm: np.ndarray
+    bbox_xywh: np.ndarray
+    predicted_bbox_xywh: np.ndarray
+
+
+def load_config(model_dir) -> dict:
+    path = Path(model_dir) / CONFIG_FILE
+    if not Path(model_dir).is_dir():
+        raise PoseInputError(f"model folder {model_dir} does not exist")
+    if not path.is_file():
+        raise PoseInputError(f"model folder {model_dir} holds no trained model ({CONFIG_FILE} is missing): "
+                             f"train one with `python -m pose_net.train --model_dir {model_dir}`")
+    return json.loads(path.read_text())
+
+
+def load_model(model_dir, config: dict):
+    """The trained Keras model: ``model.keras`` if exported, else the latest checkpoint."""
+    import keras
+
+    from pose_net.model import build_pose_model
+
+    export = Path(model_dir) / EXPORT_FILE
+    if export.is_file():
+        return keras.models.load_model(export, compile=False)
+    model = build_pose_model(config["backbone"], config["input_size"], None)
+    ckpt_dir = Path(model_dir) / "checkpoints"
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    if latest is None:
+        raise PoseInputError(f"model folder {model_dir} has no checkpoint in {ckpt_dir} and no {EXPORT_FILE}")
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return model
+
+
+class PoseEstimator:
+    """Pose of one object in images, from a trained model folder (or an in-memory model and its config)."""
+
+    def __init__(self, model_dir=None, model=None, config: dict | None = None):
+        self.config = config if config is not None else load_config(model_dir)
+        self.model = model if model is not None else load_model(model_dir, self.config)
+        self.input_size = int(self.config["input_size"])
+        self.diameter_mm = float(self.config["diameter_mm"])
+        self.roi_enlarge = float(self.config.get("roi_enlarge", 1.4))
+        self.points_mm = np.asarray(self.config["model_points_mm"], dtype=np.float32)
+        self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+    def _crops(self, image, K, centers, sizes):
+        img = tf.convert_to_tensor(image, tf.float32)[None]
+        centers = tf.constant(np.asarray(centers, np.float32))
+        sizes = tf.constant(np.asarray(sizes, np.float32))
+        boxes = param.crop_boxes_normalized(centers, sizes, self.input_size, image.shape[:2])
+        crops = tf.image.crop_and_resize(img, boxes, tf.zeros(len(sizes), tf.int32),
+                                         [self.input_size, self.input_size])
+        return crops, centers, sizes
+
+    def estimate(self, image: np.ndarray, K: np.ndarray, bbox_xywh=None) -> PoseResult:
+        """Pose in one RGB image ``[H, W, 3]`` (uint8) with intrinsics ``K [3, 3]``.
+
+        ``bbox_xywh``: a 2D box of the object (pixels) to crop around; ``None`` finds it first with the network's
+        own box head on the whole image (or uses the whole image in ``full`` input mode).
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise PoseInputError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+        h, w = image.shape[:2]
+        Kb = tf.constant(np.asarray(K, np.float32)[None])
+        full_center, full_size = [[(w - 1) / 2.0, (h - 1) / 2.0]], [float(max(h, w))]
+        crops, c, s = self._crops(image, K, full_center, full_size)
+        out = self._run(crops)
+        predicted_box = param.crop_target_to_box(out["box"], c, s).numpy()[0]
+        if self.config.get("input_mode", "roi") == "roi":
+            box = predicted_box if bbox_xywh is None else np.asarray(bbox_xywh, np.float64)
+            center, size = param.numpy_crop_for_box(box, self.roi_enlarge)
+            crops, c, s = self._crops(image, K, [center], [size])
+            out = self._run(crops)
+        else:
+            box = predicted_box
+        R, t = param.decode_pose(out, Kb, c, s, self.input_size, self.diameter_mm)
+        return PoseResult(R.numpy()[0].astype(np.float64), t.numpy()[0].astype(np.float64),
+                          np.asarray(box, np.float64), predicted_box)
+
+    def estimate_batch(self, batch) -> tuple[np.ndarray, np.ndarray]:
+        """Poses for a batch from :func:`pose_net.data.make_dataset` (its crops): ``(R [B, 3, 3], t_mm [B, 3])``."""
+        out = self._run(batch["image"])
+        R, t = param.decode_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.input_size,
+                                 self.diameter_mm)
+        return R.numpy().astype(np.float64), t.numpy().astype(np.float64)

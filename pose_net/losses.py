@@ -1,0 +1,121 @@
+"""The thesis' loss ``L = lb*Lb + lq*Lq + lt*Lt + lPL*LPL + lreg*Lreg``, one function per term.
+
+Every term returns a per-example loss ``[B]`` (float32); :func:`total_loss` averages over the batch and weights.
+Lengths: model points in mm; rotation errors are divided by the object's diameter so that every term is
+dimensionless and of order 1 for a bad guess, and the lambdas mean the same for every object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from pose_net import parametrization as param
+
+_EPS = 1e-12
+
+
+def _norm(x):
+    """Euclidean norm over the last axis with a finite gradient at 0."""
+    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=-1) + _EPS)
+
+
+def box_loss(box_pred, box_true):
+    """Lb = ||b~ - b||: ``box_pred``, ``box_true`` ``[B, 4]`` (x0, y0, x1, y1) / crop size -> ``[B]``."""
+    return _norm(box_pred - box_true)
+
+
+def translation_loss(trans_pred, trans_true):
+    """Lt = ||t~ - t|| on the scale-invariant translation (dx, dy, z_s), ``[B, 3]`` each -> ``[B]``
+    (see :mod:`pose_net.parametrization`; dimensionless)."""
+    return _norm(trans_pred - trans_true)
+
+
+def rotation_point_matching_loss(R_pred, R_true, points_mm, diameter_mm: float):
+    """Lq = 1/P sum_i ||R x_i - R~ x_i|| / diameter.
+
+    Args:
+      R_pred, R_true: ``[B, 3, 3]`` rotations. points_mm: ``[P, 3]`` model points in mm. diameter_mm: scalar.
+    Returns:
+      ``[B]``: the mean point distance caused by the rotation error, as a fraction of the diameter.
+    """
+    points = tf.convert_to_tensor(points_mm, tf.float32)
+    diff = tf.einsum("bij,pj->bpi", R_pred - R_true, points)
+    return tf.reduce_mean(_norm(diff), axis=-1) / diameter_mm
+
+
+def rotation_point_matching_loss_symmetric(R_pred, R_true, points_mm, diameter_mm: float):
+    """The ADD-S form of Lq for symmetric objects: 1/P sum_i min_j ||R x_i - R~ x_j|| / diameter.
+
+    Shapes as :func:`rotation_point_matching_loss`; memory ``B * P * P`` floats (P = 512: 1 M per example).
+    """
+    points = tf.convert_to_tensor(points_mm, tf.float32)
+    true = tf.einsum("bij,pj->bpi", R_true, points)  # [B, P, 3]
+    pred = tf.einsum("bij,pj->bpi", R_pred, points)
+    d2 = (tf.reduce_sum(tf.square(true), -1)[:, :, None] + tf.reduce_sum(tf.square(pred), -1)[:, None, :]
+          - 2.0 * tf.matmul(true, pred, transpose_b=True))
+    return tf.reduce_mean(tf.sqrt(tf.maximum(tf.reduce_min(d2, axis=-1), 0.0) + _EPS), axis=-1) / diameter_mm
+
+
+def projection_loss_term(points_mm, R_pred, t_pred_mm, R_true, t_true_mm, K_crop, input_size: int, scale: float):
+    """LPL: 1 - IoU of the model's points drawn under the true and the predicted pose in the network's crop.
+
+    Args:
+      points_mm: ``[P, 3]``. R_*: ``[B, 3, 3]``. t_*: ``[B, 3]`` mm. K_crop: ``[B, 3, 3]`` intrinsics of the crop.
+      input_size: the crop's side in pixels. scale: drawing resolution relative to the crop (the op's ``scale``).
+    Returns ``[B]`` in [0, 1]; the gradient is the op's hand-written one (see docs/projection_loss.md).
+    """
+    # the compiled op: only needed when lPL > 0
+    from tf_ops.projection_loss.python.ops.projection_loss_ops import projection_loss
+
+    return projection_loss(points_mm, R_pred, t_pred_mm, R_true, t_true_mm, K_crop, input_size, input_size, scale)
+
+
+def regularization_loss(model):
+    """Lreg = 1/2 sum ||W||^2 over the kernels of the model's conv and dense layers (weight decay); a scalar."""
+    kernels = [w for w in model.trainable_weights if "kernel" in w.path]
+    return 0.5 * tf.add_n([tf.reduce_sum(tf.square(w)) for w in kernels])
+
+
+@dataclass
+class LossWeights:
+    """The lambdas of the total loss (each one a training flag)."""
+    box: float = 1.0          # lb
+    rotation: float = 1.0     # lq
+    translation: float = 1.0  # lt
+    projection: float = 0.0   # lPL
+    regularization: float = 1e-5  # lreg
+    projection_scale: float = 0.5  # the op's drawing resolution relative to the crop
+
+
+def total_loss(outputs, batch, model, weights: LossWeights, points_mm, diameter_mm: float, symmetric: bool,
+               input_size: int):
+    """The weighted sum and each term (batch means), given network outputs and a batch from :mod:`pose_net.data`.
+
+    ``batch`` holds ``box_target [B, 4]``, ``translation_target [B, 3]``, ``R [B, 3, 3]``, ``t_mm [B, 3]``,
+    ``K_crop [B, 3, 3]``. Returns ``(total, {"box": .., "rotation": .., "translation": .., "projection": ..,
+    "regularization": ..})``.
+    """
+    R_true, t_true = batch["R"], batch["t_mm"]
+    R_allo_pred = param.quaternion_to_matrix(outputs["rotation"])
+    R_allo_true = param.egocentric_to_allocentric(R_true, t_true)
+    rot_fn = rotation_point_matching_loss_symmetric if symmetric else rotation_point_matching_loss
+    terms = {
+        "box": tf.reduce_mean(box_loss(outputs["box"], batch["box_target"])),
+        "rotation": tf.reduce_mean(rot_fn(R_allo_pred, R_allo_true, points_mm, diameter_mm)),
+        "translation": tf.reduce_mean(translation_loss(outputs["translation"], batch["translation_target"])),
+    }
+    if weights.projection > 0:
+        t_pred = param.target_to_translation(outputs["translation"], batch["K"], batch["crop_center"],
+                                             batch["crop_size"], input_size, diameter_mm)
+        R_pred = param.allocentric_to_egocentric(R_allo_pred, t_pred)
+        terms["projection"] = tf.reduce_mean(projection_loss_term(
+            points_mm, R_pred, t_pred, R_true, t_true, batch["K_crop"], input_size, weights.projection_scale))
+    else:
+        terms["projection"] = tf.constant(0.0)
+    terms["regularization"] = regularization_loss(model) if weights.regularization > 0 else tf.constant(0.0)
+    total = (weights.box * terms["box"] + weights.rotation * terms["rotation"]
+             + weights.translation * terms["translation"] + weights.projection * terms["projection"]
+             + weights.regularization * terms["regularization"])
+    return total, terms

@@ -1,0 +1,306 @@
+"""Train the pose network on a rendered dataset.
+
+    python -m pose_net.train --dataset DIR --model_dir DIR [--epochs 20] [--backbone mobilenet_v2] ...
+
+Checkpoints every epoch (and every ``--checkpoint_every_steps``) into ``MODEL_DIR/checkpoints`` and resumes from the
+latest one when started again with the same model folder: a killed run loses at most one checkpoint interval.
+Each epoch's data order and augmentation are drawn from ``(seed, epoch)``, so a resumed run sees the same data as an
+uninterrupted one. TensorBoard logs (every loss term, ADD(-S) on the validation split, pictures of predicted poses)
+go to ``MODEL_DIR/logs``; ``model.keras`` is exported at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", None, "rendered dataset folder (render.generate's --out)")
+flags.DEFINE_string("val_dataset", None, "optional separate rendered dataset for validation; default: the last "
+                    "shard of --dataset when it has more than one")
+flags.DEFINE_string("model_dir", None, "folder for checkpoints, logs, config.json and the exported model")
+flags.DEFINE_enum("backbone", "mobilenet_v2", ["mobilenet_v2", "efficientnet_b0", "small"], "feature extractor")
+flags.DEFINE_enum("backbone_weights", "none", ["none", "imagenet"], "backbone initialisation ('imagenet' downloads "
+                  "Keras' weights: needs network access)")
+flags.DEFINE_integer("input_size", 128, "side of the network input crop in pixels")
+flags.DEFINE_enum("input_mode", "roi", ["roi", "full"], "roi: crops around the object's 2D box (scale-invariant "
+                  "translation); full: the whole image, as in the thesis")
+flags.DEFINE_float("roi_enlarge", 1.4, "roi crop side / longest side of the box")
+flags.DEFINE_integer("batch_size", 32, "batch size (global, over all replicas)")
+flags.DEFINE_integer("epochs", 20, "passes over the training shards")
+flags.DEFINE_integer("steps_per_epoch", 0, "cap on steps per epoch (0: one pass over the data)")
+flags.DEFINE_float("learning_rate", 1e-3, "peak learning rate (Adam, cosine decay)")
+flags.DEFINE_float("lambda_box", 1.0, "lb: weight of the 2D box term")
+flags.DEFINE_float("lambda_rotation", 1.0, "lq: weight of the rotation (point matching) term")
+flags.DEFINE_float("lambda_translation", 1.0, "lt: weight of the translation term")
+flags.DEFINE_float("lambda_projection", 0.0, "lPL: weight of the Projection Loss (the compiled op)")
+flags.DEFINE_float("lambda_reg", 1e-5, "lreg: weight decay")
+flags.DEFINE_float("projection_scale", 0.5, "Projection Loss drawing resolution relative to the input crop")
+flags.DEFINE_integer("num_loss_points", 512, "model points used by the rotation and projection terms")
+flags.DEFINE_enum("symmetric", "auto", ["auto", "yes", "no"], "use the ADD-S form of the rotation term (auto: "
+                  "from the dataset's symmetry flag)")
+flags.DEFINE_bool("augment", True, "on-the-fly augmentation")
+flags.DEFINE_integer("seed", 0, "seed for initialisation, data order and augmentation")
+flags.DEFINE_integer("checkpoint_every_steps", 0, "also checkpoint every N steps within an epoch (0: epochs only)")
+flags.DEFINE_integer("max_val_images", 256, "validation images per epoch")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy: "
+                  "mirrored for several GPUs, multi_worker for several machines (TF_CONFIG)")
+flags.DEFINE_bool("progress", True, "show a progress bar")
+flags.DEFINE_integer("stop_after_steps", 0, "testing aid: exit (as if killed) after this many steps of this run")
+
+
+CONFIG_KEYS = ("backbone", "input_size", "input_mode", "roi_enlarge", "seed")
+
+
+def make_config(flag_values, info: dict) -> dict:
+    """The model folder's ``config.json``: what evaluation needs to run the model, and the training flags."""
+    return {
+        "format_version": 1,
+        "obj_id": int(info.get("obj_id", 0)),
+        "mesh": info.get("mesh"),
+        "diameter_mm": float(info["diameter_mm"]),
+        "symmetric": bool(info.get("symmetric", False)),
+        "model_points_mm": info["model_points_mm"],
+        "backbone": flag_values["backbone"],
+        "input_size": flag_values["input_size"],
+        "input_mode": flag_values["input_mode"],
+        "roi_enlarge": flag_values["roi_enlarge"],
+        "seed": flag_values["seed"],
+        "dataset": flag_values["dataset"],
+        "flags": flag_values,
+    }
+
+
+def check_resume(model_dir: Path, config: dict):
+    """Refuses to resume a model folder trained on another object or with another network."""
+    from pose_net.inference import CONFIG_FILE
+
+    path = model_dir / CONFIG_FILE
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    if old.get("obj_id") != config["obj_id"] or abs(old.get("diameter_mm", 0) - config["diameter_mm"]) > 1e-3:
+        raise SystemExit(f"error: {model_dir} holds a model of object {old.get('obj_id')} "
+                         f"(diameter {old.get('diameter_mm'):.1f} mm) but --dataset {config['dataset']} renders "
+                         f"object {config['obj_id']} (diameter {config['diameter_mm']:.1f} mm): use another "
+                         f"--model_dir")
+    for key in CONFIG_KEYS:
+        if old.get(key) != config[key]:
+            raise SystemExit(f"error: {model_dir} was trained with {key}={old.get(key)!r}, now {config[key]!r}: "
+                             f"use the same flags to resume, or another --model_dir")
+
+
+def make_strategy(name: str):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def validate(estimator, dataset, points_mm, diameter_mm, symmetric, max_images):
+    """ADD, ADD-S recall (10% of the diameter) and mean errors on a validation dataset."""
+    from pose_core import metrics
+
+    adds, add_ss, n = [], [], 0
+    for batch in dataset:
+        R, t = estimator.estimate_batch(batch)
+        R_gt, t_gt = batch["R"].numpy(), batch["t_mm"].numpy()
+        adds += list(metrics.add_batch(R, t, R_gt, t_gt, points_mm))
+        add_ss += list(metrics.add_s_batch(R, t, R_gt, t_gt, points_mm))
+        n += len(R)
+        if n >= max_images:
+            break
+    return {
+        "add_recall": metrics.recall(adds, diameter_mm), "add_s_recall": metrics.recall(add_ss, diameter_mm),
+        "add_mean_mm": float(np.mean(adds)) if adds else 0.0, "add_s_mean_mm": float(np.mean(add_ss)) if adds else 0.0,
+        "num_images": n,
+    }
+
+
+def train(flag_values: dict) -> dict:
+    """Trains (or resumes) a model; returns the last validation figures. ``flag_values``: the flags as a dict."""
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from pose_net import data as pdata
+    from pose_net import losses
+    from pose_net.inference import CONFIG_FILE, EXPORT_FILE, PoseEstimator
+    from pose_net.model import build_pose_model
+
+    f = flag_values
+    model_dir = Path(f["model_dir"])
+    info = pdata.load_info(f["dataset"])
+    config = make_config(f, info)
+    check_resume(model_dir, config)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / CONFIG_FILE).write_text(json.dumps(config))
+
+    symmetric = config["symmetric"] if f["symmetric"] == "auto" else f["symmetric"] == "yes"
+    points_all = np.asarray(info["model_points_mm"], np.float32)
+    loss_points = points_all[np.random.default_rng(0).permutation(len(points_all))[: f["num_loss_points"]]]
+    diameter = float(info["diameter_mm"])
+    cfg = pdata.PipelineConfig(input_size=f["input_size"], input_mode=f["input_mode"], roi_enlarge=f["roi_enlarge"],
+                               augment=f["augment"])
+    weights = losses.LossWeights(f["lambda_box"], f["lambda_rotation"], f["lambda_translation"],
+                                 f["lambda_projection"], f["lambda_reg"], f["projection_scale"])
+    n_train = sum(int(s.get("count", 0)) if isinstance(s, dict) else 0 for s in info["shards"])
+    train_paths = pdata.shard_paths(f["dataset"], "train")
+    if isinstance(info["shards"][0], dict):
+        names = {Path(p).name for p in train_paths}
+        n_train = sum(int(s["count"]) for s in info["shards"] if s["file"] in names)
+    steps_per_epoch = max(1, n_train // f["batch_size"]) if n_train else 0
+    if f["steps_per_epoch"]:
+        steps_per_epoch = min(steps_per_epoch, f["steps_per_epoch"]) if steps_per_epoch else f["steps_per_epoch"]
+    total_steps = max(1, steps_per_epoch * f["epochs"])
+
+    keras.utils.set_random_seed(f["seed"])
+    strategy = make_strategy(f["strategy"])
+    with strategy.scope():
+        weights_arg = None if f["backbone_weights"] == "none" else f["backbone_weights"]
+        model = build_pose_model(f["backbone"], f["input_size"], weights_arg)
+        schedule = keras.optimizers.schedules.CosineDecay(f["learning_rate"], total_steps, alpha=0.05,
+                                                          warmup_target=None)
+        optimizer = keras.optimizers.Adam(schedule, clipnorm=5.0)
+        optimizer.build(model.trainable_variables)
+        epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
+        step_in_epoch = tf.Variable(0, dtype=tf.int64, name="step_in_epoch")
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_in_epoch)
+    manager = tf.train.CheckpointManager(ckpt, str(model_dir / "checkpoints"), max_to_keep=3)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint)
+        print(f"resumed from {manager.latest_checkpoint} (epoch {int(epoch_var.numpy())}, "
+              f"step {int(step_in_epoch.numpy())} of it)", flush=True)
+
+    replicas = strategy.num_replicas_in_sync
+
+    def step_fn(batch):
+        with tf.GradientTape() as tape:
+            outputs = model(batch["image"], training=True)
+            total, terms = losses.total_loss(outputs, batch, model, weights, loss_points, diameter, symmetric,
+                                             f["input_size"])
+            scaled = total / replicas
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return total, terms
+
+    @tf.function
+    def train_step(batch):
+        total, terms = strategy.run(step_fn, args=(batch,))
+        reduce = lambda v: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)  # noqa: E731
+        return reduce(total), {k: reduce(v) for k, v in terms.items()}
+
+    writer = tf.summary.create_file_writer(str(model_dir / "logs"))
+    val_dir = f["val_dataset"] or f["dataset"]
+    val_split = "all" if f["val_dataset"] else "val"
+    estimator = PoseEstimator(model=model, config=config)
+    history_path = model_dir / "history.jsonl"
+    steps_this_run = 0
+    last_val = {}
+    for epoch in range(int(epoch_var.numpy()), f["epochs"]):
+        ds = pdata.make_dataset(f["dataset"], cfg, f["batch_size"], "train", True, f["seed"], epoch)
+        skip = int(step_in_epoch.numpy())
+        if steps_per_epoch:
+            ds = ds.take(steps_per_epoch)
+        ds = ds.skip(skip)
+        dist_ds = strategy.experimental_distribute_dataset(ds)
+        bar = tqdm(total=steps_per_epoch or None, initial=skip, desc=f"epoch {epoch + 1}/{f['epochs']}",
+                   disable=not f["progress"], unit="step", file=sys.stdout, dynamic_ncols=True)
+        t0, sums, n = time.time(), {}, 0
+        for batch in dist_ds:
+            total, terms = train_step(batch)
+            n += 1
+            steps_this_run += 1
+            step_in_epoch.assign_add(1)
+            for k, v in {"total": total, **terms}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix({k: f"{sums[k] / n:.3f}" for k in ("total", "rotation", "translation", "projection")})
+            bar.update(1)
+            if f["checkpoint_every_steps"] and int(step_in_epoch.numpy()) % f["checkpoint_every_steps"] == 0:
+                manager.save()
+            if f["stop_after_steps"] and steps_this_run >= f["stop_after_steps"]:
+                bar.close()
+                print(f"stopping after {steps_this_run} steps (--stop_after_steps)", flush=True)
+                return {}
+        bar.close()
+        epoch_time = time.time() - t0
+        means = {k: v / max(n, 1) for k, v in sums.items()}
+        val_ds = pdata.make_dataset(val_dir, cfg, f["batch_size"], val_split, training=False,
+                                    limit=f["max_val_images"], drop_remainder=False)
+        last_val = validate(estimator, val_ds, points_all, diameter, symmetric, f["max_val_images"])
+        global_step = (epoch + 1) * max(steps_per_epoch, 1)
+        with writer.as_default(step=global_step):
+            for k, v in means.items():
+                tf.summary.scalar(f"loss/{k}", v)
+            for k, v in last_val.items():
+                tf.summary.scalar(f"val/{k}", v)
+            tf.summary.image("val/predicted_poses", _pose_pictures(estimator, val_ds, points_all, diameter), max_outputs=1)
+        record = {"epoch": epoch + 1, "steps": n, "epoch_time_s": epoch_time, **means, **last_val}
+        with open(history_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        print(f"epoch {epoch + 1}: loss {means.get('total', 0):.4f}  val ADD {100 * last_val['add_recall']:.1f}%  "
+              f"ADD-S {100 * last_val['add_s_recall']:.1f}%  ({epoch_time:.0f} s)", flush=True)
+        epoch_var.assign(epoch + 1)
+        step_in_epoch.assign(0)
+        manager.save()
+    model.save(model_dir / EXPORT_FILE)
+    (model_dir / "final_metrics.json").write_text(json.dumps(last_val, indent=1))
+    print(f"exported {model_dir / EXPORT_FILE}", flush=True)
+    return last_val
+
+
+def _pose_pictures(estimator, dataset, points_mm, diameter_mm, count: int = 8):
+    """A ``[1, H, W, 3]`` contact sheet of validation crops with true (green) and predicted (red) outlines."""
+    from pose_net.draw import contact_sheet, draw_pose_overlay
+
+    batch = next(iter(dataset))
+    R, t = estimator.estimate_batch(batch)
+    pics = []
+    for i in range(min(count, len(R))):
+        img = batch["image"][i].numpy().clip(0, 255).astype(np.uint8)
+        K = batch["K_crop"][i].numpy()
+        pics.append(draw_pose_overlay(img, K, points_mm, diameter_mm, R[i], t[i], batch["R"][i].numpy(),
+                                      batch["t_mm"][i].numpy()))
+    return np.asarray(contact_sheet(pics, columns=4, tile=160))[None]
+
+
+def main(argv):
+    del argv
+    for name in ("dataset", "model_dir"):
+        if not getattr(FLAGS, name):
+            raise app.UsageError(f"--{name} is required")
+    values = {name: FLAGS[name].value for name in FLAGS if name in _OWN_FLAGS}
+    train(values)
+
+
+_OWN_FLAGS = {"dataset", "val_dataset", "model_dir", "backbone", "backbone_weights", "input_size", "input_mode",
+              "roi_enlarge", "batch_size", "epochs", "steps_per_epoch", "learning_rate", "lambda_box",
+              "lambda_rotation", "lambda_translation", "lambda_projection", "lambda_reg", "projection_scale",
+              "num_loss_points", "symmetric", "augment", "seed", "checkpoint_every_steps", "max_val_images",
+              "strategy", "progress", "stop_after_steps"}
+
+
+def default_flag_values(**overrides) -> dict:
+    """The training flags' defaults as a dict (for calling :func:`train` from Python), with overrides."""
+    values = {name: FLAGS[name].default for name in _OWN_FLAGS}
+    unknown = set(overrides) - _OWN_FLAGS
+    if unknown:
+        raise ValueError(f"unknown training flags: {sorted(unknown)}")
+    values.update(overrides)
+    return values
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.WARNING)
+    app.run(main)
