@@ -1,0 +1,333 @@
+"""The offscreen renderer of one worker: one EGL context, one pyrender Scene, reused for every sample.
+
+Per sample only node poses, materials, light parameters and visibility flags change; the object mesh is uploaded
+once. The scene frame IS the OpenCV camera frame (in metres): objects sit at their model-to-camera pose and the
+pyrender camera at :func:`pose_core.geometry.opengl_camera_pose`. Backgrounds are composited in numpy with the
+rendered alpha (the GL clear colour is transparent), so only the object and distractors are rasterized.
+
+No TensorFlow here (see render/__init__.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import render  # noqa: F401  (sets PYOPENGL_PLATFORM=egl before pyrender is imported)
+
+import numpy as np
+
+from pose_core import PoseInputError
+from pose_core.geometry import bbox_from_mask, intrinsics, opengl_camera_pose, pose_matrix
+from render import randomize as rz
+from render.modes import mode_axes
+from render.records import encode_example, encode_png
+
+MM = 1e-3  # the GL scene is in metres (pyrender's light falloff is 1/d^2)
+MAX_LIGHTS_PER_TYPE = 4
+MAX_DISTRACTORS = 3
+DISTRACTOR_SHAPES = ("box", "sphere", "cylinder", "capsule")
+
+
+@dataclass
+class RenderConfig:
+    """Everything a worker needs to render sample ``i`` of a dataset (picklable)."""
+
+    mesh_path: str
+    obj_id: int
+    image_size: int = 128
+    focal_px: float | None = None      # None: equal to image_size
+    seed: int = 0
+    mode: str = "complete"
+    mesh_scale: float = 1.0
+    background_files: list = field(default_factory=list)  # real photos (mode real_background)
+    distractors: bool = False
+    png_compress_level: int = 1
+    msaa: bool = False                 # 4x multisampling: anti-aliased edges, ~4x slower on llvmpipe
+    ranges: rz.Ranges = field(default_factory=rz.Ranges)
+
+    def K(self) -> np.ndarray:
+        f = float(self.focal_px or self.image_size)
+        c = (self.image_size - 1) / 2.0  # OpenCV: centre of the top-left pixel is (0, 0)
+        return intrinsics(f, f, c, c)
+
+
+def spherical_uv(vertices: np.ndarray) -> np.ndarray:
+    """Texture coordinates for meshes without their own: longitude/latitude about the bounding-box centre."""
+    p = vertices - (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
+    r = np.linalg.norm(p, axis=1) + 1e-12
+    u = 0.5 + np.arctan2(p[:, 1], p[:, 0]) / (2 * np.pi)
+    v = 0.5 + np.arcsin(np.clip(p[:, 2] / r, -1, 1)) / np.pi
+    return np.stack([u * 3.0, v * 2.0], axis=1)  # a few repeats: textures show at object scale
+
+
+class SampleRenderer:
+    """Renders samples of one dataset by global index. Create once per process; call :meth:`close` at the end."""
+
+    def __init__(self, config: RenderConfig, mesh=None):
+        import pyrender
+        import trimesh
+
+        from pose_core.mesh import load_mesh, mesh_diameter
+
+        self.cfg = config
+        self.axes = mode_axes(config.mode)
+        self.ranges = config.ranges
+        if mesh is None:
+            mesh = load_mesh(config.mesh_path, config.mesh_scale)
+        self.mesh_mm = mesh
+        self.diameter_mm = mesh_diameter(mesh)
+        self.centre_mm = (mesh.bounds[0] + mesh.bounds[1]) / 2.0
+        self.K = config.K()
+        size = config.image_size
+        self._pyrender = pyrender
+
+        m = mesh.copy()
+        m.apply_scale(MM)
+        self.scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.3, 0.3, 0.3])
+        # own appearance (vertex colours / texture of the file)
+        own = pyrender.Mesh.from_trimesh(m, smooth=not _is_textured(m))
+        self.own_node = self.scene.add(own)
+        # random appearance: same geometry with generated UVs, material replaced per sample
+        self._rand_prim = pyrender.Primitive(
+            positions=np.asarray(m.vertices, np.float32), normals=np.asarray(m.vertex_normals, np.float32),
+            texcoord_0=spherical_uv(np.asarray(m.vertices)).astype(np.float32),
+            indices=np.asarray(m.faces, np.uint32), material=pyrender.MetallicRoughnessMaterial())
+        self.rand_node = self.scene.add(pyrender.Mesh([self._rand_prim]))
+        # lights: fixed slots (a fixed count keeps one compiled shader); unused ones get intensity 0
+        self.light_nodes = {"directional": [], "point": [], "spot": []}
+        self._active_lights = []
+        for _ in range(MAX_LIGHTS_PER_TYPE):
+            self.light_nodes["directional"].append(pyrender.Node(light=pyrender.DirectionalLight(intensity=0.0)))
+            self.light_nodes["point"].append(pyrender.Node(light=pyrender.PointLight(intensity=0.0)))
+            self.light_nodes["spot"].append(pyrender.Node(light=pyrender.SpotLight(intensity=0.0)))
+        # distractors: one node per (slot, shape), hidden unless used
+        self.distractor_nodes = []
+        if config.distractors:
+            shapes = {
+                "box": trimesh.creation.box(extents=(1.0, 1.0, 1.0)),
+                "sphere": trimesh.creation.icosphere(subdivisions=2, radius=0.5),
+                "cylinder": trimesh.creation.cylinder(radius=0.5, height=1.0, sections=20),
+                "capsule": trimesh.creation.capsule(radius=0.3, height=0.4, count=[12, 12]),
+            }
+            for _ in range(MAX_DISTRACTORS):
+                slot = {}
+                for name, sh in shapes.items():
+                    prim = pyrender.Primitive(
+                        positions=np.asarray(sh.vertices, np.float32),
+                        normals=np.asarray(sh.vertex_normals, np.float32),
+                        texcoord_0=spherical_uv(np.asarray(sh.vertices)).astype(np.float32),
+                        indices=np.asarray(sh.faces, np.uint32), material=pyrender.MetallicRoughnessMaterial())
+                    node = self.scene.add(pyrender.Mesh([prim]))
+                    node.mesh.is_visible = False
+                    slot[name] = (node, prim)
+                self.distractor_nodes.append(slot)
+        f = float(self.K[0, 0])
+        c = float(self.K[0, 2])
+        # pyrender's window coordinates put pixel centres at half-integers: +0.5 maps OpenCV pixel centres onto them
+        cam = pyrender.IntrinsicsCamera(fx=f, fy=f, cx=c + 0.5, cy=c + 0.5, znear=0.01, zfar=100.0)
+        self.scene.add(cam, pose=opengl_camera_pose())
+        _set_msaa(config.msaa)
+        self.renderer = pyrender.OffscreenRenderer(size, size)
+        self._flags_color = pyrender.RenderFlags.RGBA | pyrender.RenderFlags.SKIP_CULL_FACES
+        self._flags_depth = pyrender.RenderFlags.DEPTH_ONLY | pyrender.RenderFlags.SKIP_CULL_FACES
+        self._photos = [(Path(p).name, functools.lru_cache(maxsize=None)(functools.partial(_load_rgb, p)))
+                        for p in config.background_files]
+        if self.axes["background"] == "real" and not self._photos:
+            raise PoseInputError("mode real_background needs background photos (--backgrounds)")
+
+    # ------------------------------------------------------------------------------------------ params
+    def sample_params(self, index: int) -> dict:
+        """All random choices of sample ``index`` (pure numpy; deterministic in (seed, index))."""
+        cfg, rg, axes = self.cfg, self.ranges, self.axes
+        seed = cfg.seed
+        R, t = rz.sample_pose(rz.sample_rng(seed, index, rz.STREAM_POSE), self.K, cfg.image_size,
+                              self.diameter_mm, self.centre_mm, rg)
+        p = {"index": int(index), "R": R, "t_mm": t}
+        rng_bg = rz.sample_rng(seed, index, rz.STREAM_BACKGROUND)
+        if axes["background"] == "random":
+            p["background"] = rz.procedural_image(rng_bg, cfg.image_size)
+            p["background_kind"] = "procedural"
+        elif axes["background"] == "real":
+            p["background"], p["background_kind"] = rz.real_background(rng_bg, self._photos, cfg.image_size)
+        else:
+            p["background"] = np.full((cfg.image_size, cfg.image_size, 3), rz.PLAIN_BACKGROUND_RGB, np.uint8)
+            p["background_kind"] = "plain"
+        p["appearance"] = (rz.object_appearance(rz.sample_rng(seed, index, rz.STREAM_OBJECT), rg)
+                           if axes["object"] == "random" else "own")
+        p["light"] = (rz.sample_lights(rz.sample_rng(seed, index, rz.STREAM_LIGHT), t * MM, rg)
+                      if axes["light"] == "random" else rz.FIXED_LIGHT)
+        p["noise_rng_seed"] = (seed, index) if axes["noise"] else None
+        p["distractors"] = self._sample_distractors(index, R, t) if cfg.distractors else []
+        return p
+
+    def _sample_distractors(self, index, R, t):
+        rng = rz.sample_rng(self.cfg.seed, index, rz.STREAM_DISTRACTORS)
+        n = int(rng.integers(self.ranges.num_distractors[0], self.ranges.num_distractors[1] + 1))
+        out = []
+        z = t[2]
+        for _ in range(n):
+            depth = z * rng.uniform(0.55, 1.2)
+            # near the object's image position so that it occludes now and then
+            uv_obj = self.K @ (t / z)
+            uv = uv_obj[:2] + rng.uniform(-0.35, 0.35, size=2) * self.cfg.image_size
+            pos = depth * np.linalg.solve(self.K, np.array([uv[0], uv[1], 1.0]))
+            size = self.diameter_mm * rng.uniform(0.25, 0.7) * (depth / z)
+            scale = size * rng.uniform(0.5, 1.0, size=3)
+            out.append({"shape": DISTRACTOR_SHAPES[int(rng.integers(len(DISTRACTOR_SHAPES)))],
+                        "R": rz.random_rotations(1, rng)[0], "t_mm": pos, "scale_mm": scale,
+                        "appearance": rz.object_appearance(rng, self.ranges, texture_size=32)})
+        return out
+
+    # ------------------------------------------------------------------------------------------ GL
+    def _material(self, app):
+        pr = self._pyrender
+        tex = None
+        if app["texture"] is not None:
+            tex = pr.Texture(source=app["texture"], source_channels="RGB",
+                             sampler=pr.Sampler(magFilter=0x2601, minFilter=0x2601))  # GL_LINEAR
+        return pr.MetallicRoughnessMaterial(baseColorFactor=[*app["colour"], 1.0], baseColorTexture=tex,
+                                            metallicFactor=app["metallic"], roughnessFactor=app["roughness"])
+
+    def _set_lights(self, light):
+        """Puts exactly the lights of ``light`` in the scene (pyrender passes light counts as uniforms, so the
+        shader is not recompiled and unused slots cost nothing)."""
+        self.scene.ambient_light = np.asarray(light["ambient"], dtype=np.float64)
+        for node in self._active_lights:
+            self.scene.remove_node(node)
+        self._active_lights = []
+        used = {"directional": 0, "point": 0, "spot": 0}
+        for spec in light["lights"]:
+            kind = spec["type"]
+            k = used[kind]
+            if k >= MAX_LIGHTS_PER_TYPE:
+                continue
+            used[kind] += 1
+            node = self.light_nodes[kind][k]
+            node.light.intensity = float(spec["intensity"])
+            node.light.color = np.asarray(spec["colour"], dtype=np.float32)
+            pose = np.eye(4)
+            if "direction" in spec:  # pyrender lights shine along their node's -z axis
+                z = -np.asarray(spec["direction"], dtype=np.float64)
+                x = np.cross([0.0, 1.0, 0.0], z)
+                if np.linalg.norm(x) < 1e-6:
+                    x = np.cross([1.0, 0.0, 0.0], z)
+                x /= np.linalg.norm(x)
+                pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+            if "position" in spec:
+                pose[:3, 3] = spec["position"]
+            if kind == "spot":
+                node.light.outerConeAngle = float(spec.get("outer_cone", 0.6))
+                node.light.innerConeAngle = 0.5 * node.light.outerConeAngle
+            node.matrix = pose
+            self.scene.add_node(node)
+            self._active_lights.append(node)
+
+    def render(self, params: dict) -> dict:
+        """Renders ``params`` (from :meth:`sample_params`) -> the numpy sample dict of render/records.py plus
+        ``full_mask`` (the unoccluded silhouette, bool)."""
+        cfg = self.cfg
+        self.scene.set_pose(self.own_node if params["appearance"] == "own" else self.rand_node,
+                            pose_matrix(params["R"], params["t_mm"] * MM))
+        own = params["appearance"] == "own"
+        self.own_node.mesh.is_visible = own
+        self.rand_node.mesh.is_visible = not own
+        if not own:
+            self._rand_prim.material = self._material(params["appearance"])
+        self._set_lights(params["light"])
+        for slot in self.distractor_nodes:
+            for node, _ in slot.values():
+                node.mesh.is_visible = False
+        for slot, d in zip(self.distractor_nodes, params["distractors"]):
+            node, prim = slot[d["shape"]]
+            node.mesh.is_visible = True
+            prim.material = self._material(d["appearance"])
+            T = pose_matrix(d["R"], d["t_mm"] * MM) @ np.diag([*(d["scale_mm"] * MM), 1.0])
+            self.scene.set_pose(node, T)
+
+        color, depth = self.renderer.render(self.scene, flags=self._flags_color)
+        # Silhouettes from the multisampled coverage (alpha >= 1/2: pixel area at least half covered); the resolved
+        # depth holds one sample per pixel, so it only decides who is in front.
+        if params["distractors"]:
+            for slot in self.distractor_nodes:
+                for node, _ in slot.values():
+                    node.mesh.is_visible = False
+            color_obj, depth_obj = self.renderer.render(self.scene, flags=self._flags_color)
+            full = color_obj[..., 3] >= 128
+            visible = full & ((depth >= depth_obj - 1e-4) | (depth_obj == 0))
+        else:
+            full = color[..., 3] >= 128
+            visible = full
+        alpha = color[..., 3:4].astype(np.float32) * (1.0 / 255.0)
+        img = color[..., :3].astype(np.float32) + params["background"].astype(np.float32) * (1.0 - alpha)
+        if params["noise_rng_seed"] is not None:
+            rng = rz.sample_rng(cfg.seed, params["index"], rz.STREAM_NOISE)
+            img = rz.apply_noise(rng, img, self.ranges)
+        else:
+            img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        n_full = int(full.sum())
+        return {
+            "image": img,
+            "mask": (visible * 255).astype(np.uint8),
+            "full_mask": full,
+            "R": params["R"], "t_mm": params["t_mm"], "K": self.K,
+            "bbox_xywh": bbox_from_mask(full),
+            "visib_fract": float(visible.sum()) / n_full if n_full else 0.0,
+            "obj_id": cfg.obj_id, "index": params["index"],
+        }
+
+    def render_index(self, index: int) -> dict:
+        return self.render(self.sample_params(index))
+
+    def encode_index(self, index: int) -> bytes:
+        """Sample ``index`` as a serialized tf.train.Example (PNGs encoded here, in the worker)."""
+        s = self.render_index(index)
+        return encode_example(s, compress_level=self.cfg.png_compress_level)
+
+    def close(self):
+        if getattr(self, "renderer", None) is not None:
+            self.renderer.delete()
+            self.renderer = None
+
+
+_ORIGINAL_MS_STORAGE = None
+
+
+def _set_msaa(enabled: bool):
+    """pyrender always renders into a 4x multisampled framebuffer; on Mesa's llvmpipe (CPU) that costs ~4x the
+    fragment work. Without MSAA its renderbuffers get 0 samples (plain storage): pixels are covered when their
+    centre is inside a triangle (the OpenCV pixel-centre convention), edges are aliased."""
+    import pyrender.renderer as pr
+
+    global _ORIGINAL_MS_STORAGE
+    if _ORIGINAL_MS_STORAGE is None:
+        _ORIGINAL_MS_STORAGE = pr.glRenderbufferStorageMultisample
+    if enabled:
+        pr.glRenderbufferStorageMultisample = _ORIGINAL_MS_STORAGE
+    else:
+        pr.glRenderbufferStorageMultisample = (
+            lambda target, samples, fmt, w, h: _ORIGINAL_MS_STORAGE(target, 0, fmt, w, h))
+
+
+def _is_textured(mesh) -> bool:
+    return getattr(mesh.visual, "kind", None) == "texture"
+
+
+def _load_rgb(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def encode_png_image(img):  # re-export for tools
+    return encode_png(img)
+
+
+def config_to_json(cfg: RenderConfig) -> str:
+    d = dict(cfg.__dict__)
+    d["ranges"] = dict(cfg.ranges.__dict__)
+    return json.dumps(d, sort_keys=True, default=str)
