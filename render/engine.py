@@ -64,6 +64,67 @@ def spherical_uv(vertices: np.ndarray) -> np.ndarray:
     return np.stack([u * 3.0, v * 2.0], axis=1)  # a few repeats: textures show at object scale
 
 
+class ParamSampler:
+    """All random choices of each sample as plain numbers (no GL), from (seed, index) only."""
+
+    def __init__(self, config: RenderConfig, mesh):
+        from pose_core.mesh import mesh_diameter
+
+        self.cfg = config
+        self.axes = mode_axes(config.mode)
+        self.ranges = config.ranges
+        self.diameter_mm = mesh_diameter(mesh)
+        self.centre_mm = (mesh.bounds[0] + mesh.bounds[1]) / 2.0
+        self.K = config.K()
+        self._photos = [(Path(p).name, functools.lru_cache(maxsize=None)(functools.partial(_load_rgb, p)))
+                        for p in config.background_files]
+        if self.axes["background"] == "real" and not self._photos:
+            raise PoseInputError("mode real_background needs background photos (--backgrounds)")
+
+    # ------------------------------------------------------------------------------------------ params
+    def sample_params(self, index: int) -> dict:
+        """All random choices of sample ``index`` (pure numpy; deterministic in (seed, index))."""
+        cfg, rg, axes = self.cfg, self.ranges, self.axes
+        seed = cfg.seed
+        R, t = rz.sample_pose(rz.sample_rng(seed, index, rz.STREAM_POSE), self.K, cfg.image_size,
+                              self.diameter_mm, self.centre_mm, rg)
+        p = {"index": int(index), "R": R, "t_mm": t}
+        rng_bg = rz.sample_rng(seed, index, rz.STREAM_BACKGROUND)
+        if axes["background"] == "random":
+            p["background"] = rz.procedural_image(rng_bg, cfg.image_size)
+            p["background_kind"] = "procedural"
+        elif axes["background"] == "real":
+            p["background"], p["background_kind"] = rz.real_background(rng_bg, self._photos, cfg.image_size)
+        else:
+            p["background"] = np.full((cfg.image_size, cfg.image_size, 3), rz.PLAIN_BACKGROUND_RGB, np.uint8)
+            p["background_kind"] = "plain"
+        p["appearance"] = (rz.object_appearance(rz.sample_rng(seed, index, rz.STREAM_OBJECT), rg)
+                           if axes["object"] == "random" else "own")
+        p["light"] = (rz.sample_lights(rz.sample_rng(seed, index, rz.STREAM_LIGHT), t * MM, rg)
+                      if axes["light"] == "random" else rz.FIXED_LIGHT)
+        p["noise_rng_seed"] = (seed, index) if axes["noise"] else None
+        p["distractors"] = self._sample_distractors(index, R, t) if cfg.distractors else []
+        return p
+
+    def _sample_distractors(self, index, R, t):
+        rng = rz.sample_rng(self.cfg.seed, index, rz.STREAM_DISTRACTORS)
+        n = int(rng.integers(self.ranges.num_distractors[0], self.ranges.num_distractors[1] + 1))
+        out = []
+        z = t[2]
+        for _ in range(n):
+            depth = z * rng.uniform(0.55, 1.2)
+            # near the object's image position so that it occludes now and then
+            uv_obj = self.K @ (t / z)
+            uv = uv_obj[:2] + rng.uniform(-0.35, 0.35, size=2) * self.cfg.image_size
+            pos = depth * np.linalg.solve(self.K, np.array([uv[0], uv[1], 1.0]))
+            size = self.diameter_mm * rng.uniform(0.25, 0.7) * (depth / z)
+            scale = size * rng.uniform(0.5, 1.0, size=3)
+            out.append({"shape": DISTRACTOR_SHAPES[int(rng.integers(len(DISTRACTOR_SHAPES)))],
+                        "R": rz.random_rotations(1, rng)[0], "t_mm": pos, "scale_mm": scale,
+                        "appearance": rz.object_appearance(rng, self.ranges, texture_size=32)})
+        return out
+
+
 class SampleRenderer:
     """Renders samples of one dataset by global index. Create once per process; call :meth:`close` at the end."""
 
@@ -71,7 +132,7 @@ class SampleRenderer:
         import pyrender
         import trimesh
 
-        from pose_core.mesh import load_mesh, mesh_diameter
+        from pose_core.mesh import load_mesh
 
         self.cfg = config
         self.axes = mode_axes(config.mode)
@@ -79,8 +140,8 @@ class SampleRenderer:
         if mesh is None:
             mesh = load_mesh(config.mesh_path, config.mesh_scale)
         self.mesh_mm = mesh
-        self.diameter_mm = mesh_diameter(mesh)
-        self.centre_mm = (mesh.bounds[0] + mesh.bounds[1]) / 2.0
+        self.sampler = ParamSampler(config, mesh)
+        self.diameter_mm = self.sampler.diameter_mm
         self.K = config.K()
         size = config.image_size
         self._pyrender = pyrender
@@ -134,53 +195,9 @@ class SampleRenderer:
         self.renderer = pyrender.OffscreenRenderer(size, size)
         self._flags_color = pyrender.RenderFlags.RGBA | pyrender.RenderFlags.SKIP_CULL_FACES
         self._flags_depth = pyrender.RenderFlags.DEPTH_ONLY | pyrender.RenderFlags.SKIP_CULL_FACES
-        self._photos = [(Path(p).name, functools.lru_cache(maxsize=None)(functools.partial(_load_rgb, p)))
-                        for p in config.background_files]
-        if self.axes["background"] == "real" and not self._photos:
-            raise PoseInputError("mode real_background needs background photos (--backgrounds)")
 
-    # ------------------------------------------------------------------------------------------ params
     def sample_params(self, index: int) -> dict:
-        """All random choices of sample ``index`` (pure numpy; deterministic in (seed, index))."""
-        cfg, rg, axes = self.cfg, self.ranges, self.axes
-        seed = cfg.seed
-        R, t = rz.sample_pose(rz.sample_rng(seed, index, rz.STREAM_POSE), self.K, cfg.image_size,
-                              self.diameter_mm, self.centre_mm, rg)
-        p = {"index": int(index), "R": R, "t_mm": t}
-        rng_bg = rz.sample_rng(seed, index, rz.STREAM_BACKGROUND)
-        if axes["background"] == "random":
-            p["background"] = rz.procedural_image(rng_bg, cfg.image_size)
-            p["background_kind"] = "procedural"
-        elif axes["background"] == "real":
-            p["background"], p["background_kind"] = rz.real_background(rng_bg, self._photos, cfg.image_size)
-        else:
-            p["background"] = np.full((cfg.image_size, cfg.image_size, 3), rz.PLAIN_BACKGROUND_RGB, np.uint8)
-            p["background_kind"] = "plain"
-        p["appearance"] = (rz.object_appearance(rz.sample_rng(seed, index, rz.STREAM_OBJECT), rg)
-                           if axes["object"] == "random" else "own")
-        p["light"] = (rz.sample_lights(rz.sample_rng(seed, index, rz.STREAM_LIGHT), t * MM, rg)
-                      if axes["light"] == "random" else rz.FIXED_LIGHT)
-        p["noise_rng_seed"] = (seed, index) if axes["noise"] else None
-        p["distractors"] = self._sample_distractors(index, R, t) if cfg.distractors else []
-        return p
-
-    def _sample_distractors(self, index, R, t):
-        rng = rz.sample_rng(self.cfg.seed, index, rz.STREAM_DISTRACTORS)
-        n = int(rng.integers(self.ranges.num_distractors[0], self.ranges.num_distractors[1] + 1))
-        out = []
-        z = t[2]
-        for _ in range(n):
-            depth = z * rng.uniform(0.55, 1.2)
-            # near the object's image position so that it occludes now and then
-            uv_obj = self.K @ (t / z)
-            uv = uv_obj[:2] + rng.uniform(-0.35, 0.35, size=2) * self.cfg.image_size
-            pos = depth * np.linalg.solve(self.K, np.array([uv[0], uv[1], 1.0]))
-            size = self.diameter_mm * rng.uniform(0.25, 0.7) * (depth / z)
-            scale = size * rng.uniform(0.5, 1.0, size=3)
-            out.append({"shape": DISTRACTOR_SHAPES[int(rng.integers(len(DISTRACTOR_SHAPES)))],
-                        "R": rz.random_rotations(1, rng)[0], "t_mm": pos, "scale_mm": scale,
-                        "appearance": rz.object_appearance(rng, self.ranges, texture_size=32)})
-        return out
+        return self.sampler.sample_params(index)
 
     # ------------------------------------------------------------------------------------------ GL
     def _material(self, app):

@@ -10,7 +10,7 @@ import numpy as np
 from pose_core.geometry import project_points
 
 
-def projected_silhouette(vertices_mm, faces, R, t_mm, K, image_hw, supersample: int = 4) -> np.ndarray:
+def projected_silhouette(vertices_mm, faces, R, t_mm, K, image_hw, supersample: int = 8) -> np.ndarray:
     """Bool ``[H, W]``: pixels whose area is at least half covered by the projected mesh (OpenCV convention: the
     pixel (row r, column c) covers u in [c - 0.5, c + 0.5))."""
     from PIL import Image, ImageDraw

@@ -1,0 +1,59 @@
+"""Helpers for the render tests (and for scripts that drive ``python -m render.generate`` in subprocesses).
+
+Rendering happens in subprocesses: a test process that also imports TensorFlow must not create an EGL context.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """The real-data folder: ``shared/data`` beside the repo (or $SYNTHPOSE_SHARED_DATA)."""
+    return Path(os.environ.get("SYNTHPOSE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def generate_cmd(out, **flags) -> list[str]:
+    cmd = [sys.executable, "-m", "render.generate", f"--out={out}", "--noprogress"]
+    for k, v in flags.items():
+        if isinstance(v, bool):
+            cmd.append(f"--{k}" if v else f"--no{k}")
+        elif v is not None:
+            cmd.append(f"--{k}={v}")
+    return cmd
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return env
+
+
+def start_generate(out, **flags) -> subprocess.Popen:
+    return subprocess.Popen(generate_cmd(out, **flags), cwd=REPO_ROOT, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def run_generate(out, timeout=300, **flags) -> subprocess.CompletedProcess:
+    return subprocess.run(generate_cmd(out, **flags), cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_many(jobs: list[tuple], timeout=300, check=True) -> list[tuple[int, str]]:
+    """Runs ``[(out, flags dict), ...]`` side by side; returns ``[(returncode, stderr)]``."""
+    procs = [start_generate(out, **flags) for out, flags in jobs]
+    results = []
+    for p in procs:
+        _, err = p.communicate(timeout=timeout)
+        results.append((p.returncode, err))
+    if check:
+        for (out, _), (rc, err) in zip(jobs, results):
+            if rc != 0:
+                raise AssertionError(f"render.generate --out={out} failed with exit code {rc}:\n{err[-3000:]}")
+    return results
