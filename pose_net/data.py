@@ -55,10 +55,12 @@ def shard_paths(dataset_dir, split: str = "train") -> list[str]:
     return paths[:-1] if split == "train" else paths[-1:]
 
 
-def _parse(serialized):
+def _parse(serialized, image_size: int):
     """One record (schema: :mod:`render.records`), keeping what training needs."""
     ex = parse_example(serialized)
-    return {k: ex[k] for k in ("image", "R", "t_mm", "K", "bbox_xywh", "index")}
+    out = {k: ex[k] for k in ("image", "R", "t_mm", "K", "bbox_xywh", "index")}
+    out["image"] = tf.ensure_shape(out["image"], [image_size, image_size, 3])
+    return out
 
 
 def _choose_crop(ex, cfg: PipelineConfig, training: bool, seed, epoch):
@@ -148,7 +150,7 @@ def make_batch_fn(cfg: PipelineConfig, diameter_mm: float, training: bool, seed:
             "K_crop": param.crop_intrinsics(ex["K"], ex["crop_center"], ex["crop_size"], cfg.input_size),
             "box_target": param.box_to_crop_target(ex["bbox_xywh"], ex["crop_center"], ex["crop_size"]),
             "translation_target": param.translation_to_target(ex["t_mm"], ex["K"], ex["crop_center"],
-                                                              ex["crop_size"], cfg.input_size, diameter_mm),
+                                                              ex["crop_size"], diameter_mm),
         }
         return out
 
@@ -171,7 +173,7 @@ def make_dataset(dataset_dir, cfg: PipelineConfig, batch_size: int, split: str =
         ds = ds.take(limit)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed * 1009 + int(epoch), reshuffle_each_iteration=False)
-    ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda r: _parse(r, int(info["image_size"])), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.map(lambda ex: _choose_crop(ex, cfg, training, seed, epoch), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)

@@ -25,7 +25,12 @@ def silhouette(points_mm, R, t_mm, K, image_hw, radius: int = 1) -> np.ndarray:
             r, c = rows + dr, cols + dc
             inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
             mask[r[inside], c[inside]] = True
-    return mask
+    # close the gaps between sparse points so the outline follows the object, not each point
+    from scipy import ndimage
+
+    closing = max(2, round(max(h, w) / 60))
+    mask = ndimage.binary_closing(np.pad(mask, closing), iterations=closing)[closing:-closing, closing:-closing]
+    return ndimage.binary_fill_holes(mask)
 
 
 def outline(mask: np.ndarray) -> np.ndarray:

@@ -101,13 +101,12 @@ class PoseEstimator:
             out = self._run(crops)
         else:
             box = predicted_box
-        R, t = param.decode_pose(out, Kb, c, s, self.input_size, self.diameter_mm)
+        R, t = param.decode_pose(out, Kb, c, s, self.diameter_mm)
         return PoseResult(R.numpy()[0].astype(np.float64), t.numpy()[0].astype(np.float64),
                           np.asarray(box, np.float64), predicted_box)
 
     def estimate_batch(self, batch) -> tuple[np.ndarray, np.ndarray]:
         """Poses for a batch from :func:`pose_net.data.make_dataset` (its crops): ``(R [B, 3, 3], t_mm [B, 3])``."""
         out = self._run(batch["image"])
-        R, t = param.decode_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.input_size,
-                                 self.diameter_mm)
+        R, t = param.decode_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.diameter_mm)
         return R.numpy().astype(np.float64), t.numpy().astype(np.float64)

@@ -108,7 +108,7 @@ def total_loss(outputs, batch, model, weights: LossWeights, points_mm, diameter_
     }
     if weights.projection > 0:
         t_pred = param.target_to_translation(outputs["translation"], batch["K"], batch["crop_center"],
-                                             batch["crop_size"], input_size, diameter_mm)
+                                             batch["crop_size"], diameter_mm)
         R_pred = param.allocentric_to_egocentric(R_allo_pred, t_pred)
         terms["projection"] = tf.reduce_mean(projection_loss_term(
             points_mm, R_pred, t_pred, R_true, t_true, batch["K_crop"], input_size, weights.projection_scale))

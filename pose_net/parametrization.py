@@ -15,8 +15,8 @@ Heads and their targets (all dimensionless, so they do not depend on the crop's 
   ``R_ray(t)`` turns the optical axis onto the ray through the object's centre. Allocentric targets make a crop's
   appearance a function of its label wherever the crop comes from in the image.
 * translation ``[3]`` (scale-invariant, as in SITE/CDPN): ``dx = (u_c - cx) / s``, ``dy = (v_c - cy) / s`` with
-  ``(u_c, v_c)`` the projection of the model origin, and ``z_s = t_z * s / (f * input_size * diameter_mm)``:
-  the distance divided by the distance at which the object's diameter would fill the network input.
+  ``(u_c, v_c)`` the projection of the model origin, and ``z_s = t_z * s / (f * diameter_mm)``: the distance
+  divided by the distance ``f * diameter / s`` at which the object's diameter would fill the crop.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def crop_target_to_box(box_target, crop_center, crop_size):
     return tf.concat([x0y0, tf.maximum(x1y1 - x0y0, 0.0)], axis=-1)
 
 
-def translation_to_target(t_mm, K, crop_center, crop_size, input_size: int, diameter_mm: float):
+def translation_to_target(t_mm, K, crop_center, crop_size, diameter_mm: float):
     """``t_mm [B, 3]`` -> scale-invariant head target ``[B, 3]`` (dx, dy, z_s); see the module docstring."""
     t = tf.convert_to_tensor(t_mm, tf.float32)
     K = tf.convert_to_tensor(K, tf.float32)
@@ -105,16 +105,16 @@ def translation_to_target(t_mm, K, crop_center, crop_size, input_size: int, diam
     s = tf.cast(crop_size, tf.float32)
     d = (uv - crop_center) / s[:, None]
     f = (K[:, 0, 0] + K[:, 1, 1]) / 2.0
-    z_s = t[:, 2] * s / (f * float(input_size) * diameter_mm)
+    z_s = t[:, 2] * s / (f * diameter_mm)
     return tf.concat([d, z_s[:, None]], axis=-1)
 
 
-def target_to_translation(target, K, crop_center, crop_size, input_size: int, diameter_mm: float):
+def target_to_translation(target, K, crop_center, crop_size, diameter_mm: float):
     """Inverse of :func:`translation_to_target`: ``[B, 3]`` -> ``t_mm [B, 3]``."""
     K = tf.convert_to_tensor(K, tf.float32)
     s = tf.cast(crop_size, tf.float32)
     f = (K[:, 0, 0] + K[:, 1, 1]) / 2.0
-    z = target[:, 2] * f * float(input_size) * diameter_mm / s
+    z = target[:, 2] * f * diameter_mm / s
     uv = crop_center + target[:, :2] * s[:, None]
     x = (uv[:, 0] - K[:, 0, 2]) * z / K[:, 0, 0]
     y = (uv[:, 1] - K[:, 1, 2]) * z / K[:, 1, 1]
@@ -163,9 +163,9 @@ def egocentric_to_allocentric(R, t):
     return tf.matmul(ray_rotation(t), R, transpose_a=True)
 
 
-def decode_pose(outputs, K, crop_center, crop_size, input_size: int, diameter_mm: float):
+def decode_pose(outputs, K, crop_center, crop_size, diameter_mm: float):
     """Network outputs (dict with ``rotation [B, 4]`` and ``translation [B, 3]``) -> ``(R [B, 3, 3], t_mm [B, 3])``."""
-    t = target_to_translation(outputs["translation"], K, crop_center, crop_size, input_size, diameter_mm)
+    t = target_to_translation(outputs["translation"], K, crop_center, crop_size, diameter_mm)
     R = allocentric_to_egocentric(quaternion_to_matrix(outputs["rotation"]), t)
     return R, t
 

@@ -21,8 +21,8 @@ def poses():
 
 def test_translation_target_round_trip(poses):
     R, t, K, c, s = poses
-    target = p.translation_to_target(t, K, c, s, 128, 180.0)
-    back = p.target_to_translation(target, K, c, s, 128, 180.0).numpy()
+    target = p.translation_to_target(t, K, c, s, 180.0)
+    back = p.target_to_translation(target, K, c, s, 180.0).numpy()
     assert np.allclose(back, t, rtol=1e-4, atol=1e-2)
 
 
@@ -33,8 +33,8 @@ def test_translation_target_is_scale_invariant(poses):
     K0 = K.copy()
     K0[:, 0, 2] = K0[:, 1, 2] = 0.0
     c0 = np.zeros_like(c)
-    a = p.translation_to_target(t, K0, c0, s, 128, 180.0).numpy()
-    b = p.translation_to_target(t * 2.0, K0, c0, s / 2.0, 128, 180.0).numpy()
+    a = p.translation_to_target(t, K0, c0, s, 180.0).numpy()
+    b = p.translation_to_target(t * 2.0, K0, c0, s / 2.0, 180.0).numpy()
     assert np.allclose(a[:, 2], b[:, 2], rtol=1e-5)
     assert np.allclose(b[:, :2], 2 * a[:, :2], rtol=1e-4, atol=1e-5)
 
