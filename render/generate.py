@@ -256,6 +256,10 @@ def _render_chunk(task):
 
 
 # ---------------------------------------------------------------------------------------------------- driver
+# Timings of the last generate() call in this process (render.bench reads them): startup_s (until the first
+# samples arrived), steady_images_per_s (after that), images, wall_s.
+LAST_RUN_STATS: dict = {}
+
 def _check_writable(out: Path):
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -296,6 +300,10 @@ def _write_or_check_info(out: Path, info: dict):
 
 def generate(opts: dict) -> dict:
     """Renders the dataset described by ``opts`` (the flag values by name); returns dataset.json's content."""
+    import time
+
+    t_start = time.perf_counter()
+    LAST_RUN_STATS.clear()
     p = plan(opts)
     info, config, counts = p["info"], p["config"], p["counts"]
     out = Path(opts["out"])
@@ -330,7 +338,11 @@ def generate(opts: dict) -> dict:
 
         bar = tqdm(total=total, unit="img", disable=not opts["progress"], desc=f"render {out.name}",
                    dynamic_ncols=True, smoothing=0.1)
+        t_first, n_first, n_done = None, 0, 0
         for k, records in zip(task_shard, pool.imap(_render_chunk, tasks)):
+            n_done += len(records)
+            if t_first is None:
+                t_first, n_first = time.perf_counter(), len(records)
             if k not in pending:
                 final = out / info["shards"][k]["file"]
                 tmp = final.with_name(final.name + ".tmp")
@@ -344,8 +356,12 @@ def generate(opts: dict) -> dict:
                 entry[0].close()
                 os.replace(entry[1], out / info["shards"][k]["file"])
                 del pending[k]
+        t_end = time.perf_counter()
         pool.close()
         pool.join()
+        LAST_RUN_STATS.update(
+            images=n_done, wall_s=time.perf_counter() - t_start, startup_s=t_first - t_start,
+            steady_images_per_s=(n_done - n_first) / max(t_end - t_first, 1e-9), workers=workers)
     except BaseException:
         pool.terminate()
         pool.join()
