@@ -41,8 +41,14 @@ fi
 # ---- python with tensorflow (read by third_party/tf/tf_configure.bzl)
 export PYTHON_BIN_PATH="${PYTHON_BIN_PATH:-$ROOT/.venv/bin/python}"
 [ -x "$PYTHON_BIN_PATH" ] || die "python '$PYTHON_BIN_PATH' not found; run 'make setup' or set PYTHON_BIN_PATH"
-TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON_BIN_PATH" -c "import tensorflow" >/dev/null 2>&1 \
-  || die "'$PYTHON_BIN_PATH' cannot import tensorflow; run 'make setup' or set PYTHON_BIN_PATH"
+# Locating tensorflow without importing it (an import costs ~5 s); third_party/tf/tf_configure.bzl imports it
+# only when this fingerprint (or the python) changed since the last run.
+TF_DIR="$("$PYTHON_BIN_PATH" -c 'import importlib.util as u; s = u.find_spec("tensorflow"); print(s.submodule_search_locations[0] if s and s.submodule_search_locations else "")' 2>/dev/null)" \
+  || die "'$PYTHON_BIN_PATH' does not run; run 'make setup' or set PYTHON_BIN_PATH"
+[ -n "$TF_DIR" ] || die "tensorflow is not installed for '$PYTHON_BIN_PATH'; run 'make setup' or set PYTHON_BIN_PATH"
+TF_LIB_FILE="$(ls "$TF_DIR"/libtensorflow_framework.so* 2>/dev/null | head -1)"
+[ -n "$TF_LIB_FILE" ] || die "no libtensorflow_framework.so* in $TF_DIR"
+export SYNTHPOSE_TF_STAMP="$TF_LIB_FILE:$(stat -L -c '%s:%Y' "$TF_LIB_FILE")"
 
 for f in tf_ops/projection_loss/core/projection_loss_core.cc tf_ops/projection_loss/core/projection_loss_core.h \
          tf_ops/projection_loss/cc/ops/projection_loss_ops.cc tf_ops/projection_loss/cc/kernels/projection_loss_kernels.cc; do
@@ -55,7 +61,8 @@ mkdir -p "$USER_ROOT"
 STARTUP=(--output_user_root="$USER_ROOT" --max_idle_secs=60)
 JOBS="${BAZEL_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 # --symlink_prefix=/ : no bazel-* symlinks in the work tree (tools that walk the tree would follow them).
-BUILD_FLAGS=(--jobs="$JOBS" --symlink_prefix=/ --action_env=PYTHON_BIN_PATH)
+BUILD_FLAGS=(--jobs="$JOBS" --symlink_prefix=/ --repo_env=PYTHON_BIN_PATH="$PYTHON_BIN_PATH"
+             --repo_env=SYNTHPOSE_TF_STAMP="$SYNTHPOSE_TF_STAMP")
 
 shutdown_server() {
   if [ "${BAZEL_KEEP_SERVER:-0}" != "1" ]; then

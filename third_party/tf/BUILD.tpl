@@ -5,9 +5,21 @@ exports_files(["build_defs.bzl"])
 
 cc_library(
     name = "tf_headers",
-    # Everything under include/: Eigen's headers have no extension, and some TF headers
-    # include .inc files, so a narrower pattern only invites "undeclared inclusion" errors.
-    hdrs = glob(["include/**"]),
+    # Everything under include/ (Eigen's headers have no extension, some TF headers include .inc
+    # files) except three big subtrees a CPU custom op never reaches, which Bazel would otherwise
+    # glob, turn into targets and hash on every server start (~9k of the 18k files):
+    #   include/external/         vendored copies of dependencies; not on the -I path tf.sysconfig gives
+    #   include/third_party/gpus/ CUDA headers (the Bazel build is CPU only)
+    #   include/tensorflow/compiler/  tf2xla / XLA JIT
+    # Put a subtree back here if an op ever needs it ("undeclared inclusion" errors say so).
+    hdrs = glob(
+        ["include/**"],
+        exclude = [
+            "include/external/**",
+            "include/third_party/gpus/**",
+            "include/tensorflow/compiler/**",
+        ],
+    ),
     includes = ["include"],
 )
 

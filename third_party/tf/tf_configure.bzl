@@ -10,6 +10,11 @@ Nothing is downloaded.
 
 _PY_ENV = "PYTHON_BIN_PATH"
 
+# Any change of this variable re-runs the rule. tf_ops/bazel_build.sh sets it (with --repo_env) to a
+# cheap fingerprint of the installed TensorFlow (path, size and mtime of its framework library), so
+# a reinstalled/upgraded TF is picked up without re-importing TF on every Bazel server start.
+_STAMP_ENV = "SYNTHPOSE_TF_STAMP"
+
 # Printed one `key=value` a line so that no JSON support is needed in Starlark.
 _QUERY = """
 import os, sys
@@ -44,6 +49,9 @@ def _python_bin(rctx):
     return py
 
 def _tf_configure_impl(rctx):
+    # Resolve every label before the (slow) python call: resolving a label later makes Bazel
+    # restart the rule from the top, which would import TensorFlow twice.
+    build_tpl = rctx.path(Label("//third_party/tf:BUILD.tpl"))
     py = _python_bin(rctx)
     res = rctx.execute([py, "-c", _QUERY], timeout = 300, environment = {"TF_CPP_MIN_LOG_LEVEL": "3"})
     if res.return_code != 0:
@@ -80,7 +88,7 @@ def _tf_configure_impl(rctx):
     rctx.symlink(lib_path, libname)
     rctx.template(
         "BUILD",
-        Label("//third_party/tf:BUILD.tpl"),
+        build_tpl,
         substitutions = {"%{TF_LIB}": libname},
         executable = False,
     )
@@ -98,7 +106,9 @@ def _tf_configure_impl(rctx):
 
 tf_configure = repository_rule(
     implementation = _tf_configure_impl,
-    environ = [_PY_ENV],
-    # Re-run after every Bazel server start, so a changed venv (another TF) is picked up.
-    local = True,
+    # Re-run when the python or the TF fingerprint changes. Not `local = True`: that would re-import
+    # TensorFlow (and re-glob its headers) on every server start, ~10 s on 2 cores. Running bazel by
+    # hand after changing TF without the stamp: `bazel sync --configure` (or `bazel clean --expunge`).
+    environ = [_PY_ENV, _STAMP_ENV],
+    configure = True,
 )
