@@ -4,6 +4,7 @@ from pose_net.backbones.efficientnet_lite import (  # noqa: F401
     build_efficientnet_lite0,
     build_lite0_backbone,
     ensure_pretrained_weights,
+    freeze_batch_norm,
     freeze_model,
     load_converted_weights,
     pretrained_weights_path,

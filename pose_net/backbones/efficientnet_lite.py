@@ -390,6 +390,17 @@ def freeze_model(model):
     return model
 
 
+def freeze_batch_norm(model):
+    """Freeze only the batch norms (inference mode, statistics kept), for fine-tuning the convolutions with small
+    batches; the other layers stay trainable."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    return model
+
+
 def build_lite0_backbone(input_size: int | None, weights: str | None = "imagenet", freeze: bool = False,
                          verbose: bool = True):
     """The pose network's backbone: ``[B, S, S, 3] (0..255) -> [B, S/32, S/32, 1280]``.
