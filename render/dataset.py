@@ -76,10 +76,19 @@ def read_records(path) -> Iterator[tuple[int, bytes]]:
         except StopIteration:
             return
         except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = _short_tf_message(e)
             raise DatasetError(f"{path}: record {i} is corrupt or truncated ({msg})") from None
         yield i, rec.numpy()
         i += 1
+
+
+def _short_tf_message(e) -> str:
+    import re
+
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text, flags=re.S)
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def read_samples(dir_or_shard_paths: str | os.PathLike | Iterable) -> Iterator[dict]:

@@ -247,12 +247,34 @@ def _init_worker(config):
         _WORKER["error"] = e
 
 
+# Test hook (tests/test_render_generate.py): "fail:I" raises, "sleep:I" stalls, when a worker reaches sample I.
+TEST_HOOK_ENV = "SYNTHPOSE_RENDER_TEST_HOOK"
+
+
+def _test_hook(index):
+    hook = os.environ.get(TEST_HOOK_ENV)
+    if not hook:
+        return
+    action, _, at = hook.partition(":")
+    if int(at) == index:
+        if action == "fail":
+            raise RuntimeError(f"injected failure at sample {index} ({TEST_HOOK_ENV})")
+        if action == "sleep":
+            import time
+
+            time.sleep(600)
+
+
 def _render_chunk(task):
     if "error" in _WORKER:
         raise _WORKER["error"]
     start, stop = task
     r = _WORKER["renderer"]
-    return [r.encode_index(i) for i in range(start, stop)]
+    out = []
+    for i in range(start, stop):
+        _test_hook(i)
+        out.append(r.encode_index(i))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -389,6 +411,9 @@ def main(argv):
     except PoseInputError as e:
         print(f"render.generate: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # a worker failed: the message, not a pool traceback; unfinished shards were removed
+        print(f"render.generate: error: rendering failed: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
     done = [s for s in info["shards"] if (Path(FLAGS.out) / s["file"]).is_file()]
     print(f"render.generate: {len(done)}/{info['num_shards']} shard(s) complete in {FLAGS.out}", file=sys.stderr)
 

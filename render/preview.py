@@ -19,10 +19,13 @@ from pose_core import PoseInputError
 from pose_core.geometry import project_points
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "sheet.png", "Output PNG file.")
-flags.DEFINE_integer("num", 16, "Number of samples (the first ones of the dataset).")
-flags.DEFINE_integer("cols", 8, "Samples per row.")
-flags.DEFINE_integer("scale", 2, "Upscaling of each sample (nearest), so labels are readable.")
+
+
+def _define_flags():  # only when run as a program: importing this module next to render.generate must not clash
+    flags.DEFINE_string("out", "sheet.png", "Output PNG file.")
+    flags.DEFINE_integer("num", 16, "Number of samples (the first ones of the dataset).")
+    flags.DEFINE_integer("cols", 8, "Samples per row.")
+    flags.DEFINE_integer("scale", 2, "Upscaling of each sample (nearest), so labels are readable.")
 
 
 def draw_labels(sample: dict, axis_length_mm: float, scale: int = 2) -> np.ndarray:
@@ -83,4 +86,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
