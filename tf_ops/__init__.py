@@ -8,20 +8,38 @@ ctypes harness works on machines without TensorFlow):
 * :func:`projection_iou_loss_reference`: the pure-TF reference of the forward loss.
 
 Using the op before it is built raises ImportError telling you to run ``make build-ops``.
+
+Note: ``tf_ops.projection_loss`` is the *function*; the package that holds the sources has the same name, so
+import from it with ``from tf_ops.projection_loss.python.harness import CoreLib`` (which works), not with
+``import tf_ops.projection_loss.python.harness as h``.
 """
 
 from __future__ import annotations
 
+import sys
+import types
+
 __all__ = ["projection_iou_loss", "projection_loss", "projection_iou_loss_reference"]
 
 
-def __getattr__(name: str):
-    if name in ("projection_iou_loss", "projection_loss"):
-        from tf_ops.projection_loss.python.ops import projection_loss_ops  # raises a clear ImportError if unbuilt
-
-        return getattr(projection_loss_ops, name)
+def _load(name: str):
     if name == "projection_iou_loss_reference":
         from tf_ops.projection_loss.python.ops.reference import projection_iou_loss_reference
 
         return projection_iou_loss_reference
-    raise AttributeError(f"module 'tf_ops' has no attribute {name!r}")
+    # Raises a clear ImportError ("run `make build-ops`") when the op library is missing.
+    from tf_ops.projection_loss.python.ops import projection_loss_ops
+
+    return getattr(projection_loss_ops, name)
+
+
+class _TfOpsModule(types.ModuleType):
+    """Resolves the API names on every access (the subpackage ``projection_loss`` shadows one of them)."""
+
+    def __getattribute__(self, name: str):
+        if name in __all__:
+            return _load(name)
+        return super().__getattribute__(name)
+
+
+sys.modules[__name__].__class__ = _TfOpsModule
