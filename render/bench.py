@@ -78,6 +78,7 @@ def _profile_worker(mesh: str, n: int, image_size: int, mode: str, distractors: 
         r.render_index(100000 + i)
     gl[0] = 0.0
     t_all = time.perf_counter()
+    c_all = time.process_time()
     for i in range(n):
         t0 = time.perf_counter()
         p = r.sample_params(i)
@@ -90,11 +91,13 @@ def _profile_worker(mesh: str, n: int, image_size: int, mode: str, distractors: 
         t["composite + noise/blur/jitter + masks"] += t2 - t1
         t["PNG encode + proto"] += t3 - t2
     total = time.perf_counter() - t_all
+    cpu_total = time.process_time() - c_all
     t["GL render + readback"] = gl[0]
     t["composite + noise/blur/jitter + masks"] -= gl[0]
     r.close()
     out = {k: 1000 * v / n for k, v in t.items()}
     out["total"] = 1000 * total / n
+    out["total CPU (all threads)"] = 1000 * cpu_total / n
     return out
 
 
@@ -128,6 +131,12 @@ def main(argv):
               f"{stats['steady_images_per_s']:.1f} images/s steady state; "
               f"{stats['images'] / stats['wall_s']:.1f} images/s end to end "
               f"(wall {stats['wall_s']:.1f} s incl. {stats['startup_s']:.1f} s startup)")
+        cpu = stats["worker_cpu_ms_per_image"] + stats["writer_cpu_ms_per_image"]
+        ncpu = os.cpu_count() or 1
+        print(f"CPU per image: {stats['worker_cpu_ms_per_image']:.1f} ms in the render workers (GL threads "
+              f"included) + {stats['writer_cpu_ms_per_image']:.1f} ms in the writer = {cpu:.1f} ms; "
+              f"{ncpu} idle cores could do at most {1000 * ncpu / cpu:.0f} images/s "
+              f"(load average now {os.getloadavg()[0]:.2f})")
         print(f"RESULT render_images_per_s={stats['steady_images_per_s']:.1f}")
 
 

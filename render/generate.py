@@ -268,13 +268,16 @@ def _test_hook(index):
 def _render_chunk(task):
     if "error" in _WORKER:
         raise _WORKER["error"]
+    import time
+
+    c0 = time.process_time()  # CPU of this process incl. the GL rasterizer threads (render.bench reports it)
     start, stop = task
     r = _WORKER["renderer"]
     out = []
     for i in range(start, stop):
         _test_hook(i)
         out.append(r.encode_index(i))
-    return out
+    return out, time.process_time() - c0
 
 
 # ---------------------------------------------------------------------------------------------------- driver
@@ -360,11 +363,12 @@ def generate(opts: dict) -> dict:
 
         bar = tqdm(total=total, unit="img", disable=not opts["progress"], desc=f"render {out.name}",
                    dynamic_ncols=True, smoothing=0.1)
-        t_first, n_first, n_done = None, 0, 0
-        for k, records in zip(task_shard, pool.imap(_render_chunk, tasks)):
+        t_first, n_first, n_done, worker_cpu, c_first = None, 0, 0, 0.0, 0.0
+        for k, (records, cpu) in zip(task_shard, pool.imap(_render_chunk, tasks)):
             n_done += len(records)
+            worker_cpu += cpu
             if t_first is None:
-                t_first, n_first = time.perf_counter(), len(records)
+                t_first, n_first, c_first = time.perf_counter(), len(records), time.process_time()
             if k not in pending:
                 final = out / info["shards"][k]["file"]
                 tmp = final.with_name(final.name + ".tmp")
@@ -378,12 +382,14 @@ def generate(opts: dict) -> dict:
                 entry[0].close()
                 os.replace(entry[1], out / info["shards"][k]["file"])
                 del pending[k]
-        t_end = time.perf_counter()
+        t_end, c_end = time.perf_counter(), time.process_time()
         pool.close()
         pool.join()
         LAST_RUN_STATS.update(
             images=n_done, wall_s=time.perf_counter() - t_start, startup_s=t_first - t_start,
-            steady_images_per_s=(n_done - n_first) / max(t_end - t_first, 1e-9), workers=workers)
+            steady_images_per_s=(n_done - n_first) / max(t_end - t_first, 1e-9), workers=workers,
+            worker_cpu_ms_per_image=1000 * worker_cpu / n_done,
+            writer_cpu_ms_per_image=1000 * (c_end - c_first) / max(n_done - n_first, 1))
     except BaseException:
         pool.terminate()
         pool.join()

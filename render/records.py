@@ -77,7 +77,12 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- protobuf wire format
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+
+
 def _varint(n: int) -> bytes:
+    if 0 <= n < 128:
+        return _SMALL_VARINTS[n]
     n &= (1 << 64) - 1
     out = bytearray()
     while True:
