@@ -9,6 +9,7 @@
 #                            so a rebuild is incremental. Delete it for a cold build.
 #   BAZEL_JOBS               parallel jobs (default: number of CPUs)
 #   BAZEL_KEEP_SERVER=1      leave the Bazel server running afterwards (default: shut it down)
+#   BAZEL_BUILD_FLAGS        extra `bazel build` flags, e.g. "--explain=/tmp/explain.txt --verbose_explanations"
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -73,7 +74,8 @@ trap shutdown_server EXIT
 
 log "bazel: $(command -v "$BAZEL") ($("$BAZEL" "${STARTUP[@]}" --version 2>/dev/null | head -1 || true)), output root $USER_ROOT, python $PYTHON_BIN_PATH"
 start=$(date +%s)
-if ! "$BAZEL" "${STARTUP[@]}" build "${BUILD_FLAGS[@]}" "$TARGET"; then
+read -r -a EXTRA_FLAGS <<< "${BAZEL_BUILD_FLAGS:-}"
+if ! "$BAZEL" "${STARTUP[@]}" build "${BUILD_FLAGS[@]}" ${EXTRA_FLAGS[@]+"${EXTRA_FLAGS[@]}"} "$TARGET"; then
   die "bazel build $TARGET failed (see above). Note: the build is offline by design; an error about a download
 means something outside third_party/ was referenced. A stale output root can be removed: rm -rf '$USER_ROOT'"
 fi
