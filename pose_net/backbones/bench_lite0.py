@@ -4,7 +4,8 @@
 
 Times a compiled ``tf.function`` of the headless backbone (random initialisation: the weights do not change the
 speed) on random batches, after warm-up; prints images/s per input size (median and best over timed runs) with the
-1-minute load average before and after, since other jobs on a shared CPU change the figures. ``--train`` also times
+1-minute load average before and after, since other jobs on a shared CPU change the figures, and images per
+CPU-second of this process (with N idle cores, wall-clock throughput is at most about N times that). ``--train`` also times
 one optimiser step of the unfrozen backbone (forward + backward) for fine-tuning estimates.
 """
 
@@ -50,16 +51,20 @@ def bench(size: int, batch: int, seconds: float, train: bool = False, jit: bool 
 
     for _ in range(2):  # trace + warm-up
         np.asarray(step(x))
-    times, t_end = [], time.perf_counter() + seconds
+    times, t_end, cpu0 = [], time.perf_counter() + seconds, time.process_time()
     while time.perf_counter() < t_end or len(times) < 3:
         t0 = time.perf_counter()
         np.asarray(step(x))
         times.append(time.perf_counter() - t0)
+    cpu_s = time.process_time() - cpu0
     times = np.array(times)
     return dict(size=size, batch=batch, mode="train_step" if train else "inference", xla=jit, runs=len(times),
                 images_per_s_median=round(batch / float(np.median(times)), 1),
                 images_per_s_best=round(batch / float(times.min()), 1),
-                ms_per_batch_median=round(1000 * float(np.median(times)), 1))
+                ms_per_batch_median=round(1000 * float(np.median(times)), 1),
+                # CPU time this process got: less sensitive to other jobs than wall time on a shared machine
+                images_per_cpu_s=round(batch * len(times) / cpu_s, 1),
+                cpu_utilisation=round(cpu_s / float(times.sum()), 2))
 
 
 def main(argv=None):
