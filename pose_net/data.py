@@ -9,13 +9,13 @@ resize with ``tf.image.crop_and_resize``, colour jitter, blur, noise and cutout 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import tensorflow as tf
 
 from pose_net import parametrization as param
+from render.dataset import load_dataset_info, read_samples
+from render.dataset import shard_paths as render_shard_paths
 from render.records import parse_example
 
 
@@ -35,24 +35,24 @@ class PipelineConfig:
 
 
 def load_info(dataset_dir) -> dict:
-    """``dataset.json`` of a rendered dataset, with the model points as a float32 tensor."""
-    path = Path(dataset_dir) / "dataset.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a rendered dataset (no dataset.json); render one with render.generate")
-    return json.loads(path.read_text())
+    """``dataset.json`` of a rendered dataset (clear errors: :func:`render.dataset.load_dataset_info`)."""
+    return load_dataset_info(dataset_dir)
 
 
 def shard_paths(dataset_dir, split: str = "train") -> list[str]:
-    """Shard files of a dataset. With more than one shard the last one is the validation split."""
-    info = load_info(dataset_dir)
-    names = [s["file"] if isinstance(s, dict) else s for s in info["shards"]]
-    paths = [str(Path(dataset_dir) / n) for n in names]
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{dataset_dir}: shard(s) missing: {missing[:3]} (an unfinished render?)")
+    """Shard files of a split. With more than one shard, the last one is the validation split ("val"), the others
+    the training split ("train"); "all" is every shard."""
+    paths = [str(p) for p in render_shard_paths(dataset_dir)]
     if split == "all" or len(paths) == 1:
         return paths
     return paths[:-1] if split == "train" else paths[-1:]
+
+
+def raise_for_corrupt_records(paths) -> None:
+    """Called when tf.data failed to read a dataset: reads it again record by record and raises
+    :class:`render.dataset.DatasetError` naming the shard file and the record that is corrupt or truncated."""
+    for _ in read_samples(paths):
+        pass
 
 
 def _parse(serialized, image_size: int):

@@ -22,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 from absl import app, flags, logging
 
+from pose_core import PoseInputError
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", None, "rendered dataset folder (render.generate's --out)")
 flags.DEFINE_string("val_dataset", None, "optional separate rendered dataset for validation; default: the last "
@@ -88,13 +90,13 @@ def check_resume(model_dir: Path, config: dict):
         return
     old = json.loads(path.read_text())
     if old.get("obj_id") != config["obj_id"] or abs(old.get("diameter_mm", 0) - config["diameter_mm"]) > 1e-3:
-        raise SystemExit(f"error: {model_dir} holds a model of object {old.get('obj_id')} "
+        raise PoseInputError(f"{model_dir} holds a model of object {old.get('obj_id')} "
                          f"(diameter {old.get('diameter_mm'):.1f} mm) but --dataset {config['dataset']} renders "
                          f"object {config['obj_id']} (diameter {config['diameter_mm']:.1f} mm): use another "
                          f"--model_dir")
     for key in CONFIG_KEYS:
         if old.get(key) != config[key]:
-            raise SystemExit(f"error: {model_dir} was trained with {key}={old.get(key)!r}, now {config[key]!r}: "
+            raise PoseInputError(f"{model_dir} was trained with {key}={old.get(key)!r}, now {config[key]!r}: "
                              f"use the same flags to resume, or another --model_dir")
 
 
@@ -155,14 +157,12 @@ def train(flag_values: dict) -> dict:
                                augment=f["augment"])
     weights = losses.LossWeights(f["lambda_box"], f["lambda_rotation"], f["lambda_translation"],
                                  f["lambda_projection"], f["lambda_reg"], f["projection_scale"])
-    n_train = sum(int(s.get("count", 0)) if isinstance(s, dict) else 0 for s in info["shards"])
     train_paths = pdata.shard_paths(f["dataset"], "train")
-    if isinstance(info["shards"][0], dict):
-        names = {Path(p).name for p in train_paths}
-        n_train = sum(int(s["count"]) for s in info["shards"] if s["file"] in names)
-    steps_per_epoch = max(1, n_train // f["batch_size"]) if n_train else 0
+    names = {Path(p).name for p in train_paths}
+    n_train = sum(int(s["count"]) for s in info["shards"] if s["file"] in names)
+    steps_per_epoch = max(1, n_train // f["batch_size"])
     if f["steps_per_epoch"]:
-        steps_per_epoch = min(steps_per_epoch, f["steps_per_epoch"]) if steps_per_epoch else f["steps_per_epoch"]
+        steps_per_epoch = min(steps_per_epoch, f["steps_per_epoch"])
     total_steps = max(1, steps_per_epoch * f["epochs"])
 
     keras.utils.set_random_seed(f["seed"])
@@ -211,14 +211,12 @@ def train(flag_values: dict) -> dict:
     for epoch in range(int(epoch_var.numpy()), f["epochs"]):
         ds = pdata.make_dataset(f["dataset"], cfg, f["batch_size"], "train", True, f["seed"], epoch)
         skip = int(step_in_epoch.numpy())
-        if steps_per_epoch:
-            ds = ds.take(steps_per_epoch)
-        ds = ds.skip(skip)
+        ds = ds.take(steps_per_epoch).skip(skip)
         dist_ds = strategy.experimental_distribute_dataset(ds)
-        bar = tqdm(total=steps_per_epoch or None, initial=skip, desc=f"epoch {epoch + 1}/{f['epochs']}",
+        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{f['epochs']}",
                    disable=not f["progress"], unit="step", file=sys.stdout, dynamic_ncols=True)
         t0, sums, n = time.time(), {}, 0
-        for batch in dist_ds:
+        for batch in _checked(dist_ds, train_paths):
             total, terms = train_step(batch)
             n += 1
             steps_this_run += 1
@@ -260,6 +258,24 @@ def train(flag_values: dict) -> dict:
     return last_val
 
 
+def _checked(dataset, paths):
+    """Iterates ``dataset``; when reading fails, names the corrupt shard file and record (DatasetError)."""
+    import tensorflow as tf
+
+    from pose_net.data import raise_for_corrupt_records
+
+    iterator = iter(dataset)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError):
+            raise_for_corrupt_records(paths)
+            raise
+        yield batch
+
+
 def _pose_pictures(estimator, dataset, points_mm, diameter_mm, count: int = 8):
     """A ``[1, H, W, 3]`` contact sheet of validation crops with true (green) and predicted (red) outlines."""
     from pose_net.draw import contact_sheet, draw_pose_overlay
@@ -281,7 +297,10 @@ def main(argv):
         if not getattr(FLAGS, name):
             raise app.UsageError(f"--{name} is required")
     values = {name: FLAGS[name].value for name in FLAGS if name in _OWN_FLAGS}
-    train(values)
+    try:
+        train(values)
+    except PoseInputError as e:
+        raise SystemExit(f"error: {e}")
 
 
 _OWN_FLAGS = {"dataset", "val_dataset", "model_dir", "backbone", "backbone_weights", "input_size", "input_mode",

@@ -1,0 +1,117 @@
+"""Benchmark of training and inference (what `make bench-train` runs).
+
+    python -m pose_net.bench [--dataset DIR] [--backbone mobilenet_v2] [--batch_size 32] [--input_size 128]
+
+Prints, in one run: the input pipeline's rate alone (images/s, with augmentation), the train step rate (images/s,
+all loss terms including the Projection Loss op), and inference images/s (batch 32, CPU). Without ``--dataset`` it
+renders a small dataset of the built-in toy first (into build/bench_dataset, reused afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset", None, "rendered dataset (default: render 512 images of the built-in toy)")
+flags.DEFINE_string("backbones", "mobilenet_v2,small", "comma-separated backbones to measure")
+flags.DEFINE_integer("batch_size", 32, "batch size")
+flags.DEFINE_integer("input_size", 128, "network input size")
+flags.DEFINE_integer("steps", 20, "timed steps per measurement (after warm-up)")
+flags.DEFINE_float("lambda_projection", 0.1, "Projection Loss weight in the timed train step")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def ensure_dataset() -> str:
+    from render.dataset import DatasetError, load_dataset_info
+
+    out = REPO_ROOT / "build" / "bench_dataset"
+    try:
+        load_dataset_info(out)
+        return str(out)
+    except DatasetError:
+        pass
+    subprocess.run([sys.executable, "-m", "render.generate", "--mesh=toy", f"--out={out}", "--num_images=512",
+                    "--num_shards=2", "--seed=0", "--noprogress"], check=True, cwd=REPO_ROOT)
+    return str(out)
+
+
+def timed(fn, steps: int, warmup: int = 3) -> float:
+    """Seconds per call of ``fn`` (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pose_net import data as pdata
+    from pose_net import losses
+    from pose_net.model import build_pose_model
+
+    dataset = FLAGS.dataset or ensure_dataset()
+    info = pdata.load_info(dataset)
+    bs, size = FLAGS.batch_size, FLAGS.input_size
+    cfg = pdata.PipelineConfig(input_size=size)
+    print(f"machine: {os.cpu_count()} cores; TF {tf.__version__}; batch {bs}; input {size}x{size}; "
+          f"dataset {dataset}", flush=True)
+
+    # 1. the input pipeline alone
+    def pipeline_pass():
+        n = 0
+        for epoch in range(100):
+            for batch in pdata.make_dataset(dataset, cfg, bs, "all", True, 0, epoch):
+                n += int(batch["image"].shape[0])
+                yield n
+
+    gen = pipeline_pass()
+    for _ in range(3):
+        next(gen)
+    t0 = time.perf_counter()
+    n0 = next(gen)
+    for _ in range(FLAGS.steps * 2):
+        n = next(gen)
+    pipeline_rate = (n - n0) / (time.perf_counter() - t0)
+    print(f"input pipeline: {pipeline_rate:.0f} images/s (parse, decode, crop, augment, targets)", flush=True)
+
+    batch = next(iter(pdata.make_dataset(dataset, cfg, bs, "all", True, 0, 0)))
+    points = np.asarray(info["model_points_mm"], np.float32)[:512]
+    weights = losses.LossWeights(projection=FLAGS.lambda_projection)
+    for name in FLAGS.backbones.split(","):
+        model = build_pose_model(name, size)
+        optimizer = keras.optimizers.Adam(1e-4)
+
+        @tf.function
+        def train_step():
+            with tf.GradientTape() as tape:
+                out = model(batch["image"], training=True)
+                total, _ = losses.total_loss(out, batch, model, weights, points, float(info["diameter_mm"]), False,
+                                             size)
+            grads = tape.gradient(total, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return total
+
+        infer = tf.function(lambda x: model(x, training=False))
+        step_rate = bs / timed(lambda: float(train_step()), FLAGS.steps)
+        infer_rate = bs / timed(lambda: infer(batch["image"])["rotation"].numpy(), FLAGS.steps)
+        print(f"{name}: train step {step_rate:.0f} images/s; inference {infer_rate:.0f} images/s; "
+              f"pipeline / step = {pipeline_rate / step_rate:.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
