@@ -40,7 +40,14 @@ if ! command -v "$BAZEL" >/dev/null 2>&1; then
 fi
 
 # ---- python with tensorflow (read by third_party/tf/tf_configure.bzl)
-export PYTHON_BIN_PATH="${PYTHON_BIN_PATH:-$ROOT/.venv/bin/python}"
+PYTHON_BIN_PATH="${PYTHON_BIN_PATH:-$ROOT/.venv/bin/python}"
+# Absolute, but not through symlinks (a venv's bin/python is a symlink to the base interpreter).
+case "$PYTHON_BIN_PATH" in
+  /*) ;;
+  */*) PYTHON_BIN_PATH="$PWD/$PYTHON_BIN_PATH" ;;
+  *) PYTHON_BIN_PATH="$(command -v "$PYTHON_BIN_PATH" || echo "$PYTHON_BIN_PATH")" ;;
+esac
+export PYTHON_BIN_PATH
 [ -x "$PYTHON_BIN_PATH" ] || die "python '$PYTHON_BIN_PATH' not found; run 'make setup' or set PYTHON_BIN_PATH"
 # Locating tensorflow without importing it (an import costs ~5 s); third_party/tf/tf_configure.bzl imports it
 # only when this fingerprint (or the python) changed since the last run.
