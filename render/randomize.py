@@ -7,6 +7,7 @@ the same poses (and the same backgrounds where both randomize them): the ablatio
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,8 +147,16 @@ def _colours(rng, n):
     return rng.uniform(0, 255, size=(n, 3)).astype(np.float32)
 
 
-def _procedural(rng, size, kind) -> np.ndarray:
+@functools.lru_cache(maxsize=8)
+def _grid(size):
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy.setflags(write=False)
+    xx.setflags(write=False)
+    return yy, xx
+
+
+def _procedural(rng, size, kind) -> np.ndarray:
+    yy, xx = _grid(size)
     if kind == 0:  # flat
         return np.broadcast_to(_colours(rng, 1)[0], (size, size, 3)).astype(np.float32)
     if kind in (1, 2, 3):
@@ -222,10 +231,11 @@ def object_appearance(rng, ranges: Ranges, texture_size: int = 64) -> dict:
 
 def apply_noise(rng, img: np.ndarray, ranges: Ranges) -> np.ndarray:
     """Colour jitter (brightness, contrast about grey 128, saturation), optional Gaussian blur, pixel noise."""
-    x = img.astype(np.float32)
-    grey = x.mean(axis=2, keepdims=True)
-    x = grey + (x - grey) * rng.uniform(*ranges.saturation)
-    x = (x - 128.0) * rng.uniform(*ranges.contrast) + 128.0 + rng.uniform(*ranges.brightness)
+    x = np.asarray(img, dtype=np.float32)
+    grey = x @ np.full((3, 1), 1.0 / 3.0, np.float32)
+    sat, con, bri = rng.uniform(*ranges.saturation), rng.uniform(*ranges.contrast), rng.uniform(*ranges.brightness)
+    # saturation about the pixel's grey, then contrast about 128 and brightness, in one pass
+    x = (grey * (1.0 - sat) + x * sat) * np.float32(con) + np.float32(128.0 * (1.0 - con) + bri)
     blur = rng.uniform() < ranges.blur_prob
     radius = rng.uniform(*ranges.blur_radius)
     sigma = rng.uniform(*ranges.noise_sigma)
