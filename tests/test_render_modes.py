@@ -123,3 +123,42 @@ def test_unknown_mode_lists_valid_ones():
 
     with pytest.raises(PoseInputError, match="complete"):
         mode_axes("everything")
+
+
+def test_view_range_and_object_size():
+    """--elevation_range_deg limits the camera elevation; the distance gives the requested projected size."""
+    mesh = load_mesh(builtin_model_path("symmetric"))
+    ranges = rz.Ranges()
+    ranges.elevation_deg = (30.0, 60.0)
+    ranges.object_size_frac = (0.5, 0.5)
+    sampler = ParamSampler(RenderConfig(mesh_path="symmetric", obj_id=3, image_size=100, seed=2, ranges=ranges),
+                           mesh)
+    for i in range(20):
+        p = sampler.sample_params(i)
+        to_camera = -p["R"][2]  # the camera's -z axis in model coordinates
+        elevation = np.degrees(np.arcsin(to_camera[2]))
+        assert 30.0 - 1e-6 <= elevation <= 60.0 + 1e-6
+        # a diameter-long segment at the object's depth spans half the image
+        depth = (p["R"] @ sampler.centre_mm + p["t_mm"])[2]
+        assert sampler.K[0, 0] * sampler.diameter_mm / depth == pytest.approx(50.0, rel=1e-6)
+
+
+def test_backgrounds_skip_photos_showing_the_object(tmp_path):
+    import json
+
+    from render.generate import GenerateError, list_backgrounds
+
+    for name in ("a.png", "b.png", "c.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "objects_in_frame.json").write_text(json.dumps({"a.png": [1, 2], "b.png": [3], "c.jpg": []}))
+    names = lambda files: [p.rsplit("/", 1)[-1] for p in files]  # noqa: E731
+    assert names(list_backgrounds(str(tmp_path), None)) == ["a.png", "b.png", "c.jpg"]
+    assert names(list_backgrounds(str(tmp_path), 1)) == ["b.png", "c.jpg"]
+    (tmp_path / "objects_in_frame.json").write_text(json.dumps({"a.png": [1], "b.png": [1], "c.jpg": [1]}))
+    with pytest.raises(GenerateError, match="no background left"):
+        list_backgrounds(str(tmp_path), 1)
+    real = shared_data_dir() / "ycbv_backgrounds"
+    if real.is_dir():
+        shown = json.loads((real / "objects_in_frame.json").read_text())
+        kept = names(list_backgrounds(str(real), 1))
+        assert kept and all(1 not in shown.get(n, []) for n in kept)
