@@ -12,7 +12,7 @@ RUN_DIR ?= runs
 
 setup: $(VENV_STAMP)
 
-# Debian packages: offscreen OpenGL (EGL + Mesa) for pyrender, Bazel for `make bazel-build-ops`.
+# Debian packages: offscreen OpenGL (EGL + Mesa) for pyrender, Bazel (bazel-bootstrap) for `make bazel-build-ops`.
 system-deps:
 	@bash .ci/system_deps.sh
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only those missing. Needs root (or sudo) when something is missing.
 set -euo pipefail
-pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 g++ make)
+pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 g++ make bazel-bootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

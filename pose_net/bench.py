@@ -21,7 +21,7 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", None, "rendered dataset (default: render 512 images of the built-in toy)")
-flags.DEFINE_string("backbones", "mobilenet_v2,small", "comma-separated backbones to measure")
+flags.DEFINE_string("backbones", "efficientnet_lite0,mobilenet_v2,small", "comma-separated backbones to measure")
 flags.DEFINE_integer("batch_size", 32, "batch size")
 flags.DEFINE_integer("input_size", 128, "network input size")
 flags.DEFINE_integer("steps", 20, "timed steps per measurement (after warm-up)")

@@ -25,16 +25,20 @@ from pose_core import PoseInputError, bop, metrics
 from pose_core.geometry import bbox_from_points, project_points
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "trained model folder (pose_net.train's --model_dir)")
-flags.DEFINE_string("bop_root", None, "BOP dataset root holding test/<scene>/ and models/")
-flags.DEFINE_integer("obj_id", None, "object id in the BOP set")
-flags.DEFINE_enum("boxes", "gt", ["gt", "predicted"], "2D boxes to crop around")
-flags.DEFINE_string("split", "test", "BOP split folder")
-flags.DEFINE_string("models_dir", None, "BOP models folder (default: BOP_ROOT/models)")
-flags.DEFINE_string("csv", None, "BOP19 results CSV to write")
-flags.DEFINE_string("report", None, "folder for the report: metrics.json, table.md, overlays, accuracy plot")
-flags.DEFINE_integer("num_pictures", 12, "overlay pictures in the report")
-flags.DEFINE_bool("allow_object_mismatch", False, "evaluate even if the model was trained on another mesh")
+
+
+def define_flags():
+    """Command-line flags (defined only when run as a program, so the module imports cleanly anywhere)."""
+    flags.DEFINE_string("model_dir", None, "trained model folder (pose_net.train's --model_dir)")
+    flags.DEFINE_string("bop_root", None, "BOP dataset root holding test/<scene>/ and models/")
+    flags.DEFINE_integer("obj_id", None, "object id in the BOP set")
+    flags.DEFINE_enum("boxes", "gt", ["gt", "predicted"], "2D boxes to crop around")
+    flags.DEFINE_string("split", "test", "BOP split folder")
+    flags.DEFINE_string("models_dir", None, "BOP models folder (default: BOP_ROOT/models)")
+    flags.DEFINE_string("csv", None, "BOP19 results CSV to write")
+    flags.DEFINE_string("report", None, "folder for the report: metrics.json, table.md, overlays, accuracy plot")
+    flags.DEFINE_integer("num_pictures", 12, "overlay pictures in the report")
+    flags.DEFINE_bool("allow_object_mismatch", False, "evaluate even if the model was trained on another mesh")
 
 
 def load_test_object(bop_root, obj_id: int, models_dir=None):
@@ -166,4 +170,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

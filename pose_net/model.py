@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-BACKBONES = ("mobilenet_v2", "efficientnet_b0", "small")
+BACKBONES = ("efficientnet_lite0", "mobilenet_v2", "efficientnet_b0", "small")
 BN_MOMENTUM = 0.9
 
 
@@ -30,13 +30,23 @@ def _small_backbone(inputs):
     return x
 
 
-def build_backbone(name: str, input_size: int, weights=None):
+def build_backbone(name: str, input_size: int, weights=None, freeze: bool = False):
     """A feature extractor ``[B, S, S, 3] (0..255) -> [B, S/32, S/32, C]``.
 
     Args:
       name: one of :data:`BACKBONES`.
-      weights: ``None`` (random initialisation) or ``"imagenet"`` (Keras downloads them: needs network access).
+      weights: ``None`` (random initialisation) or ``"imagenet"``. For ``efficientnet_lite0`` these are the
+        converted weights cached on disk (offline; random initialisation with one printed line when unavailable,
+        see docs/pretrained_backbone.md); for the Keras applications Keras downloads them (needs network access).
+      freeze: keep the backbone fixed (weights and batch-norm statistics).
     """
+    if name == "efficientnet_lite0":
+        from pose_net.backbones.efficientnet_lite import build_lite0_backbone, freeze_batch_norm
+
+        backbone = build_lite0_backbone(input_size, weights, freeze)
+        if weights == "imagenet" and not freeze:
+            freeze_batch_norm(backbone)  # fine-tune the convolutions, keep the real-image BN statistics
+        return backbone
     inputs = keras.Input((input_size, input_size, 3), name="image")
     if name == "mobilenet_v2":
         x = keras.applications.mobilenet_v2.preprocess_input(inputs)
@@ -54,6 +64,8 @@ def build_backbone(name: str, input_size: int, weights=None):
     else:
         raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES}")
     backbone = keras.Model(inputs, features, name=f"backbone_{name}")
+    if freeze:
+        backbone.trainable = False
     # Keras' defaults (0.99, 0.999 in MobileNetV2) let the inference statistics lag far behind the weights in
     # short trainings from scratch; 0.9 tracks them.
     for layer in backbone._flatten_layers():
@@ -62,11 +74,11 @@ def build_backbone(name: str, input_size: int, weights=None):
     return backbone
 
 
-def build_pose_model(backbone: str = "mobilenet_v2", input_size: int = 128, backbone_weights=None,
-                     head_width: int = 256, dropout: float = 0.1) -> keras.Model:
+def build_pose_model(backbone: str = "efficientnet_lite0", input_size: int = 128, backbone_weights=None,
+                     head_width: int = 256, dropout: float = 0.1, freeze_backbone: bool = False) -> keras.Model:
     """The multi-task pose network (see the module docstring for inputs and outputs)."""
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    features = build_backbone(backbone, input_size, backbone_weights)(inputs)
+    features = build_backbone(backbone, input_size, backbone_weights, freeze_backbone)(inputs)
     # Keep the spatial layout (where the object is matters for box and translation): reduce channels, flatten.
     x = keras.layers.Conv2D(64, 1, activation="relu", name="reduce")(features)
     x = keras.layers.Flatten()(x)

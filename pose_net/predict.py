@@ -20,11 +20,15 @@ from absl import app, flags
 from pose_core import PoseInputError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_dir", None, "trained model folder")
-flags.DEFINE_string("image", None, "RGB image file")
-flags.DEFINE_string("camera", None, "JSON file with the intrinsics: {\"K\": 3x3} or {\"cam_K\": [9 numbers]}")
-flags.DEFINE_string("box", None, "optional 2D box x,y,w,h (pixels) around the object; default: the network's own")
-flags.DEFINE_string("out", None, "overlay picture to write")
+
+
+def define_flags():
+    """Command-line flags (defined only when run as a program, so the module imports cleanly anywhere)."""
+    flags.DEFINE_string("model_dir", None, "trained model folder")
+    flags.DEFINE_string("image", None, "RGB image file")
+    flags.DEFINE_string("camera", None, "JSON file with the intrinsics: {\"K\": 3x3} or {\"cam_K\": [9 numbers]}")
+    flags.DEFINE_string("box", None, "optional 2D box x,y,w,h (pixels) around the object; default: the network's own")
+    flags.DEFINE_string("out", None, "overlay picture to write")
 
 
 def load_camera(path) -> np.ndarray:
@@ -92,4 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

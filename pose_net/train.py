@@ -29,9 +29,12 @@ flags.DEFINE_string("dataset", None, "rendered dataset folder (render.generate's
 flags.DEFINE_string("val_dataset", None, "optional separate rendered dataset for validation; default: the last "
                     "shard of --dataset when it has more than one")
 flags.DEFINE_string("model_dir", None, "folder for checkpoints, logs, config.json and the exported model")
-flags.DEFINE_enum("backbone", "mobilenet_v2", ["mobilenet_v2", "efficientnet_b0", "small"], "feature extractor")
-flags.DEFINE_enum("backbone_weights", "none", ["none", "imagenet"], "backbone initialisation ('imagenet' downloads "
-                  "Keras' weights: needs network access)")
+flags.DEFINE_enum("backbone", "efficientnet_lite0", ["efficientnet_lite0", "mobilenet_v2", "efficientnet_b0",
+                  "small"], "feature extractor")
+flags.DEFINE_enum("backbone_weights", "imagenet", ["none", "imagenet"], "backbone initialisation. efficientnet_lite0: "
+                  "the converted ImageNet weights, offline (falls back to random initialisation, saying so, when "
+                  "they are not installed); the Keras applications download theirs (needs network access)")
+flags.DEFINE_bool("freeze_backbone", False, "keep the backbone's weights and batch-norm statistics fixed")
 flags.DEFINE_integer("input_size", 128, "side of the network input crop in pixels")
 flags.DEFINE_enum("input_mode", "roi", ["roi", "full"], "roi: crops around the object's 2D box (scale-invariant "
                   "translation); full: the whole image, as in the thesis")
@@ -59,7 +62,7 @@ flags.DEFINE_bool("progress", True, "show a progress bar")
 flags.DEFINE_integer("stop_after_steps", 0, "testing aid: exit (as if killed) after this many steps of this run")
 
 
-CONFIG_KEYS = ("backbone", "input_size", "input_mode", "roi_enlarge", "seed")
+CONFIG_KEYS = ("backbone", "input_size", "input_mode", "roi_enlarge", "seed", "freeze_backbone")
 
 
 def make_config(flag_values, info: dict) -> dict:
@@ -75,6 +78,7 @@ def make_config(flag_values, info: dict) -> dict:
         "input_size": flag_values["input_size"],
         "input_mode": flag_values["input_mode"],
         "roi_enlarge": flag_values["roi_enlarge"],
+        "freeze_backbone": flag_values["freeze_backbone"],
         "seed": flag_values["seed"],
         "dataset": flag_values["dataset"],
         "flags": flag_values,
@@ -169,7 +173,8 @@ def train(flag_values: dict) -> dict:
     strategy = make_strategy(f["strategy"])
     with strategy.scope():
         weights_arg = None if f["backbone_weights"] == "none" else f["backbone_weights"]
-        model = build_pose_model(f["backbone"], f["input_size"], weights_arg)
+        model = build_pose_model(f["backbone"], f["input_size"], weights_arg,
+                                 freeze_backbone=f["freeze_backbone"])
         schedule = keras.optimizers.schedules.CosineDecay(f["learning_rate"], total_steps, alpha=0.05,
                                                           warmup_target=None)
         optimizer = keras.optimizers.Adam(schedule, clipnorm=5.0)
@@ -303,7 +308,7 @@ def main(argv):
         raise SystemExit(f"error: {e}")
 
 
-_OWN_FLAGS = {"dataset", "val_dataset", "model_dir", "backbone", "backbone_weights", "input_size", "input_mode",
+_OWN_FLAGS = {"dataset", "val_dataset", "model_dir", "backbone", "backbone_weights", "freeze_backbone", "input_size", "input_mode",
               "roi_enlarge", "batch_size", "epochs", "steps_per_epoch", "learning_rate", "lambda_box",
               "lambda_rotation", "lambda_translation", "lambda_projection", "lambda_reg", "projection_scale",
               "num_loss_points", "symmetric", "augment", "seed", "checkpoint_every_steps", "max_val_images",

@@ -1,0 +1,188 @@
+"""pose_net end to end on tiny rendered datasets: the losses are wired right, the network can overfit, training
+resumes after a kill, evaluation writes BOP results, and bad input gets clear errors."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pose_core import PoseInputError, bop, metrics
+from render.testing import run_generate
+
+INPUT = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """96 renderings of the built-in toy at 64x64, in 3 shards (the last is the validation split)."""
+    out = tmp_path_factory.mktemp("tiny") / "toy"
+    proc = run_generate(out, mesh="toy", num_images=96, num_shards=3, seed=3, image_size=INPUT, workers=1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def _fixed_batch(dataset_dir, n=64):
+    from pose_net import data as pdata
+
+    cfg = pdata.PipelineConfig(input_size=INPUT, augment=False)
+    return next(iter(pdata.make_dataset(dataset_dir, cfg, n, "train", training=False)))
+
+
+def _trainer(model, batch, weights, points, diameter, lr):
+    import keras
+    import tensorflow as tf
+
+    from pose_net import losses
+
+    optimizer = keras.optimizers.Adam(lr)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            out = model(batch["image"], training=True)
+            total, terms = losses.total_loss(out, batch, model, weights, points, diameter, False, INPUT)
+        grads = tape.gradient(total, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return total, terms
+
+    return step
+
+
+def test_a_few_steps_lower_every_loss_term(tiny_dataset):
+    import keras
+
+    from pose_net import data as pdata
+    from pose_net import losses
+    from pose_net.model import build_pose_model
+
+    keras.utils.set_random_seed(1)
+    info = pdata.load_info(tiny_dataset)
+    points = np.asarray(info["model_points_mm"], np.float32)[:256]
+    batch = _fixed_batch(tiny_dataset)
+    model = build_pose_model("small", INPUT, dropout=0.0)
+    weights = losses.LossWeights(projection=1.0, regularization=1e-4)
+    step = _trainer(model, batch, weights, points, info["diameter_mm"], 1e-3)
+    _, first = step()
+    for _ in range(40):
+        _, last = step()
+    for name in ("box", "rotation", "translation", "projection", "regularization"):
+        assert float(last[name]) < float(first[name]), (name, float(first[name]), float(last[name]))
+
+
+def test_network_overfits_64_renderings(tiny_dataset):
+    import keras
+
+    from pose_net import data as pdata
+    from pose_net import losses
+    from pose_net.inference import PoseEstimator
+    from pose_net.model import build_pose_model
+
+    keras.utils.set_random_seed(0)
+    info = pdata.load_info(tiny_dataset)
+    points = np.asarray(info["model_points_mm"], np.float32)
+    diameter = info["diameter_mm"]
+    batch = _fixed_batch(tiny_dataset)
+    assert batch["image"].shape[0] == 64
+    model = build_pose_model("small", INPUT, dropout=0.0)
+    schedule = keras.optimizers.schedules.CosineDecay(3e-3, 300, alpha=0.01)
+    step = _trainer(model, batch, losses.LossWeights(regularization=0.0), points[:256], diameter, schedule)
+    for _ in range(300):
+        step()
+    estimator = PoseEstimator(model=model, config={"input_size": INPUT, "diameter_mm": diameter,
+                                                   "model_points_mm": points.tolist()})
+    R, t = estimator.estimate_batch(batch)
+    errors = metrics.add_batch(R, t, batch["R"].numpy(), batch["t_mm"].numpy(), points)
+    assert metrics.recall(errors, diameter) >= 0.9, np.sort(errors)
+
+
+def _train_flags(dataset, model_dir, **overrides):
+    from pose_net.train import default_flag_values
+
+    values = default_flag_values(dataset=str(dataset), model_dir=str(model_dir), backbone="small",
+                                 backbone_weights="none", input_size=INPUT, batch_size=16, epochs=3,
+                                 lambda_projection=0.1, progress=False, max_val_images=32, checkpoint_every_steps=2)
+    values.update(overrides)
+    return values
+
+
+def test_killed_training_resumes_to_the_same_figures(tiny_dataset, tmp_path):
+    import tensorflow as tf
+
+    from pose_net.train import train
+
+    tf.config.experimental.enable_op_determinism()
+    uninterrupted = train(_train_flags(tiny_dataset, tmp_path / "a"))
+    # "kill" in the middle of epoch 2 (4 steps per epoch, checkpoints every 2 steps), then start again
+    assert train(_train_flags(tiny_dataset, tmp_path / "b", stop_after_steps=7)) == {}
+    assert not (tmp_path / "b" / "model.keras").exists()
+    resumed = train(_train_flags(tiny_dataset, tmp_path / "b"))
+    history = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for key in ("add_mean_mm", "add_s_mean_mm"):
+        assert resumed[key] == pytest.approx(uninterrupted[key], rel=0.05), key
+    assert (tmp_path / "b" / "model.keras").is_file() and (tmp_path / "b" / "logs").is_dir()
+
+
+def test_evaluate_writes_bop_results_and_report(tiny_dataset, tmp_path):
+    from experiments.common import export_bop_test_set
+    from pose_core.objects import builtin_model_path
+    from pose_net.evaluate import evaluate
+    from pose_net.train import train
+
+    train(_train_flags(tiny_dataset, tmp_path / "m", epochs=1))
+    info = json.loads((tiny_dataset / "dataset.json").read_text())
+    root = export_bop_test_set(tiny_dataset, tmp_path / "bop", 1, str(builtin_model_path("toy")),
+                               info["diameter_mm"], False)
+    result = evaluate(tmp_path / "m", root, 1, "gt", csv_path=tmp_path / "r.csv", report_dir=tmp_path / "rep",
+                      num_pictures=4)
+    assert result["instances"] == 96
+    assert 0.0 <= result["add_recall"] <= result["add_s_recall"] <= 1.0
+    rows = bop.read_results_csv(tmp_path / "r.csv")
+    assert len(rows) == 96 and all(r.obj_id == 1 for r in rows)
+    for f in ("metrics.json", "table.md", "overlays.png", "accuracy_vs_threshold.png"):
+        assert (tmp_path / "rep" / f).is_file(), f
+    predicted = evaluate(tmp_path / "m", root, 1, "predicted")
+    assert predicted["instances"] == 96
+
+
+def test_corrupt_shard_is_named_with_its_record(tiny_dataset, tmp_path):
+    from pose_net.train import train
+    from render.dataset import DatasetError
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset, broken)
+    shard = broken / "train-00000-of-00003.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = b"\x00" * 64
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"train-00000-of-00003.tfrecord: record \d+"):
+        train(_train_flags(broken, tmp_path / "m", epochs=1))
+
+
+def test_model_dir_of_another_object_is_refused(tiny_dataset, tmp_path):
+    from pose_net.train import train
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"obj_id": 7, "diameter_mm": 50.0}))
+    with pytest.raises(PoseInputError, match="holds a model of object 7"):
+        train(_train_flags(tiny_dataset, model_dir, epochs=1))
+
+
+def test_clear_errors_for_predict_inputs(tmp_path):
+    from pose_net.inference import PoseEstimator
+    from pose_net.predict import load_camera, load_image
+
+    (tmp_path / "empty_model").mkdir()
+    with pytest.raises(PoseInputError, match="holds no trained model"):
+        PoseEstimator(tmp_path / "empty_model")
+    with pytest.raises(PoseInputError, match="does not exist"):
+        PoseEstimator(tmp_path / "nowhere")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(PoseInputError, match="bad.png cannot be read"):
+        load_image(tmp_path / "bad.png")
+    (tmp_path / "cam.json").write_text('{"width": 640}')
+    with pytest.raises(PoseInputError, match="cam.json has no 'K'"):
+        load_camera(tmp_path / "cam.json")
+    (tmp_path / "cam2.json").write_text('{"cam_K": [1, 0, 2, 0, 1, 3, 0, 0, 1]}')
+    assert np.allclose(load_camera(tmp_path / "cam2.json"), [[1, 0, 2], [0, 1, 3], [0, 0, 1]])
