@@ -70,7 +70,14 @@ def test_freeze_keeps_batch_norm_statistics():
     free = el.build_lite0_backbone(64, weights=None, freeze=False)
     stats = _bn_stats(free)
     free(x, training=True)
-    assert any(not np.array_equal(stats[k], v) for k, v in _bn_stats(free).items())
+    moved = _bn_stats(free)
+    assert any(not np.array_equal(stats[k], v) for k, v in moved.items())
+    # freeze_batch_norm (for fine-tuning): convolutions stay trainable, batch-norm statistics stay put
+    el.freeze_batch_norm(free)
+    assert len(free.trainable_weights) == 49  # the 49 convolution kernels
+    free(x, training=True)
+    for k, v in _bn_stats(free).items():
+        np.testing.assert_array_equal(moved[k], v, err_msg=k)
 
 
 def test_fallback_without_torch_or_package(tmp_path, monkeypatch, capsys):
