@@ -11,7 +11,6 @@ built-in `toy` subdivided to ~10k triangles when the shared data is absent.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,7 +54,6 @@ def throughput(mesh: str, out: Path) -> dict:
 
 def _profile_worker(mesh: str, n: int, image_size: int, mode: str, distractors: bool) -> dict:
     """Per-phase milliseconds per image in one process (run in a child: no TF in a GL process)."""
-    import numpy as np
 
     from render.engine import RenderConfig, SampleRenderer
     from render.records import encode_example

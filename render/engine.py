@@ -11,8 +11,6 @@ No TensorFlow here (see render/__init__.py).
 from __future__ import annotations
 
 import functools
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from pose_core import PoseInputError
 from pose_core.geometry import bbox_from_mask, intrinsics, opengl_camera_pose, pose_matrix
 from render import randomize as rz
 from render.modes import mode_axes
-from render.records import encode_example, encode_png
+from render.records import encode_example
 
 MM = 1e-3  # the GL scene is in metres (pyrender's light falloff is 1/d^2)
 MAX_LIGHTS_PER_TYPE = 4
@@ -363,13 +361,3 @@ def _load_rgb(path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
-
-
-def encode_png_image(img):  # re-export for tools
-    return encode_png(img)
-
-
-def config_to_json(cfg: RenderConfig) -> str:
-    d = dict(cfg.__dict__)
-    d["ranges"] = dict(cfg.ranges.__dict__)
-    return json.dumps(d, sort_keys=True, default=str)

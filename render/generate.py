@@ -110,7 +110,10 @@ def list_backgrounds(folder: str, exclude_obj_id: int | None) -> list[str]:
         raise GenerateError(f"--backgrounds folder {folder!r} holds no images ({', '.join(PHOTO_EXTENSIONS)})")
     if exclude_obj_id is not None:
         index = d / "objects_in_frame.json"
-        if index.is_file():
+        if not index.is_file():
+            print(f"render.generate: warning: --exclude_obj_id={exclude_obj_id} but {index} is absent: no photo "
+                  f"can be excluded", file=sys.stderr)
+        else:
             try:
                 shown = json.loads(index.read_text())
             except json.JSONDecodeError as e:

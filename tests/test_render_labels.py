@@ -6,7 +6,6 @@ import pytest
 
 from pose_core.geometry import bbox_from_mask
 from pose_core.mesh import load_mesh
-from pose_core.objects import builtin_model_path
 from render.dataset import load_dataset_info, read_samples
 from render.silhouette import iou, projected_silhouette
 from render.testing import run_many, shared_data_dir
