@@ -309,6 +309,26 @@ int pl_cpu_backward(const float* pred, const float* gt, const float* grad_loss, 
   return PL_OK;
 }
 
+int pl_cpu_forward_backward(const float* pred, const float* gt, int batch, int n_pred, int n_gt, int height,
+                            int width, float scale, float* loss, float* grad_unit, int batch_begin, int batch_end) {
+  if (!ValidSizes(pred, gt, batch, n_pred, n_gt, batch_begin, batch_end) || loss == nullptr ||
+      grad_unit == nullptr)
+    return PL_ERR_INVALID_ARGUMENT;
+  int hs, ws;
+  const int rc = pl_drawn_size(height, width, scale, &hs, &ws);
+  if (rc != PL_OK) return rc;
+  Scratch& s = tls_scratch;
+  s.Prepare(static_cast<int64_t>(hs + 2 * kRadius) * (ws + 2 * kRadius), n_pred, n_gt);
+  for (int b = batch_begin; b < batch_end; ++b) {
+    const Counts c = Draw(s, pred + static_cast<int64_t>(b) * n_pred * 2, gt + static_cast<int64_t>(b) * n_gt * 2,
+                          n_pred, n_gt, scale, hs, ws);
+    loss[b] = LossOf(c);
+    Backward(s, c, 1.0f, n_pred, n_gt, scale, hs, ws, grad_unit + static_cast<int64_t>(b) * n_pred * 2);
+    Clear(s, n_pred, n_gt);
+  }
+  return PL_OK;
+}
+
 #ifndef PL_WITH_CUDA
 int pl_cuda_available(void) { return 0; }
 size_t pl_cuda_workspace_bytes(int, int, int, float) { return 0; }
@@ -317,6 +337,10 @@ int pl_cuda_forward(const float*, const float*, int, int, int, int, int, float, 
 }
 int pl_cuda_backward(const float*, const float*, const float*, int, int, int, int, int, float, float*, void*, size_t,
                      void*) {
+  return PL_ERR_NO_CUDA;
+}
+int pl_cuda_forward_backward(const float*, const float*, int, int, int, int, int, float, float*, float*, void*,
+                             size_t, void*) {
   return PL_ERR_NO_CUDA;
 }
 #endif

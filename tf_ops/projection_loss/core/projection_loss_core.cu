@@ -127,7 +127,7 @@ __global__ void ExtraKernel(const float* __restrict__ pred, const float* __restr
   const uint32_t i = static_cast<uint32_t>(idx - static_cast<int64_t>(b) * g.n);
   const uint32_t nx = w.counts[3 * b], ny = w.counts[3 * b + 1], ni = w.counts[3 * b + 2];
   const uint32_t uni = nx + ny - ni;
-  const float gl = grad_loss[b];
+  const float gl = grad_loss != nullptr ? grad_loss[b] : 1.0f;  // nullptr: unit upstream gradient
   if (uni == 0 || ni == 0 || gl == 0.0f) return;
   int p;
   float us, vs, d2;
@@ -184,7 +184,7 @@ __global__ void MissingKernel(const float* __restrict__ pred, const float* __res
   const uint32_t j = static_cast<uint32_t>(idx - static_cast<int64_t>(b) * g.m);
   const uint32_t nx = w.counts[3 * b], ny = w.counts[3 * b + 1], ni = w.counts[3 * b + 2];
   const uint32_t uni = nx + ny - ni;
-  const float gl = grad_loss[b];
+  const float gl = grad_loss != nullptr ? grad_loss[b] : 1.0f;  // nullptr: unit upstream gradient
   if (uni == 0 || gl == 0.0f) return;
   int p;
   float us, vs, d2;
@@ -308,6 +308,26 @@ int pl_cuda_backward(const float* pred, const float* gt, const float* grad_loss,
   ExtraKernel<<<Blocks(static_cast<int64_t>(batch) * n_pred), kThreads, 0, s>>>(pred, grad_loss, g, w, grad_pred);
   MissingKernel<<<Blocks(static_cast<int64_t>(batch) * n_gt), kThreads, 0, s>>>(pred, gt, grad_loss, g, w,
                                                                                 grad_pred);
+  return cudaGetLastError() == cudaSuccess ? PL_OK : PL_ERR_CUDA;
+}
+
+int pl_cuda_forward_backward(const float* pred, const float* gt, int batch, int n_pred, int n_gt, int height,
+                             int width, float scale, float* loss, float* grad_unit, void* workspace,
+                             size_t workspace_bytes, void* stream) {
+  Geometry g;
+  Workspace w;
+  if (loss == nullptr || grad_unit == nullptr) return PL_ERR_INVALID_ARGUMENT;
+  const int rc = Setup(pred, gt, batch, n_pred, n_gt, height, width, scale, workspace, workspace_bytes, &g, &w);
+  if (rc != PL_OK) return rc;
+  if (batch == 0) return PL_OK;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (cudaMemsetAsync(grad_unit, 0, static_cast<size_t>(batch) * n_pred * 2 * sizeof(float), s) != cudaSuccess)
+    return PL_ERR_CUDA;
+  if (Draw(pred, gt, g, w, s) != cudaSuccess) return PL_ERR_CUDA;
+  LossKernel<<<Blocks(batch), kThreads, 0, s>>>(g, w, loss);
+  ExtraKernel<<<Blocks(static_cast<int64_t>(batch) * n_pred), kThreads, 0, s>>>(pred, nullptr, g, w, grad_unit);
+  MissingKernel<<<Blocks(static_cast<int64_t>(batch) * n_gt), kThreads, 0, s>>>(pred, gt, nullptr, g, w,
+                                                                                grad_unit);
   return cudaGetLastError() == cudaSuccess ? PL_OK : PL_ERR_CUDA;
 }
 

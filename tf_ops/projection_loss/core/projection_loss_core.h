@@ -53,6 +53,12 @@ int pl_cpu_forward(const float* pred, const float* gt, int batch, int n_pred, in
 int pl_cpu_backward(const float* pred, const float* gt, const float* grad_loss, int batch, int n_pred, int n_gt,
                     int height, int width, float scale, float* grad_pred, int batch_begin, int batch_end);
 
+// Fused forward + unit backward (one drawing): loss[b] and grad_unit[b] = dloss[b]/dpred[b] (grad_loss = 1).
+// The gradient for an upstream grad_loss is grad_loss[b] * grad_unit[b] (equal to pl_cpu_backward up to float
+// rounding of the product).
+int pl_cpu_forward_backward(const float* pred, const float* gt, int batch, int n_pred, int n_gt, int height,
+                            int width, float scale, float* loss, float* grad_unit, int batch_begin, int batch_end);
+
 // ---- CUDA. All arrays are device pointers; `stream` is a cudaStream_t (NULL: default stream). Asynchronous:
 // returns after enqueuing. `workspace` is device memory of at least pl_cuda_workspace_bytes(...) bytes (any
 // content). Returns PL_ERR_NO_CUDA when the library was built without CUDA.
@@ -63,6 +69,10 @@ int pl_cuda_forward(const float* pred, const float* gt, int batch, int n_pred, i
 int pl_cuda_backward(const float* pred, const float* gt, const float* grad_loss, int batch, int n_pred, int n_gt,
                      int height, int width, float scale, float* grad_pred, void* workspace, size_t workspace_bytes,
                      void* stream);
+// Fused forward + unit backward, as pl_cpu_forward_backward.
+int pl_cuda_forward_backward(const float* pred, const float* gt, int batch, int n_pred, int n_gt, int height,
+                             int width, float scale, float* loss, float* grad_unit, void* workspace,
+                             size_t workspace_bytes, void* stream);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -151,6 +151,10 @@ class CoreLib:
         lib.pl_cpu_forward.argtypes = [_f32p, _f32p, _int, _int, _int, _int, _int, _float, _f32p, _int, _int]
         lib.pl_cpu_backward.argtypes = [_f32p, _f32p, _f32p, _int, _int, _int, _int, _int, _float, _f32p, _int,
                                         _int]
+        lib.pl_cpu_forward_backward.argtypes = [_f32p, _f32p, _int, _int, _int, _int, _int, _float, _f32p, _f32p,
+                                                _int, _int]
+        lib.pl_cuda_forward_backward.argtypes = [_vp, _vp, _int, _int, _int, _int, _int, _float, _vp, _vp, _vp,
+                                                 _size, _vp]
         lib.pl_cuda_available.restype = _int
         lib.pl_cuda_workspace_bytes.restype = _size
         lib.pl_cuda_workspace_bytes.argtypes = [_int, _int, _int, _float]
@@ -188,6 +192,17 @@ class CoreLib:
                                              height, width, scale, _ptr(grad), 0, b), "pl_cpu_backward")
         return grad
 
+    def cpu_forward_backward(self, pred, gt, height: int, width: int, scale: float = 1.0):
+        """Fused pass: (loss [B], grad_unit [B, N, 2]) with grad_unit = dloss/dpred for upstream gradient 1."""
+        pred, gt = _as_points(pred, "pred"), _as_points(gt, "gt")
+        b = pred.shape[0]
+        loss = np.zeros(b, np.float32)
+        grad = np.zeros_like(pred)
+        self._check(self.lib.pl_cpu_forward_backward(_ptr(pred), _ptr(gt), b, pred.shape[1], gt.shape[1], height,
+                                                     width, scale, _ptr(loss), _ptr(grad), 0, b),
+                    "pl_cpu_forward_backward")
+        return loss, grad
+
     # ---- CUDA
     def cuda_compiled(self) -> bool:
         return self.lib.pl_cuda_workspace_bytes(1, 1, 1, 1.0) > 0
@@ -200,6 +215,22 @@ class CoreLib:
 
     def cuda_backward(self, pred, gt, grad_loss, height, width, scale=1.0, backend=None) -> np.ndarray:
         return self._cuda(pred, gt, grad_loss, height, width, scale, backend)
+
+    def cuda_forward_backward(self, pred, gt, height, width, scale=1.0, backend=None):
+        be = backend or gpu_backend()
+        if be is None:
+            raise CoreError(f"no usable GPU backend: {gpu_unavailable_reason()}")
+        pred, gt = _as_points(pred, "pred"), _as_points(gt, "gt")
+        b, n, m = pred.shape[0], pred.shape[1], gt.shape[1]
+        d_pred, d_gt = be.to_device(pred), be.to_device(gt)
+        nbytes = self.lib.pl_cuda_workspace_bytes(b, height, width, scale)
+        ws = be.empty((max(nbytes, 1),), np.uint8)
+        loss, grad = be.empty((b,)), be.empty((b, n, 2))
+        self._check(self.lib.pl_cuda_forward_backward(be.ptr(d_pred), be.ptr(d_gt), b, n, m, height, width, scale,
+                                                      be.ptr(loss), be.ptr(grad), be.ptr(ws), nbytes, be.stream()),
+                    "pl_cuda_forward_backward")
+        be.sync()
+        return be.to_host(loss), be.to_host(grad)
 
     def _cuda(self, pred, gt, grad_loss, height, width, scale, backend):
         be = backend or gpu_backend()
@@ -224,7 +255,8 @@ class CoreLib:
         return be.to_host(out)
 
     def cuda_time_us(self, pred, gt, height, width, scale=1.0, iters: int = 200, backend=None) -> dict:
-        """Mean forward and forward+backward time (microseconds) with CUDA events, inputs already on device."""
+        """Mean time (microseconds, CUDA events, inputs already on device) of the forward, of forward then backward
+        (two passes), and of the fused forward+backward (one drawing; what the TF op runs when training)."""
         be = backend or gpu_backend()
         if be is None:
             raise CoreError(f"no usable GPU backend: {gpu_unavailable_reason()}")
@@ -245,8 +277,13 @@ class CoreLib:
             self._check(self.lib.pl_cuda_backward(be.ptr(d_pred), be.ptr(d_gt), be.ptr(gl), *args, be.ptr(grad),
                                                   be.ptr(ws), nbytes, be.stream()), "pl_cuda_backward")
 
+        def fused():
+            self._check(self.lib.pl_cuda_forward_backward(be.ptr(d_pred), be.ptr(d_gt), *args, be.ptr(loss),
+                                                          be.ptr(grad), be.ptr(ws), nbytes, be.stream()),
+                        "pl_cuda_forward_backward")
+
         result = {}
-        for label, fns in (("forward", (fwd,)), ("forward+backward", (fwd, bwd))):
+        for label, fns in (("forward", (fwd,)), ("forward+backward", (fwd, bwd)), ("fused", (fused,))):
             for _ in range(10):
                 for f in fns:
                     f()

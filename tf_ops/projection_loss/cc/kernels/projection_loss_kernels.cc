@@ -64,6 +64,20 @@ struct ProjectionIouLossFunctor<CPUDevice> {
     return CoreStatus(rc, "ProjectionIouLoss");
   }
 
+  Status ForwardBackward(OpKernelContext* ctx, const LossParams& p, const float* pred, const float* gt, float* loss,
+                         float* grad_unit) {
+    auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    std::atomic<int> rc{PL_OK};
+    tensorflow::Shard(workers->num_threads, workers->workers, p.batch, 3 * Cost(p),
+                      [&](int64_t begin, int64_t end) {
+                        const int r = pl_cpu_forward_backward(pred, gt, p.batch, p.n, p.m, p.height, p.width,
+                                                              p.scale, loss, grad_unit, static_cast<int>(begin),
+                                                              static_cast<int>(end));
+                        if (r != PL_OK) rc = r;
+                      });
+    return CoreStatus(rc, "ProjectionIouLoss");
+  }
+
   Status Backward(OpKernelContext* ctx, const LossParams& p, const float* pred, const float* gt,
                   const float* grad_loss, float* grad_pred) {
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
@@ -94,6 +108,17 @@ struct ProjectionIouLossFunctor<GPUDevice> {
     void* stream = static_cast<void*>(ctx->eigen_device<GPUDevice>().stream());
     return CoreStatus(pl_cuda_forward(pred, gt, p.batch, p.n, p.m, p.height, p.width, p.scale, loss,
                                       ws.flat<int8_t>().data(), bytes, stream),
+                      "ProjectionIouLoss (GPU)");
+  }
+
+  Status ForwardBackward(OpKernelContext* ctx, const LossParams& p, const float* pred, const float* gt, float* loss,
+                         float* grad_unit) {
+    Tensor ws;
+    size_t bytes = 0;
+    TF_RETURN_IF_ERROR(Workspace(ctx, p, &ws, &bytes));
+    void* stream = static_cast<void*>(ctx->eigen_device<GPUDevice>().stream());
+    return CoreStatus(pl_cuda_forward_backward(pred, gt, p.batch, p.n, p.m, p.height, p.width, p.scale, loss,
+                                               grad_unit, ws.flat<int8_t>().data(), bytes, stream),
                       "ProjectionIouLoss (GPU)");
   }
 
@@ -182,7 +207,9 @@ class ProjectionIouLossBase : public OpKernel {
 template <typename Device>
 class ProjectionIouLossOp : public ProjectionIouLossBase {
  public:
-  explicit ProjectionIouLossOp(OpKernelConstruction* ctx) : ProjectionIouLossBase(ctx) {}
+  explicit ProjectionIouLossOp(OpKernelConstruction* ctx) : ProjectionIouLossBase(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("compute_gradient", &compute_gradient_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& pred = ctx->input(0);
@@ -190,12 +217,23 @@ class ProjectionIouLossOp : public ProjectionIouLossBase {
     LossParams p;
     if (!CheckPoints(ctx, pred, gt, &p)) return;
     Tensor* loss = nullptr;
+    Tensor* grad_unit = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({p.batch}), &loss));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, compute_gradient_ ? pred.shape() : TensorShape({0, 0, 2}),
+                                             &grad_unit));
     if (p.batch == 0) return;
-    OP_REQUIRES_OK(ctx, ProjectionIouLossFunctor<Device>().Forward(ctx, p, pred.flat<float>().data(),
-                                                                     gt.flat<float>().data(),
-                                                                     loss->flat<float>().data()));
+    ProjectionIouLossFunctor<Device> functor;
+    if (compute_gradient_) {
+      OP_REQUIRES_OK(ctx, functor.ForwardBackward(ctx, p, pred.flat<float>().data(), gt.flat<float>().data(),
+                                                  loss->flat<float>().data(), grad_unit->flat<float>().data()));
+    } else {
+      OP_REQUIRES_OK(ctx, functor.Forward(ctx, p, pred.flat<float>().data(), gt.flat<float>().data(),
+                                          loss->flat<float>().data()));
+    }
   }
+
+ private:
+  bool compute_gradient_ = true;
 };
 
 template <typename Device>

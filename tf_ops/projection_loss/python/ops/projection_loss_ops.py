@@ -88,7 +88,7 @@ def _check_points(x, name: str) -> tf.Tensor:
 
 
 def projection_iou_loss(pred_points_2d, gt_points_2d, height: int, width: int, scale: float = 1.0,
-                        name: str | None = None) -> tf.Tensor:
+                        with_gradient: bool = True, name: str | None = None) -> tf.Tensor:
     """Projection Loss on 2D points: ``1 - IoU`` of the binary images drawn from both point sets, per batch element.
 
     Args:
@@ -98,6 +98,8 @@ def projection_iou_loss(pred_points_2d, gt_points_2d, height: int, width: int, s
       height, width: camera image size in pixels (> 0).
       scale: the images are drawn at ``round(height*scale) x round(width*scale)``; ``(u, v)`` goes to the pixel
         ``(row, col) = (round_half_up(v*scale), round_half_up(u*scale))``.
+      with_gradient: compute dloss/dpred in the same pass (one drawing for forward + backward: the fast path for
+        training). False: a cheaper forward; a gradient, if asked for, is then computed by ProjectionIouLossGrad.
     Returns:
       ``[B]`` float32 loss in ``[0, 1]`` (0 when both images are empty, 1 when exactly one is).
     Raises:
@@ -109,14 +111,19 @@ def projection_iou_loss(pred_points_2d, gt_points_2d, height: int, width: int, s
     if pred.shape[0] is not None and gt.shape[0] is not None and pred.shape[0] != gt.shape[0]:
         raise _invalid(f"pred_points_2d and gt_points_2d must have the same batch size, got {pred.shape[0]} "
                        f"and {gt.shape[0]}")
-    return _ops.projection_iou_loss(pred, gt, height=height, width=width, scale=scale, name=name)
+    loss, _ = _ops.projection_iou_loss(pred, gt, height=height, width=width, scale=scale,
+                                       compute_gradient=bool(with_gradient), name=name)
+    return loss
 
 
 @tf.RegisterGradient("ProjectionIouLoss")
-def _projection_iou_loss_grad(op, grad_loss):
-    grad_pred = _ops.projection_iou_loss_grad(
-        op.inputs[0], op.inputs[1], grad_loss,
-        height=op.get_attr("height"), width=op.get_attr("width"), scale=op.get_attr("scale"))
+def _projection_iou_loss_grad(op, grad_loss, _unused_grad_of_grad_unit):
+    if op.get_attr("compute_gradient"):
+        grad_pred = op.outputs[1] * grad_loss[:, None, None]
+    else:
+        grad_pred = _ops.projection_iou_loss_grad(
+            op.inputs[0], op.inputs[1], grad_loss,
+            height=op.get_attr("height"), width=op.get_attr("width"), scale=op.get_attr("scale"))
     return [grad_pred, None]
 
 
