@@ -8,9 +8,10 @@ Sample ``i`` depends only on (flags, seed, i): the same flags give byte-identica
 was killed is simply started again (finished shards are kept). ``--num_shards K --shard_index I`` renders one shard
 only: the unit of work for a cluster job array (docs/render.md).
 
-Process layout: ``--workers`` render processes (spawned, each with its own EGL context; they never import
-TensorFlow) render and PNG-encode samples and return serialized tf.train.Example bytes; the parent (which never
-creates a GL context) writes them with TensorFlow's TFRecordWriter.
+Process layout: ``--workers`` render processes (spawned, each with its own EGL context) render and PNG-encode
+samples and return serialized tf.train.Example bytes; the parent (which never creates a GL context) frames them
+into TFRecord files (render/tfrecord.py, byte-identical to tf.io.TFRecordWriter). No process here imports
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -355,14 +356,13 @@ def generate(opts: dict) -> dict:
 
     from tqdm import tqdm
 
-    ctx = mp.get_context("spawn")  # fresh interpreters: no inherited TF, no inherited GL state
+    ctx = mp.get_context("spawn")  # fresh interpreters: nothing inherited from a caller that imported TF or GL
     workers = min(opts["workers"], len(tasks))
     pending = {}  # shard -> (writer, tmp path, records written)
     pool = ctx.Pool(workers, initializer=_init_worker, initargs=(config,))
     bar = None
     try:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf  # parent only (it never creates a GL context); loads while workers start
+        from render.tfrecord import TFRecordWriter
 
         bar = tqdm(total=total, unit="img", disable=not opts["progress"], desc=f"render {out.name}",
                    dynamic_ncols=True, smoothing=0.1)
@@ -375,7 +375,7 @@ def generate(opts: dict) -> dict:
             if k not in pending:
                 final = out / info["shards"][k]["file"]
                 tmp = final.with_name(final.name + ".tmp")
-                pending[k] = [tf.io.TFRecordWriter(str(tmp)), tmp, 0]
+                pending[k] = [TFRecordWriter(tmp), tmp, 0]
             entry = pending[k]
             for rec in records:
                 entry[0].write(rec)

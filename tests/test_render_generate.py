@@ -206,3 +206,23 @@ def test_preview_contact_sheet(tmp_path, ref):
     sheet = contact_sheet(ref / "w2", num=6, cols=3, scale=2)
     assert sheet.shape == (2 * (128 + 2), 3 * (128 + 2), 3) and sheet.dtype == np.uint8
     assert sheet.std() > 10
+
+
+def test_tfrecord_writer_matches_tensorflow(tmp_path):
+    """The generator frames records without TensorFlow (render/tfrecord.py): same bytes as tf.io.TFRecordWriter."""
+    import tensorflow as tf
+
+    from render.tfrecord import TFRecordWriter, _crc32c_small, crc32c
+
+    assert _crc32c_small(b"123456789") == 0xE3069283  # the CRC-32C check value
+    rng = np.random.default_rng(1)
+    records = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (0, 1, 7, 511, 512, 513, 4097, 40000)]
+    for r in records:
+        assert crc32c(r) == _crc32c_small(r)
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as w:
+        for r in records:
+            w.write(r)
+    with TFRecordWriter(tmp_path / "ours.tfrecord") as w:
+        for r in records:
+            w.write(r)
+    assert (tmp_path / "ours.tfrecord").read_bytes() == (tmp_path / "tf.tfrecord").read_bytes()
