@@ -119,12 +119,16 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     return result
 
 
-def format_table(result: dict) -> str:
-    return ("| set | obj | boxes | instances | ADD (10% d) | ADD-S (10% d) | median ADD mm | median t err mm |\n"
-            "|---|---|---|---|---|---|---|---|\n"
-            f"| {Path(result['bop_root']).name} | {result['obj_id']} | {result['boxes']} | {result['instances']} | "
-            f"{100 * result['add_recall']:.1f} | {100 * result['add_s_recall']:.1f} | {result['add_median_mm']:.1f} | "
-            f"{result['t_err_median_mm']:.1f} |\n")
+def format_table(results) -> str:
+    """Markdown table of one result dict or a list of them."""
+    results = [results] if isinstance(results, dict) else results
+    lines = ["| set | obj | boxes | instances | ADD (10% d) | ADD-S (10% d) | median ADD mm | median t err mm |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {Path(r['bop_root']).name} | {r['obj_id']} | {r['boxes']} | {r['instances']} | "
+                     f"{100 * r['add_recall']:.1f} | {100 * r['add_s_recall']:.1f} | {r['add_median_mm']:.1f} | "
+                     f"{r['t_err_median_mm']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def write_report(report: Path, result, rows, add_errors, adds_errors, diameter, pictures, contact_sheet):

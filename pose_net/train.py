@@ -31,9 +31,10 @@ flags.DEFINE_string("val_dataset", None, "optional separate rendered dataset for
 flags.DEFINE_string("model_dir", None, "folder for checkpoints, logs, config.json and the exported model")
 flags.DEFINE_enum("backbone", "efficientnet_lite0", ["efficientnet_lite0", "mobilenet_v2", "efficientnet_b0",
                   "small"], "feature extractor")
-flags.DEFINE_enum("backbone_weights", "imagenet", ["none", "imagenet"], "backbone initialisation. efficientnet_lite0: "
-                  "the converted ImageNet weights, offline (falls back to random initialisation, saying so, when "
-                  "they are not installed); the Keras applications download theirs (needs network access)")
+flags.DEFINE_enum("backbone_weights", "auto", ["auto", "none", "imagenet"], "backbone initialisation. auto: "
+                  "ImageNet for efficientnet_lite0 (the converted weights, offline; random initialisation, saying "
+                  "so, when they are not installed), none for the others. imagenet for the Keras applications "
+                  "downloads their weights (needs network access)")
 flags.DEFINE_bool("freeze_backbone", False, "keep the backbone's weights and batch-norm statistics fixed")
 flags.DEFINE_integer("input_size", 128, "side of the network input crop in pixels")
 flags.DEFINE_enum("input_mode", "roi", ["roi", "full"], "roi: crops around the object's 2D box (scale-invariant "
@@ -104,6 +105,13 @@ def check_resume(model_dir: Path, config: dict):
                              f"use the same flags to resume, or another --model_dir")
 
 
+def resolve_backbone_weights(backbone: str, weights: str):
+    """The ``weights`` argument of the backbone for a ``--backbone_weights`` value (``auto`` resolved)."""
+    if weights == "auto":
+        return "imagenet" if backbone == "efficientnet_lite0" else None
+    return None if weights == "none" else weights
+
+
 def make_strategy(name: str):
     import tensorflow as tf
 
@@ -172,7 +180,7 @@ def train(flag_values: dict) -> dict:
     keras.utils.set_random_seed(f["seed"])
     strategy = make_strategy(f["strategy"])
     with strategy.scope():
-        weights_arg = None if f["backbone_weights"] == "none" else f["backbone_weights"]
+        weights_arg = resolve_backbone_weights(f["backbone"], f["backbone_weights"])
         model = build_pose_model(f["backbone"], f["input_size"], weights_arg,
                                  freeze_backbone=f["freeze_backbone"])
         schedule = keras.optimizers.schedules.CosineDecay(f["learning_rate"], total_steps, alpha=0.05,
