@@ -192,7 +192,7 @@ class SampleRenderer:
         self.scene.add(cam, pose=opengl_camera_pose())
         _set_msaa(config.msaa)
         self.renderer = pyrender.OffscreenRenderer(size, size)
-        if config.fast_shader:
+        if config.fast_shader and (SHADER_DIR / "mesh.frag").is_file() and (SHADER_DIR / "mesh.vert").is_file():
             self.renderer._renderer._program_cache = _fast_shader_cache()
         # Back faces are culled only for closed, consistently wound meshes (half the triangles, same picture);
         # anything else (open scans, split-vertex OBJ files) is drawn two-sided.
