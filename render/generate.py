@@ -305,8 +305,9 @@ def _write_or_check_info(out: Path, info: dict):
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = None
+        except json.JSONDecodeError as e:
+            raise GenerateError(f"{path} is not valid JSON ({e}): cannot tell which flags made the shards there. "
+                                f"Use another --out folder, or delete the folder.") from None
         if old is not None:
             keys = ("format_version", "flags", "mesh_sha256")
             diff = []
