@@ -204,12 +204,11 @@ class ProjectionIouLossBase : public OpKernel {
   }
 };
 
-template <typename Device>
+// kFused = false: ProjectionIouLoss (loss only); true: ProjectionIouLossWithGrad (loss and unit gradient).
+template <typename Device, bool kFused>
 class ProjectionIouLossOp : public ProjectionIouLossBase {
  public:
-  explicit ProjectionIouLossOp(OpKernelConstruction* ctx) : ProjectionIouLossBase(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("compute_gradient", &compute_gradient_));
-  }
+  explicit ProjectionIouLossOp(OpKernelConstruction* ctx) : ProjectionIouLossBase(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& pred = ctx->input(0);
@@ -219,11 +218,10 @@ class ProjectionIouLossOp : public ProjectionIouLossBase {
     Tensor* loss = nullptr;
     Tensor* grad_unit = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({p.batch}), &loss));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, compute_gradient_ ? pred.shape() : TensorShape({0, 0, 2}),
-                                             &grad_unit));
+    if (kFused) OP_REQUIRES_OK(ctx, ctx->allocate_output(1, pred.shape(), &grad_unit));
     if (p.batch == 0) return;
     ProjectionIouLossFunctor<Device> functor;
-    if (compute_gradient_) {
+    if (kFused) {
       OP_REQUIRES_OK(ctx, functor.ForwardBackward(ctx, p, pred.flat<float>().data(), gt.flat<float>().data(),
                                                   loss->flat<float>().data(), grad_unit->flat<float>().data()));
     } else {
@@ -231,9 +229,6 @@ class ProjectionIouLossOp : public ProjectionIouLossBase {
                                           loss->flat<float>().data()));
     }
   }
-
- private:
-  bool compute_gradient_ = true;
 };
 
 template <typename Device>
@@ -261,12 +256,16 @@ class ProjectionIouLossGradOp : public ProjectionIouLossBase {
   }
 };
 
-REGISTER_KERNEL_BUILDER(Name("ProjectionIouLoss").Device(DEVICE_CPU), ProjectionIouLossOp<CPUDevice>);
+REGISTER_KERNEL_BUILDER(Name("ProjectionIouLoss").Device(DEVICE_CPU), ProjectionIouLossOp<CPUDevice, false>);
+REGISTER_KERNEL_BUILDER(Name("ProjectionIouLossWithGrad").Device(DEVICE_CPU),
+                        ProjectionIouLossOp<CPUDevice, true>);
 REGISTER_KERNEL_BUILDER(Name("ProjectionIouLossGrad").Device(DEVICE_CPU), ProjectionIouLossGradOp<CPUDevice>);
 
 #if GOOGLE_CUDA
 REGISTER_KERNEL_BUILDER(Name("ProjectionIouLoss").Device(::tensorflow::DEVICE_GPU),
-                        ProjectionIouLossOp<GPUDevice>);
+                        ProjectionIouLossOp<GPUDevice, false>);
+REGISTER_KERNEL_BUILDER(Name("ProjectionIouLossWithGrad").Device(::tensorflow::DEVICE_GPU),
+                        ProjectionIouLossOp<GPUDevice, true>);
 REGISTER_KERNEL_BUILDER(Name("ProjectionIouLossGrad").Device(::tensorflow::DEVICE_GPU),
                         ProjectionIouLossGradOp<GPUDevice>);
 #endif  // GOOGLE_CUDA

@@ -51,13 +51,7 @@ Status LossShape(InferenceContext* c) {
     return InvalidArgument("pred_points_2d and gt_points_2d must have the same batch size, got ",
                            c->DebugString(pred), " and ", c->DebugString(gt));
   c->set_output(0, c->Vector(batch));
-  bool compute_gradient = true;
-  TF_RETURN_IF_ERROR(c->GetAttr("compute_gradient", &compute_gradient));
-  if (compute_gradient) {
-    c->set_output(1, c->MakeShape({batch, c->Dim(pred, 1), c->MakeDim(2)}));
-  } else {
-    c->set_output(1, c->MakeShape({0, 0, 2}));
-  }
+  if (c->num_outputs() > 1) c->set_output(1, c->MakeShape({batch, c->Dim(pred, 1), c->MakeDim(2)}));
   return Status();
 }
 
@@ -82,11 +76,9 @@ REGISTER_OP("ProjectionIouLoss")
     .Input("pred_points_2d: float")
     .Input("gt_points_2d: float")
     .Output("loss: float")
-    .Output("grad_unit: float")
     .Attr("height: int")
     .Attr("width: int")
     .Attr("scale: float = 1.0")
-    .Attr("compute_gradient: bool = true")
     .SetShapeFn(LossShape)
     .Doc(R"doc(
 Projection Loss: 1 - IoU of the binary images drawn from two sets of 2D points, per batch element.
@@ -94,12 +86,26 @@ Projection Loss: 1 - IoU of the binary images drawn from two sets of 2D points, 
 pred_points_2d: [B, N, 2] predicted points (u, v) in camera pixels (non-finite: not drawn).
 gt_points_2d: [B, M, 2] ground-truth points (u, v) in camera pixels.
 loss: [B] 1 - I/U (0 when both images are empty).
-grad_unit: [B, N, 2] dloss[b]/dpred_points_2d[b] (upstream gradient 1), computed in the same pass when
-  compute_gradient (the registered gradient multiplies it by the upstream gradient); [0, 0, 2] otherwise, and
-  the gradient is then computed by ProjectionIouLossGrad.
 height: camera image height (pixels). width: camera image width (pixels).
 scale: the images are drawn at round(height*scale) x round(width*scale); a point goes to pixel
   (round_half_up(v*scale), round_half_up(u*scale)).
+)doc");
+
+REGISTER_OP("ProjectionIouLossWithGrad")
+    .Input("pred_points_2d: float")
+    .Input("gt_points_2d: float")
+    .Output("loss: float")
+    .Output("grad_unit: float")
+    .Attr("height: int")
+    .Attr("width: int")
+    .Attr("scale: float = 1.0")
+    .SetShapeFn(LossShape)
+    .Doc(R"doc(
+ProjectionIouLoss and its gradient in one pass (one drawing of both silhouettes): the training path.
+
+loss: [B] as ProjectionIouLoss.
+grad_unit: [B, N, 2] dloss[b]/dpred_points_2d[b] for an upstream gradient of 1; the registered gradient is
+  grad_unit * grad_loss[:, None, None].
 )doc");
 
 REGISTER_OP("ProjectionIouLossGrad")

@@ -98,8 +98,9 @@ def projection_iou_loss(pred_points_2d, gt_points_2d, height: int, width: int, s
       height, width: camera image size in pixels (> 0).
       scale: the images are drawn at ``round(height*scale) x round(width*scale)``; ``(u, v)`` goes to the pixel
         ``(row, col) = (round_half_up(v*scale), round_half_up(u*scale))``.
-      with_gradient: compute dloss/dpred in the same pass (one drawing for forward + backward: the fast path for
-        training). False: a cheaper forward; a gradient, if asked for, is then computed by ProjectionIouLossGrad.
+      with_gradient: True (op ProjectionIouLossWithGrad): compute dloss/dpred in the same pass (one drawing for
+        forward + backward: the fast path for training). False (op ProjectionIouLoss): a cheaper forward; a
+        gradient, if asked for, is then computed by ProjectionIouLossGrad from the inputs.
     Returns:
       ``[B]`` float32 loss in ``[0, 1]`` (0 when both images are empty, 1 when exactly one is).
     Raises:
@@ -111,20 +112,23 @@ def projection_iou_loss(pred_points_2d, gt_points_2d, height: int, width: int, s
     if pred.shape[0] is not None and gt.shape[0] is not None and pred.shape[0] != gt.shape[0]:
         raise _invalid(f"pred_points_2d and gt_points_2d must have the same batch size, got {pred.shape[0]} "
                        f"and {gt.shape[0]}")
-    loss, _ = _ops.projection_iou_loss(pred, gt, height=height, width=width, scale=scale,
-                                       compute_gradient=bool(with_gradient), name=name)
-    return loss
+    if with_gradient:
+        loss, _ = _ops.projection_iou_loss_with_grad(pred, gt, height=height, width=width, scale=scale, name=name)
+        return loss
+    return _ops.projection_iou_loss(pred, gt, height=height, width=width, scale=scale, name=name)
 
 
 @tf.RegisterGradient("ProjectionIouLoss")
-def _projection_iou_loss_grad(op, grad_loss, _unused_grad_of_grad_unit):
-    if op.get_attr("compute_gradient"):
-        grad_pred = op.outputs[1] * grad_loss[:, None, None]
-    else:
-        grad_pred = _ops.projection_iou_loss_grad(
-            op.inputs[0], op.inputs[1], grad_loss,
-            height=op.get_attr("height"), width=op.get_attr("width"), scale=op.get_attr("scale"))
+def _projection_iou_loss_grad(op, grad_loss):
+    grad_pred = _ops.projection_iou_loss_grad(
+        op.inputs[0], op.inputs[1], grad_loss,
+        height=op.get_attr("height"), width=op.get_attr("width"), scale=op.get_attr("scale"))
     return [grad_pred, None]
+
+
+@tf.RegisterGradient("ProjectionIouLossWithGrad")
+def _projection_iou_loss_with_grad_grad(op, grad_loss, _unused_grad_of_grad_unit):
+    return [op.outputs[1] * grad_loss[:, None, None], None]
 
 
 def project_points_tf(points_mm, R, t_mm, K) -> tf.Tensor:
