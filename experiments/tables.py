@@ -1,0 +1,408 @@
+"""What the three thesis tables share: budgets, cells (one run each: render, train, evaluate), the table, CSV and plots.
+
+A *cell* is one trained model: an object (a real set of ../shared/data such as ``ycbv_banana``, trained on that set's
+mesh, or a built-in object such as ``toy``), a randomization mode and a Projection Loss weight. Its folder
+``RUNS_DIR/<budget>/cells/<cell>/`` holds the training renderings, the model and the evaluation reports; ``cell.json``
+(written last, with the figures) marks it finished. Cells are shared between the tables (the thesis' tables share
+runs too: its per-object "toy" row is the ablation's "Complete" row and its "symmetric" row the Projection Loss
+"with" row), so a cell already run for one table is not run again for another. Started again, a script skips the
+finished cells and resumes a killed one (rendering and training resume themselves). The table is rebuilt from the
+cells' json files; cells not run yet show as "not run".
+
+Each table's script (``experiments.ablation``, ``experiments.projection_loss_table``, ``experiments.per_object``)
+defines its rows and calls :func:`run_table`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+# Names differ from pose_net.train's and render.generate's flags (train is imported into this process).
+flags.DEFINE_string("out", "docs/results", "folder for the tables (Markdown, CSV) and plots")
+flags.DEFINE_string("runs_dir", "runs/experiments", "folder for the cells (BUDGET/cells/<cell>/, BUDGET/test_sets/)")
+flags.DEFINE_enum("budget", "cpu", ["quick", "cpu", "gpu"], "sizes: quick (a smoke test of the whole path, "
+                  "minutes), cpu (hours on a 2-core CPU), gpu (larger, for a GPU)")
+flags.DEFINE_integer("num_train", 0, "training renderings per cell (0: the budget's)")
+flags.DEFINE_integer("num_test", 0, "rendered test images per object (0: the budget's)")
+flags.DEFINE_integer("train_epochs", 0, "training epochs per cell (0: the budget's)")
+flags.DEFINE_integer("train_seed", 0, "seed of the training renderings and of training; the rendered test set "
+                     "uses train_seed + 1000")
+flags.DEFINE_float("projection_weight", 0.1, "lambda_projection of the cells 'with Projection Loss' (and of the "
+                   "ablation and per-object cells)")
+flags.DEFINE_integer("parallel_renders", 0, "datasets rendered side by side (0: the budget's)")
+
+# Sizes per budget. quick: every cell runs end to end in seconds (figures mean nothing);
+# cpu: a few hours for a table on 2 cores; gpu: closer to the thesis' scale.
+BUDGETS = {
+    "quick": dict(num_train=48, num_test=16, image_size=64, input_size=64, backbone="small", backbone_weights="none",
+                  epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=1, parallel_renders=4,
+                  num_pictures=4),
+    "cpu": dict(num_train=3000, num_test=200, image_size=128, input_size=128, backbone="small",
+                backbone_weights="none", epochs=12, steps_per_epoch=0, batch_size=32, num_shards=4, workers=2,
+                parallel_renders=1, num_pictures=12),
+    "gpu": dict(num_train=20000, num_test=500, image_size=256, input_size=128, backbone="efficientnet_lite0",
+                backbone_weights="imagenet", epochs=30, steps_per_epoch=0, batch_size=64, num_shards=10, workers=8,
+                parallel_renders=1, num_pictures=12),
+}
+MODE_NAMES = {"complete": "Complete", "fixed_light": "Fixed Light", "real_background": "Real Background",
+              "fixed_object": "Fixed Object", "none": "Without Randomization"}
+NOT_RUN = "not run"
+
+
+def sizes() -> dict:
+    """The budget's sizes with the command line's overrides."""
+    s = dict(BUDGETS[FLAGS.budget])
+    for name, key in (("num_train", "num_train"), ("num_test", "num_test"), ("train_epochs", "epochs"),
+                      ("parallel_renders", "parallel_renders")):
+        if FLAGS[name].value:
+            s[key] = FLAGS[name].value
+    return s
+
+
+# ------------------------------------------------------------------------------------------------------ objects
+@dataclass
+class TestObject:
+    name: str
+    mesh: str
+    obj_id: int
+    diameter_mm: float
+    symmetric: bool
+    real_root: Path | None = None  # the real BOP test set, for objects of ../shared/data
+    note: str = ""
+
+
+def resolve_object(name: str) -> TestObject:
+    """A real set of ../shared/data (``ycbv_banana``: its mesh, obj_id and photos) or a built-in object. A real set
+    whose folder is absent falls back to the built-in object of the same kind (rendered column only)."""
+    from pose_core.mesh import load_mesh, mesh_diameter
+    from pose_core.objects import BUILTIN_OBJECTS, builtin_model_path
+
+    note = ""
+    if name in common.REAL_SETS:
+        obj_id, kind = common.REAL_SETS[name]
+        root = common.SHARED_DATA / name
+        if root.is_dir():
+            mesh = root / "models" / f"obj_{obj_id:06d}.obj"
+            return TestObject(name, str(mesh), obj_id, mesh_diameter(load_mesh(mesh)),
+                              BUILTIN_OBJECTS[kind].symmetric, root)
+        note = f"{root} is absent: built-in `{kind}` instead of {name}, no real photos"
+        name = kind
+    if name not in BUILTIN_OBJECTS:
+        raise ValueError(f"unknown object {name!r}: one of {sorted(common.REAL_SETS) + sorted(BUILTIN_OBJECTS)}")
+    spec = BUILTIN_OBJECTS[name]
+    path = builtin_model_path(name)
+    return TestObject(name, str(path), spec.obj_id, mesh_diameter(load_mesh(path)), spec.symmetric, None, note)
+
+
+# -------------------------------------------------------------------------------------------------------- cells
+@dataclass
+class Cell:
+    obj: TestObject
+    mode: str = "complete"
+    lambda_projection: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.obj.name}-{self.mode}-pl{self.lambda_projection:g}"
+
+    def folder(self) -> Path:
+        return budget_dir() / "cells" / self.name
+
+    def config(self) -> dict:
+        return {"object": self.obj.name, "mesh": self.obj.mesh, "mode": self.mode,
+                "lambda_projection": self.lambda_projection, "seed": FLAGS.train_seed, "budget": FLAGS.budget,
+                **{k: v for k, v in sizes().items() if k not in ("workers", "parallel_renders", "num_pictures")}}
+
+    def result(self) -> dict | None:
+        """The figures of a finished cell; refuses a cell.json written with other settings."""
+        path = self.folder() / "cell.json"
+        if not path.is_file():
+            return None
+        done = json.loads(path.read_text())
+        if done["config"] != self.config():
+            raise SystemExit(f"{path} was run with other settings ({done['config']}, now {self.config()}): use "
+                             f"another --runs_dir or remove that cell folder")
+        return done
+
+    def missing_input(self) -> str:
+        """Why this cell cannot run here ("" when it can)."""
+        if self.mode == "real_background" and not backgrounds_dir().is_dir():
+            return f"needs the real background photos {backgrounds_dir()}"
+        return ""
+
+    def render_extra(self) -> list[str]:
+        extra = [f"--obj_id={self.obj.obj_id}"] + (["--symmetric"] if self.obj.symmetric else [])
+        if self.mode == "real_background":
+            extra += [f"--backgrounds={backgrounds_dir()}"]
+            if self.obj.real_root is not None:  # photos showing the test object are left out
+                extra += [f"--exclude_obj_id={self.obj.obj_id}"]
+        return extra + ["--noprogress"]
+
+
+def budget_dir() -> Path:
+    return Path(FLAGS.runs_dir).resolve() / FLAGS.budget
+
+
+def backgrounds_dir() -> Path:
+    return common.SHARED_DATA / "ycbv_backgrounds"
+
+
+def test_set_dir(obj: TestObject) -> Path:
+    return budget_dir() / "test_sets" / obj.name
+
+
+def render_jobs(cells: list[Cell]) -> list[dict]:
+    """The datasets the unfinished cells need: their training sets and their objects' rendered test sets."""
+    s = sizes()
+    jobs = {}
+    for c in cells:
+        if c.result() is not None or c.missing_input():
+            continue
+        jobs[c.name] = dict(mesh=c.obj.mesh, out=c.folder() / "data" / "train", num_images=s["num_train"],
+                            seed=FLAGS.train_seed, mode=c.mode, extra=c.render_extra(), num_shards=s["num_shards"],
+                            log=c.folder() / "render.log")
+        t = test_set_dir(c.obj)
+        jobs[str(t)] = dict(mesh=c.obj.mesh, out=t / "render", num_images=s["num_test"], seed=FLAGS.train_seed + 1000,
+                            mode="complete", extra=Cell(c.obj).render_extra(), num_shards=1, log=t / "render.log")
+    return list(jobs.values())
+
+
+def render_all(cells: list[Cell]):
+    """Renders what the cells need, ``parallel_renders`` datasets side by side (each skipped when complete)."""
+    s = sizes()
+
+    def one(job):
+        common.render_dataset(job["mesh"], job["out"], job["num_images"], job["seed"], job["mode"],
+                              s["image_size"], s["workers"], job["num_shards"], job["extra"], job["log"])
+
+    with ThreadPoolExecutor(max(1, s["parallel_renders"])) as pool:
+        list(pool.map(one, render_jobs(cells)))
+
+
+def run_cell(cell: Cell) -> dict:
+    """Renders (when needed), trains, evaluates one cell; writes and returns cell.json's content."""
+    from pose_net.evaluate import evaluate
+    from pose_net.train import default_flag_values, train
+
+    done = cell.result()
+    if done is not None:
+        print(f"cell {cell.name}: finished, skipping", flush=True)
+        return done
+    s, folder, obj = sizes(), cell.folder(), cell.obj
+    print(f"cell {cell.name}: running in {folder}", flush=True)
+    t0 = time.time()
+    render_all([cell])
+    bop_test = common.export_bop_test_set(test_set_dir(obj) / "render", test_set_dir(obj) / "bop", obj.obj_id,
+                                          obj.mesh, obj.diameter_mm, obj.symmetric)
+    train(default_flag_values(
+        dataset=str(folder / "data" / "train"), model_dir=str(folder / "model"), backbone=s["backbone"],
+        backbone_weights=s["backbone_weights"], input_size=s["input_size"], epochs=s["epochs"],
+        steps_per_epoch=s["steps_per_epoch"], batch_size=s["batch_size"], seed=FLAGS.train_seed,
+        lambda_projection=cell.lambda_projection, progress=False))
+    import keras
+
+    keras.backend.clear_session()
+    keep = ("instances", "add_recall", "add_s_recall", "add_median_mm", "add_s_median_mm", "diameter_mm")
+    r = evaluate(folder / "model", bop_test, obj.obj_id, "gt", report_dir=folder / "eval_rendered",
+                 num_pictures=s["num_pictures"])
+    result = {"name": cell.name, "config": cell.config(), "rendered": {k: r[k] for k in keep}, "real": None,
+              "note": obj.note}
+    if obj.real_root is not None:
+        r = evaluate(folder / "model", obj.real_root, obj.obj_id, "gt", report_dir=folder / "eval_real",
+                     num_pictures=s["num_pictures"])
+        result["real"] = {k: r[k] for k in keep}
+    result["wall_s"] = time.time() - t0
+    (folder / "cell.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+# -------------------------------------------------------------------------------------------------------- table
+@dataclass
+class Row:
+    """One table row: the cell scored on real photos and the cell scored on its rendered test set (often the same
+    cell), with the thesis' ADD / ADD-S (%) for each, when the thesis gives them."""
+    label: str
+    real_cell: Cell | None
+    rendered_cell: Cell | None
+    thesis_real: tuple | None = None
+    thesis_rendered: tuple | None = None
+    results: dict = field(default_factory=dict)  # "real"/"rendered" -> figures, or a string saying why none
+
+
+COLUMNS = ["real ADD", "real ADD-S", "thesis real ADD", "thesis real ADD-S", "rendered ADD", "rendered ADD-S",
+           "thesis rendered ADD", "thesis rendered ADD-S"]
+
+
+def collect(rows: list[Row]):
+    """Fills each row's figures from its cells' cell.json files."""
+    for row in rows:
+        for kind, cell in (("real", row.real_cell), ("rendered", row.rendered_cell)):
+            done = cell.result() if cell else None
+            if cell is None:
+                row.results[kind] = "no such cell"
+            elif done is None:
+                row.results[kind] = cell.missing_input() or NOT_RUN
+            elif done[kind] is None:
+                row.results[kind] = done.get("note") or "no real photos"
+            else:
+                row.results[kind] = dict(done[kind], cell=cell.name, wall_s=done["wall_s"])
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.1f}"
+
+
+def row_values(row: Row) -> list[str]:
+    out = []
+    for kind, thesis in (("real", row.thesis_real), ("rendered", row.thesis_rendered)):
+        r = row.results[kind]
+        out += [_pct(r["add_recall"]), _pct(r["add_s_recall"])] if isinstance(r, dict) else [r, r]
+        out += [f"{v:.1f}" for v in thesis] if thesis else ["-", "-"]
+    return out
+
+
+def write_outputs(table: str, title: str, rows: list[Row], intro: str, wall_s: float, extra_notes: list[str]):
+    """``OUT/<table>.md``, ``.csv``, ``_bars.png`` and ``_curves_<real|rendered>.png``."""
+    out = Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    collect(rows)
+    s = sizes()
+    with open(out / f"{table}.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row"] + COLUMNS + ["real cell", "rendered cell"])
+        for row in rows:
+            w.writerow([row.label] + row_values(row) + [row.real_cell.name if row.real_cell else "",
+                                                        row.rendered_cell.name if row.rendered_cell else ""])
+    plots = [plot_bars(out / f"{table}_bars.png", title, rows)]
+    plots += [p for kind in ("real", "rendered") if (p := plot_curves(out / f"{table}_curves_{kind}.png", title, rows,
+                                                                         kind))]
+    cell_time = sum(r["wall_s"] for row in rows for r in row.results.values() if isinstance(r, dict))
+    lines = [f"# {title}", "", intro, "",
+             "ADD / ADD-S: % of poses within 10% of the object diameter (ground-truth 2D boxes). \"real\": the real "
+             "photos of ../shared/data (a few distinct viewpoints each: a check of sim-to-real transfer, not a "
+             "benchmark); \"rendered\": a test set rendered in `complete` mode with another seed. "
+             "\"not run\": the cell has not been run yet.", "",
+             "| row | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines += [f"| {row.label} | " + " | ".join(row_values(row)) + " |" for row in rows]
+    lines += ["", "## How this was made", "",
+              f"- Command: `python -m experiments.{table} {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
+              f"- Budget `{FLAGS.budget}`: {json.dumps(s)}",
+              f"- Seeds: training renderings and training {FLAGS.train_seed}, rendered test sets "
+              f"{FLAGS.train_seed + 1000}; Projection Loss weight {FLAGS.projection_weight:g} where used",
+              f"- Wall time: this invocation {wall_s / 60:.1f} min; the cells' own runs {cell_time / 60:.1f} min",
+              f"- Machine: {common.machine_description()}",
+              f"- Cells: `{budget_dir()}/cells/`"] + [f"- {n}" for n in extra_notes]
+    if FLAGS.budget == "quick":
+        lines.append("- **quick budget: a smoke test of the pipeline; its figures mean nothing.**")
+    lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    (out / f"{table}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:len(rows) + 8]), flush=True)
+    print(f"written {out / (table + '.md')}", flush=True)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_bars(path: Path, title: str, rows: list[Row]) -> Path:
+    """Grouped bars per row: ours vs the thesis, ADD and ADD-S, real and rendered side by side."""
+    import numpy as np
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    x = np.arange(len(rows))
+    for ax, kind in zip(axes, ("real", "rendered")):
+        series = []
+        for k, metric in enumerate(("ADD", "ADD-S")):
+            ours = [100 * r.results[kind][("add_recall", "add_s_recall")[k]] if isinstance(r.results[kind], dict)
+                    else np.nan for r in rows]
+            theirs = [(getattr(r, f"thesis_{kind}") or (np.nan, np.nan))[k] for r in rows]
+            series += [(f"ours {metric}", ours), (f"thesis {metric}", theirs)]
+        width = 0.8 / len(series)
+        for j, (label, values) in enumerate(series):
+            ax.bar(x + (j - (len(series) - 1) / 2) * width, values, width, label=label,
+                   hatch="//" if label.startswith("thesis") else None, alpha=0.85)
+        ax.set_xticks(x, [r.label for r in rows], rotation=20, ha="right")
+        ax.set_title(f"{kind} test images")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("correct poses (%, 10% of diameter)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(f"{title} (missing bars: not run / not given)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(path: Path, title: str, rows: list[Row], kind: str) -> Path | None:
+    """Accuracy vs threshold per row, from the cells' evaluation reports (ADD-S for symmetric objects, else ADD)."""
+    from pose_core import metrics
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = 0
+    for row in rows:
+        r = row.results[kind]
+        if not isinstance(r, dict):
+            continue
+        per_instance = Path(budget_dir() / "cells" / r["cell"] / f"eval_{kind}" / "per_instance.json")
+        if not per_instance.is_file():
+            continue
+        cell = row.real_cell if kind == "real" else row.rendered_cell
+        key, metric = ("add_s_mm", "ADD-S") if cell.obj.symmetric else ("add_mm", "ADD")
+        errors = [e[key] for e in json.loads(per_instance.read_text())]
+        th, acc = metrics.accuracy_vs_threshold(errors, r["diameter_mm"])
+        ax.plot(100 * th, 100 * acc, label=f"{row.label} ({metric})")
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.axvline(10, color="gray", ls=":", lw=1)
+    ax.set_xlabel("threshold (% of diameter)")
+    ax.set_ylabel("correct poses (%)")
+    ax.set_title(f"{title}: {kind} test images")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[str] = ()):
+    """Runs the rows' unfinished cells (rendering first, side by side), rewriting the table after each cell."""
+    t0 = time.time()
+    cells = {c.name: c for row in rows for c in (row.real_cell, row.rendered_cell) if c is not None}
+    write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
+    todo = [c for c in cells.values() if c.result() is None]
+    skipped = [c for c in todo if c.missing_input()]
+    for c in skipped:
+        print(f"cell {c.name}: not run, {c.missing_input()}", flush=True)
+    todo = [c for c in todo if c not in skipped]
+    if todo:
+        render_all(todo)
+    for c in todo:
+        run_cell(c)
+        write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
+    write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
