@@ -276,7 +276,8 @@ def row_values(row: Row) -> list[str]:
     return out
 
 
-def write_outputs(table: str, title: str, rows: list[Row], intro: str, wall_s: float, extra_notes: list[str]):
+def write_outputs(table: str, title: str, rows: list[Row], intro: str, wall_s: float, extra_notes: list[str],
+                  verbose: bool = False):
     """``OUT/<table>.md``, ``.csv``, ``_bars.png`` and ``_curves_<real|rendered>.png``."""
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -311,7 +312,8 @@ def write_outputs(table: str, title: str, rows: list[Row], intro: str, wall_s: f
         lines.append("- **quick budget: a smoke test of the pipeline; its figures mean nothing.**")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     (out / f"{table}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:len(rows) + 8]), flush=True)
+    if verbose:
+        print("\n".join(lines), flush=True)
     print(f"written {out / (table + '.md')}", flush=True)
 
 
@@ -344,10 +346,10 @@ def plot_bars(path: Path, title: str, rows: list[Row]) -> Path:
                    hatch="//" if label.startswith("thesis") else None, alpha=0.85)
         ax.set_xticks(x, [r.label for r in rows], rotation=20, ha="right")
         ax.set_title(f"{kind} test images")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 118)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("correct poses (%, 10% of diameter)")
-    axes[1].legend(fontsize=8)
+    axes[1].legend(fontsize=7, ncol=4, loc="upper center")
     fig.suptitle(f"{title} (missing bars: not run / not given)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -396,6 +398,7 @@ def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[s
     cells = {c.name: c for row in rows for c in (row.real_cell, row.rendered_cell) if c is not None}
     write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
     todo = [c for c in cells.values() if c.result() is None]
+    print(f"{table}: {len(cells) - len(todo)} of {len(cells)} cells already finished (skipped)", flush=True)
     skipped = [c for c in todo if c.missing_input()]
     for c in skipped:
         print(f"cell {c.name}: not run, {c.missing_input()}", flush=True)
@@ -405,4 +408,4 @@ def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[s
     for c in todo:
         run_cell(c)
         write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
-    write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
+    write_outputs(table, title, rows, intro, time.time() - t0, list(notes), verbose=True)
