@@ -46,8 +46,11 @@ objects: $(VENV_STAMP)
 demo: build-ops
 	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/demo_$(OBJ)
 
+# A longer run: OBJ is a built-in object or a real set of ../shared/data (ycbv_banana, ycbv_box, ycbv_can),
+# whose photos are then evaluated too. Hours on a 2-core CPU; started again, it resumes.
 train: build-ops
-	$(PY) -m experiments.train_object --object $(OBJ) --out $(RUN_DIR)/train_$(OBJ)
+	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/train_$(OBJ) --num_train 20000 --num_test 500 \
+	    --epochs 30 --backbone efficientnet_lite0 --distractors
 
 bench-ops: build-ops
 	$(PY) -m tf_ops.bench

@@ -27,22 +27,32 @@ from absl import app, flags
 from experiments import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("object", "toy", "a built-in object (toy, box, symmetric) or a mesh file in mm")
+flags.DEFINE_string("object", "toy", "a built-in object (toy, box, symmetric), a real set of ../shared/data "
+                    "(ycbv_banana, ycbv_box, ycbv_can: its mesh, and its photos for evaluation), or a mesh file in mm")
 flags.DEFINE_string("out", "runs/demo", "output folder")
 flags.DEFINE_integer("num_train", 3000, "training renderings")
 flags.DEFINE_integer("num_test", 200, "test renderings")
 flags.DEFINE_integer("epochs", 12, "training epochs")
 flags.DEFINE_string("backbone", "small", "network backbone (small is fastest on a CPU)")
+flags.DEFINE_string("randomization", "complete", "render.generate's randomization mode of the training set")
+flags.DEFINE_bool("distractors", False, "distractor objects and occluders in the training set")
 flags.DEFINE_float("lambda_projection", 0.1, "weight of the Projection Loss")
 flags.DEFINE_integer("workers", 2, "render processes")
 flags.DEFINE_integer("seed", 0, "seed of the training set (the test set uses seed + 1000)")
 
 
 def resolve_object(name: str):
-    """``(mesh path, obj_id, diameter mm, symmetric)`` of a built-in object or a user's mesh."""
+    """``(mesh path, obj_id, diameter mm, symmetric)`` of a built-in object, a real set's object or a user's mesh."""
+    from pose_core import bop
     from pose_core.mesh import load_mesh, mesh_diameter
     from pose_core.objects import BUILTIN_OBJECTS, builtin_model_path
 
+    if name in common.REAL_SETS:
+        obj_id, kind = common.REAL_SETS[name]
+        models = common.SHARED_DATA / name / "models"
+        entry = bop.model_info(models / "models_info.json", obj_id)
+        return str(bop.find_model_file(models, obj_id)), obj_id, float(entry["diameter"]), \
+            BUILTIN_OBJECTS[kind].symmetric
     if name in BUILTIN_OBJECTS:
         spec = BUILTIN_OBJECTS[name]
         path = builtin_model_path(name)
@@ -59,11 +69,12 @@ def main(argv):
     print(f"object {FLAGS.object}: {mesh} (obj_id {obj_id}, diameter {diameter:.1f} mm, "
           f"{'symmetric' if symmetric else 'asymmetric'})", flush=True)
     extra = [f"--obj_id={obj_id}"] + (["--symmetric"] if symmetric else [])
+    train_extra = extra + (["--distractors"] if FLAGS.distractors else [])
 
     print("[1/4] rendering the training set", flush=True)
     train_dir = out / "data" / "train"
-    common.render_dataset(mesh, train_dir, FLAGS.num_train, FLAGS.seed, "complete", workers=FLAGS.workers,
-                          num_shards=4, extra=extra)
+    common.render_dataset(mesh, train_dir, FLAGS.num_train, FLAGS.seed, FLAGS.randomization, workers=FLAGS.workers,
+                          num_shards=max(2, FLAGS.num_train // 1000), extra=train_extra)
     common.run([sys.executable, "-m", "render.preview", str(train_dir), f"--out={out / 'training_samples.png'}"])
 
     print("[2/4] rendering the test set (another seed)", flush=True)
@@ -76,7 +87,7 @@ def main(argv):
     model_dir = out / "model"
     common.run([sys.executable, "-m", "pose_net.train", f"--dataset={train_dir}", f"--model_dir={model_dir}",
                 f"--backbone={FLAGS.backbone}", f"--epochs={FLAGS.epochs}", f"--seed={FLAGS.seed}",
-                f"--lambda_projection={FLAGS.lambda_projection}"])
+                f"--lambda_projection={FLAGS.lambda_projection}", "--max_val_images=128"])
 
     print("[4/4] evaluating", flush=True)
     from pose_net.evaluate import evaluate
@@ -84,6 +95,10 @@ def main(argv):
     results = [evaluate(model_dir, bop_test, obj_id, "gt", report_dir=out / "report_rendered",
                         csv_path=out / "results_rendered.csv")]
     results.append(evaluate(model_dir, bop_test, obj_id, "predicted", report_dir=out / "report_rendered_predicted"))
+    if FLAGS.object in common.REAL_SETS:
+        for boxes in ("gt", "predicted"):
+            results.append(evaluate(model_dir, common.SHARED_DATA / FLAGS.object, obj_id, boxes,
+                                    report_dir=out / f"report_real_{boxes}", csv_path=out / f"results_real_{boxes}.csv"))
     write_report(out, results, time.time() - t_start)
 
 
@@ -97,8 +112,8 @@ def write_report(out: Path, results: list[dict], wall_s: float):
              "## Test results (recall at 10% of the diameter)", ""]
     lines.append(format_table(results))
     lines += ["Rendered test set: same object, other seed (other poses, backgrounds, lights). `gt` boxes crop around "
-              "the true 2D box; `predicted` boxes come from the network's own box head. Real photos: see "
-              "docs/results.md (models trained on the real objects' own meshes).", "", "## Training", "", "| epoch | loss | val ADD % | val ADD-S % | s |", "|---|---|---|---|---|"]
+              "the true 2D box; `predicted` boxes come from the network's own box head. Real photos (a set of "
+              "../shared/data) appear when the object is that set's own mesh.", "", "## Training", "", "| epoch | loss | val ADD % | val ADD-S % | s |", "|---|---|---|---|---|"]
     for h in history:
         lines.append(f"| {h['epoch']} | {h['total']:.3f} | {100 * h['add_recall']:.1f} | {100 * h['add_s_recall']:.1f} "
                      f"| {h['epoch_time_s']:.0f} |")
@@ -106,6 +121,9 @@ def write_report(out: Path, results: list[dict], wall_s: float):
               "![training samples](training_samples.png)", "",
               "Rendered test set, true outline green, predicted red:", "",
               "![overlays](report_rendered/overlays.png)", "", "![accuracy](report_rendered/accuracy_vs_threshold.png)"]
+    if (out / "report_real_gt").is_dir():
+        lines += ["", "Real photos (ground-truth boxes):", "", "![real overlays](report_real_gt/overlays.png)", "",
+                  "![real accuracy](report_real_gt/accuracy_vs_threshold.png)"]
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
     print(format_table(results))
     print(f"report: {out / 'REPORT.md'}")
