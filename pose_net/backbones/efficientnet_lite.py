@@ -409,12 +409,14 @@ def build_lite0_backbone(input_size: int | None, weights: str | None = "imagenet
       weights: ``"imagenet"`` (the converted weights; random initialisation with one printed line when they are not
         available) or ``None`` (random initialisation).
       freeze: non-trainable, batch-norm statistics frozen (see :func:`freeze_model`).
+    The returned model's attribute ``imagenet_weights_loaded`` says whether the ImageNet weights were loaded.
     """
     if weights not in (None, "imagenet", "none"):
         raise ValueError(f"weights must be None or 'imagenet', got {weights!r}")
     model = build_efficientnet_lite0(input_size, include_top=False, name="backbone_efficientnet_lite0")
-    if weights == "imagenet":
-        load_converted_weights(model, verbose=verbose)
+    loaded = weights == "imagenet" and load_converted_weights(model, verbose=verbose)
+    # callers can tell a fallback to random initialisation (e.g. not to freeze random batch norms)
+    model.imagenet_weights_loaded = bool(loaded)
     if freeze:
         freeze_model(model)
     return model
