@@ -44,7 +44,7 @@ def build_backbone(name: str, input_size: int, weights=None, freeze: bool = Fals
         from pose_net.backbones.efficientnet_lite import build_lite0_backbone, freeze_batch_norm
 
         backbone = build_lite0_backbone(input_size, weights, freeze)
-        if weights == "imagenet" and not freeze:
+        if getattr(backbone, "imagenet_weights_loaded", False) and not freeze:
             freeze_batch_norm(backbone)  # fine-tune the convolutions, keep the real-image BN statistics
         return backbone
     inputs = keras.Input((input_size, input_size, 3), name="image")
