@@ -21,7 +21,6 @@ import os
 import shlex
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,20 +43,18 @@ flags.DEFINE_integer("train_seed", 0, "seed of the training renderings and of tr
                      "uses train_seed + 1000")
 flags.DEFINE_float("projection_weight", 0.1, "lambda_projection of the cells 'with Projection Loss' (and of the "
                    "ablation and per-object cells)")
-flags.DEFINE_integer("parallel_renders", 0, "datasets rendered side by side (0: the budget's)")
 
 # Sizes per budget. quick: every cell runs end to end in seconds (figures mean nothing);
 # cpu: a few hours for a table on 2 cores; gpu: closer to the thesis' scale.
 BUDGETS = {
     "quick": dict(num_train=48, num_test=16, image_size=64, input_size=64, backbone="small", backbone_weights="none",
-                  epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=1, parallel_renders=4,
-                  num_pictures=4),
+                  epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=2, num_pictures=4),
     "cpu": dict(num_train=3000, num_test=200, image_size=128, input_size=128, backbone="small",
                 backbone_weights="none", epochs=12, steps_per_epoch=0, batch_size=32, num_shards=4, workers=2,
-                parallel_renders=1, num_pictures=12),
+                num_pictures=12),
     "gpu": dict(num_train=20000, num_test=500, image_size=256, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", epochs=30, steps_per_epoch=0, batch_size=64, num_shards=10, workers=8,
-                parallel_renders=1, num_pictures=12),
+                num_pictures=12),
 }
 MODE_NAMES = {"complete": "Complete", "fixed_light": "Fixed Light", "real_background": "Real Background",
               "fixed_object": "Fixed Object", "none": "Without Randomization"}
@@ -67,8 +64,7 @@ NOT_RUN = "not run"
 def sizes() -> dict:
     """The budget's sizes with the command line's overrides."""
     s = dict(BUDGETS[FLAGS.budget])
-    for name, key in (("num_train", "num_train"), ("num_test", "num_test"), ("train_epochs", "epochs"),
-                      ("parallel_renders", "parallel_renders")):
+    for name, key in (("num_train", "num_train"), ("num_test", "num_test"), ("train_epochs", "epochs")):
         if FLAGS[name].value:
             s[key] = FLAGS[name].value
     return s
@@ -126,7 +122,7 @@ class Cell:
     def config(self) -> dict:
         return {"object": self.obj.name, "mesh": self.obj.mesh, "mode": self.mode,
                 "lambda_projection": self.lambda_projection, "seed": FLAGS.train_seed, "budget": FLAGS.budget,
-                **{k: v for k, v in sizes().items() if k not in ("workers", "parallel_renders", "num_pictures")}}
+                **{k: v for k, v in sizes().items() if k not in ("workers", "num_pictures")}}
 
     def result(self) -> dict | None:
         """The figures of a finished cell; refuses a cell.json written with other settings."""
@@ -145,13 +141,15 @@ class Cell:
             return f"needs the real background photos {backgrounds_dir()}"
         return ""
 
-    def render_extra(self) -> list[str]:
-        extra = [f"--obj_id={self.obj.obj_id}"] + (["--symmetric"] if self.obj.symmetric else [])
+    def render_opts(self) -> dict:
+        """render.generate's options (its flags by name) for this cell's object and mode."""
+        opts = {"mesh": self.obj.mesh, "randomization": self.mode, "obj_id": self.obj.obj_id,
+                "symmetric": self.obj.symmetric or None}
         if self.mode == "real_background":
-            extra += [f"--backgrounds={backgrounds_dir()}"]
+            opts["backgrounds"] = str(backgrounds_dir())
             if self.obj.real_root is not None:  # photos showing the test object are left out
-                extra += [f"--exclude_obj_id={self.obj.obj_id}"]
-        return extra + ["--noprogress"]
+                opts["exclude_obj_id"] = self.obj.obj_id
+        return opts
 
 
 def budget_dir() -> Path:
@@ -167,31 +165,40 @@ def test_set_dir(obj: TestObject) -> Path:
 
 
 def render_jobs(cells: list[Cell]) -> list[dict]:
-    """The datasets the unfinished cells need: their training sets and their objects' rendered test sets."""
+    """The datasets the unfinished cells need and do not have yet: their training sets and their objects' rendered
+    test sets (render.generate's options by name)."""
     s = sizes()
     jobs = {}
     for c in cells:
         if c.result() is not None or c.missing_input():
             continue
-        jobs[c.name] = dict(mesh=c.obj.mesh, out=c.folder() / "data" / "train", num_images=s["num_train"],
-                            seed=FLAGS.train_seed, mode=c.mode, extra=c.render_extra(), num_shards=s["num_shards"],
-                            log=c.folder() / "render.log")
-        t = test_set_dir(c.obj)
-        jobs[str(t)] = dict(mesh=c.obj.mesh, out=t / "render", num_images=s["num_test"], seed=FLAGS.train_seed + 1000,
-                            mode="complete", extra=Cell(c.obj).render_extra(), num_shards=1, log=t / "render.log")
-    return list(jobs.values())
+        common_opts = dict(image_size=s["image_size"], workers=s["workers"], progress=False)
+        jobs[c.name] = dict(c.render_opts(), out=str(c.folder() / "data" / "train"), num_images=s["num_train"],
+                            seed=FLAGS.train_seed, num_shards=s["num_shards"], **common_opts)
+        jobs[c.obj.name] = dict(Cell(c.obj).render_opts(), out=str(test_set_dir(c.obj) / "render"),
+                                num_images=s["num_test"], seed=FLAGS.train_seed + 1000, num_shards=1, **common_opts)
+    return [j for j in jobs.values() if not common.dataset_complete(Path(j["out"]))]
+
+
+# One process renders all datasets (TensorFlow, which render.generate's writer needs, is imported once, not once per
+# dataset). A separate process: render.generate's flags clash with these scripts' flags, and a process that trains
+# must not create a GL context (render.generate's workers are fresh processes of their own).
+_RENDER_MANY = """import json, sys
+from render import generate as g
+for job in json.loads(sys.argv[1]):
+    opts = {n: g.FLAGS[n].default for n in g.DATA_FLAGS + g.EXECUTION_FLAGS}
+    opts.update(job)
+    print("render.generate " + " ".join(f"--{k}={v}" for k, v in job.items()), flush=True)
+    g.generate(opts)
+"""
 
 
 def render_all(cells: list[Cell]):
-    """Renders what the cells need, ``parallel_renders`` datasets side by side (each skipped when complete)."""
-    s = sizes()
-
-    def one(job):
-        common.render_dataset(job["mesh"], job["out"], job["num_images"], job["seed"], job["mode"],
-                              s["image_size"], s["workers"], job["num_shards"], job["extra"], job["log"])
-
-    with ThreadPoolExecutor(max(1, s["parallel_renders"])) as pool:
-        list(pool.map(one, render_jobs(cells)))
+    """Renders what the cells need (each dataset resumes from its finished shards)."""
+    jobs = render_jobs(cells)
+    if jobs:
+        print(f"rendering {len(jobs)} dataset(s), log: {budget_dir() / 'render.log'}", flush=True)
+        common.run([sys.executable, "-c", _RENDER_MANY, json.dumps(jobs)], log=budget_dir() / "render.log")
 
 
 def run_cell(cell: Cell) -> dict:
@@ -393,7 +400,7 @@ def plot_curves(path: Path, title: str, rows: list[Row], kind: str) -> Path | No
 
 
 def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[str] = ()):
-    """Runs the rows' unfinished cells (rendering first, side by side), rewriting the table after each cell."""
+    """Runs the rows' unfinished cells (rendering all first), rewriting the table after each cell."""
     t0 = time.time()
     cells = {c.name: c for row in rows for c in (row.real_cell, row.rendered_cell) if c is not None}
     write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
