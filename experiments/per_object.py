@@ -23,7 +23,7 @@ def rows() -> list[tables.Row]:
         real = tables.resolve_object(real_set)
         real_cell = tables.Cell(real, "complete", FLAGS.projection_weight) if real.real_root else None
         rendered_cell = tables.Cell(tables.resolve_object(kind), "complete", FLAGS.projection_weight)
-        out.append(tables.Row(f"{kind} ({real_set})", real_cell, rendered_cell, common.THESIS[kind], None))
+        out.append(tables.Row(f"{kind} (real: {real_set})", real_cell, rendered_cell, common.THESIS[kind], None))
     return out
 
 

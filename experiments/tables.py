@@ -48,7 +48,7 @@ flags.DEFINE_float("projection_weight", 0.1, "lambda_projection of the cells 'wi
 # cpu: a few hours for a table on 2 cores; gpu: closer to the thesis' scale.
 BUDGETS = {
     "quick": dict(num_train=48, num_test=16, image_size=64, input_size=64, backbone="small", backbone_weights="none",
-                  epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=2, num_pictures=4),
+                  epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=1, num_pictures=4),
     "cpu": dict(num_train=3000, num_test=200, image_size=128, input_size=128, backbone="small",
                 backbone_weights="none", epochs=12, steps_per_epoch=0, batch_size=32, num_shards=4, workers=2,
                 num_pictures=12),
@@ -138,7 +138,7 @@ class Cell:
     def missing_input(self) -> str:
         """Why this cell cannot run here ("" when it can)."""
         if self.mode == "real_background" and not backgrounds_dir().is_dir():
-            return f"needs the real background photos {backgrounds_dir()}"
+            return "not run: no background photos"
         return ""
 
     def render_opts(self) -> dict:
@@ -261,7 +261,7 @@ def collect(rows: list[Row]):
         for kind, cell in (("real", row.real_cell), ("rendered", row.rendered_cell)):
             done = cell.result() if cell else None
             if cell is None:
-                row.results[kind] = "no such cell"
+                row.results[kind] = "no real set"
             elif done is None:
                 row.results[kind] = cell.missing_input() or NOT_RUN
             elif done[kind] is None:
@@ -408,8 +408,10 @@ def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[s
     print(f"{table}: {len(cells) - len(todo)} of {len(cells)} cells already finished (skipped)", flush=True)
     skipped = [c for c in todo if c.missing_input()]
     for c in skipped:
-        print(f"cell {c.name}: not run, {c.missing_input()}", flush=True)
+        print(f"cell {c.name}: {c.missing_input()}", flush=True)
     todo = [c for c in todo if c not in skipped]
+    notes = list(notes) + [f"`{c.name}` not run: needs the real background photos of {backgrounds_dir()}"
+                           for c in skipped]
     if todo:
         render_all(todo)
     for c in todo:

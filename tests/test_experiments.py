@@ -13,7 +13,7 @@ from render.testing import REPO_ROOT, shared_data_dir, subprocess_env
 SCRIPTS = {  # module -> rows of its table
     "ablation": ["Complete", "Fixed Light", "Real Background", "Fixed Object", "Without Randomization"],
     "projection_loss_table": ["without Projection Loss", "with Projection Loss"],
-    "per_object": ["toy (ycbv_banana)", "box (ycbv_box)", "symmetric (ycbv_can)"],
+    "per_object": ["toy (real: ycbv_banana)", "box (real: ycbv_box)", "symmetric (real: ycbv_can)"],
 }
 THESIS_FIGURES = {"ablation": ["43.9", "67.8", "0.0"], "projection_loss_table": ["34.5", "60.7"],
                   "per_object": ["69.0", "74.3", "36.2"]}
