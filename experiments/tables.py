@@ -388,6 +388,7 @@ def plot_curves(path: Path, title: str, rows: list[Row], kind: str) -> Path | No
         plt.close(fig)
         return None
     ax.axvline(10, color="gray", ls=":", lw=1)
+    ax.set_ylim(0, 100)
     ax.set_xlabel("threshold (% of diameter)")
     ax.set_ylabel("correct poses (%)")
     ax.set_title(f"{title}: {kind} test images")
