@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from experiments import tables
+from experiments import common, tables
 
 flags.DEFINE_string("object", "ycbv_banana", "a real set of ../shared/data (ycbv_banana, ycbv_box, ycbv_can) or a "
                     "built-in object (toy, box, symmetric)")
@@ -29,7 +29,7 @@ THESIS = {
 
 
 def rows() -> list[tables.Row]:
-    obj = tables.resolve_object(FLAGS.object)
+    obj = common.resolve_object(FLAGS.object)
     out = []
     for mode, (real, synthetic) in THESIS.items():
         cell = tables.Cell(obj, mode, FLAGS.projection_weight)

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,42 @@ REAL_SETS = {"ycbv_banana": (10, "toy"), "ycbv_box": (2, "box"), "ycbv_can": (1,
 THESIS = {  # ADD / ADD-S in %, thesis on its real objects
     "toy": (43.9, 48.7), "box": (69.0, 74.3), "symmetric": (36.2, 60.7),
 }
+
+
+@dataclass
+class TestObject:
+    name: str
+    mesh: str
+    obj_id: int
+    diameter_mm: float
+    symmetric: bool
+    real_root: Path | None = None  # the real BOP test set, for objects of ../shared/data
+    note: str = ""
+
+
+def resolve_object(name: str) -> TestObject:
+    """A real set of ../shared/data (``ycbv_banana``: its mesh, obj_id and photos), a built-in object, or a user's
+    mesh file. A real set whose folder is absent falls back to the built-in object of the same kind (no photos)."""
+    from pose_core import bop
+    from pose_core.mesh import load_mesh, mesh_diameter
+    from pose_core.objects import BUILTIN_OBJECTS, builtin_model_path
+
+    note = ""
+    if name in REAL_SETS:
+        obj_id, kind = REAL_SETS[name]
+        root = SHARED_DATA / name
+        if root.is_dir():
+            models = root / "models"
+            entry = bop.model_info(models / "models_info.json", obj_id)
+            return TestObject(name, str(bop.find_model_file(models, obj_id)), obj_id, float(entry["diameter"]),
+                              BUILTIN_OBJECTS[kind].symmetric, root)
+        note = f"{root} is absent: built-in `{kind}` instead of {name}, no real photos"
+        name = kind
+    if name not in BUILTIN_OBJECTS:  # a user's mesh file
+        return TestObject(Path(name).stem, name, 1, mesh_diameter(load_mesh(name)), False)
+    spec = BUILTIN_OBJECTS[name]
+    path = builtin_model_path(name)
+    return TestObject(name, str(path), spec.obj_id, mesh_diameter(load_mesh(path)), spec.symmetric, None, note)
 
 
 def run(cmd: list[str], log: Path | None = None) -> None:

@@ -41,31 +41,13 @@ flags.DEFINE_integer("workers", 2, "render processes")
 flags.DEFINE_integer("seed", 0, "seed of the training set (the test set uses seed + 1000)")
 
 
-def resolve_object(name: str):
-    """``(mesh path, obj_id, diameter mm, symmetric)`` of a built-in object, a real set's object or a user's mesh."""
-    from pose_core import bop
-    from pose_core.mesh import load_mesh, mesh_diameter
-    from pose_core.objects import BUILTIN_OBJECTS, builtin_model_path
-
-    if name in common.REAL_SETS:
-        obj_id, kind = common.REAL_SETS[name]
-        models = common.SHARED_DATA / name / "models"
-        entry = bop.model_info(models / "models_info.json", obj_id)
-        return str(bop.find_model_file(models, obj_id)), obj_id, float(entry["diameter"]), \
-            BUILTIN_OBJECTS[kind].symmetric
-    if name in BUILTIN_OBJECTS:
-        spec = BUILTIN_OBJECTS[name]
-        path = builtin_model_path(name)
-        return str(path), spec.obj_id, mesh_diameter(load_mesh(path)), spec.symmetric
-    return name, 1, mesh_diameter(load_mesh(name)), False
-
-
 def main(argv):
     del argv
     t_start = time.time()
     out = Path(FLAGS.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    mesh, obj_id, diameter, symmetric = resolve_object(FLAGS.object)
+    obj = common.resolve_object(FLAGS.object)
+    mesh, obj_id, diameter, symmetric = obj.mesh, obj.obj_id, obj.diameter_mm, obj.symmetric
     print(f"object {FLAGS.object}: {mesh} (obj_id {obj_id}, diameter {diameter:.1f} mm, "
           f"{'symmetric' if symmetric else 'asymmetric'})", flush=True)
     extra = [f"--obj_id={obj_id}"] + (["--symmetric"] if symmetric else [])
@@ -95,9 +77,9 @@ def main(argv):
     results = [evaluate(model_dir, bop_test, obj_id, "gt", report_dir=out / "report_rendered",
                         csv_path=out / "results_rendered.csv")]
     results.append(evaluate(model_dir, bop_test, obj_id, "predicted", report_dir=out / "report_rendered_predicted"))
-    if FLAGS.object in common.REAL_SETS:
+    if obj.real_root is not None:
         for boxes in ("gt", "predicted"):
-            results.append(evaluate(model_dir, common.SHARED_DATA / FLAGS.object, obj_id, boxes,
+            results.append(evaluate(model_dir, obj.real_root, obj_id, boxes,
                                     report_dir=out / f"report_real_{boxes}", csv_path=out / f"results_real_{boxes}.csv"))
     write_report(out, results, time.time() - t_start)
 

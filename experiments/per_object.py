@@ -20,9 +20,9 @@ FLAGS = tables.FLAGS
 def rows() -> list[tables.Row]:
     out = []
     for real_set, (_, kind) in common.REAL_SETS.items():
-        real = tables.resolve_object(real_set)
+        real = common.resolve_object(real_set)
         real_cell = tables.Cell(real, "complete", FLAGS.projection_weight) if real.real_root else None
-        rendered_cell = tables.Cell(tables.resolve_object(kind), "complete", FLAGS.projection_weight)
+        rendered_cell = tables.Cell(common.resolve_object(kind), "complete", FLAGS.projection_weight)
         out.append(tables.Row(f"{kind} (real: {real_set})", real_cell, rendered_cell, common.THESIS[kind], None))
     return out
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from absl import app
 
-from experiments import tables
+from experiments import common, tables
 
 FLAGS = tables.FLAGS
 THESIS = {"without": (34.5, 51.0), "with": (36.2, 60.7)}  # ADD / ADD-S %, real symmetric object
 
 
 def rows() -> list[tables.Row]:
-    real, rendered = tables.resolve_object("ycbv_can"), tables.resolve_object("symmetric")
+    real, rendered = common.resolve_object("ycbv_can"), common.resolve_object("symmetric")
     out = []
     for label, weight in (("without Projection Loss", 0.0), ("with Projection Loss", FLAGS.projection_weight)):
         real_cell = tables.Cell(real, "complete", weight) if real.real_root else None
@@ -28,7 +28,7 @@ def rows() -> list[tables.Row]:
 
 def main(argv):
     del argv
-    real = tables.resolve_object("ycbv_can")
+    real = common.resolve_object("ycbv_can")
     tables.run_table(
         "projection_loss_table", "Projection Loss", rows(),
         f"The symmetric object trained without (lambda_projection 0) and with the Projection Loss (lambda_projection "

@@ -70,45 +70,10 @@ def sizes() -> dict:
     return s
 
 
-# ------------------------------------------------------------------------------------------------------ objects
-@dataclass
-class TestObject:
-    name: str
-    mesh: str
-    obj_id: int
-    diameter_mm: float
-    symmetric: bool
-    real_root: Path | None = None  # the real BOP test set, for objects of ../shared/data
-    note: str = ""
-
-
-def resolve_object(name: str) -> TestObject:
-    """A real set of ../shared/data (``ycbv_banana``: its mesh, obj_id and photos) or a built-in object. A real set
-    whose folder is absent falls back to the built-in object of the same kind (rendered column only)."""
-    from pose_core.mesh import load_mesh, mesh_diameter
-    from pose_core.objects import BUILTIN_OBJECTS, builtin_model_path
-
-    note = ""
-    if name in common.REAL_SETS:
-        obj_id, kind = common.REAL_SETS[name]
-        root = common.SHARED_DATA / name
-        if root.is_dir():
-            mesh = root / "models" / f"obj_{obj_id:06d}.obj"
-            return TestObject(name, str(mesh), obj_id, mesh_diameter(load_mesh(mesh)),
-                              BUILTIN_OBJECTS[kind].symmetric, root)
-        note = f"{root} is absent: built-in `{kind}` instead of {name}, no real photos"
-        name = kind
-    if name not in BUILTIN_OBJECTS:
-        raise ValueError(f"unknown object {name!r}: one of {sorted(common.REAL_SETS) + sorted(BUILTIN_OBJECTS)}")
-    spec = BUILTIN_OBJECTS[name]
-    path = builtin_model_path(name)
-    return TestObject(name, str(path), spec.obj_id, mesh_diameter(load_mesh(path)), spec.symmetric, None, note)
-
-
 # -------------------------------------------------------------------------------------------------------- cells
 @dataclass
 class Cell:
-    obj: TestObject
+    obj: common.TestObject
     mode: str = "complete"
     lambda_projection: float = 0.0
 
@@ -160,7 +125,7 @@ def backgrounds_dir() -> Path:
     return common.SHARED_DATA / "ycbv_backgrounds"
 
 
-def test_set_dir(obj: TestObject) -> Path:
+def test_set_dir(obj: common.TestObject) -> Path:
     return budget_dir() / "test_sets" / obj.name
 
 

@@ -145,7 +145,7 @@ def ray_rotation(t):
     ax, ay = -d[:, 1], d[:, 0]
     c = d[:, 2]
     k = 1.0 / (1.0 + c + 1e-9)  # (1 - cos) / sin^2
-    zeros, ones = tf.zeros_like(c), tf.ones_like(c)
+    zeros = tf.zeros_like(c)
     skew = tf.stack([tf.stack([zeros, zeros, ay], -1),
                      tf.stack([zeros, zeros, -ax], -1),
                      tf.stack([-ay, ax, zeros], -1)], axis=1)

@@ -51,7 +51,7 @@ flags.DEFINE_float("lambda_projection", 0.0, "lPL: weight of the Projection Loss
 flags.DEFINE_float("lambda_reg", 1e-5, "lreg: weight decay")
 flags.DEFINE_float("projection_scale", 0.5, "Projection Loss drawing resolution relative to the input crop")
 flags.DEFINE_integer("num_loss_points", 512, "model points used by the rotation and projection terms")
-flags.DEFINE_enum("symmetric", "auto", ["auto", "yes", "no"], "use the ADD-S form of the rotation term (auto: "
+flags.DEFINE_enum("symmetric_loss", "auto", ["auto", "yes", "no"], "use the ADD-S form of the rotation term (auto: "
                   "from the dataset's symmetry flag)")
 flags.DEFINE_bool("augment", True, "on-the-fly augmentation")
 flags.DEFINE_integer("seed", 0, "seed for initialisation, data order and augmentation")
@@ -161,7 +161,7 @@ def train(flag_values: dict) -> dict:
     model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / CONFIG_FILE).write_text(json.dumps(config))
 
-    symmetric = config["symmetric"] if f["symmetric"] == "auto" else f["symmetric"] == "yes"
+    symmetric = config["symmetric"] if f["symmetric_loss"] == "auto" else f["symmetric_loss"] == "yes"
     points_all = np.asarray(info["model_points_mm"], np.float32)
     loss_points = points_all[np.random.default_rng(0).permutation(len(points_all))[: f["num_loss_points"]]]
     diameter = float(info["diameter_mm"])
@@ -319,7 +319,7 @@ def main(argv):
 _OWN_FLAGS = {"dataset", "val_dataset", "model_dir", "backbone", "backbone_weights", "freeze_backbone", "input_size", "input_mode",
               "roi_enlarge", "batch_size", "epochs", "steps_per_epoch", "learning_rate", "lambda_box",
               "lambda_rotation", "lambda_translation", "lambda_projection", "lambda_reg", "projection_scale",
-              "num_loss_points", "symmetric", "augment", "seed", "checkpoint_every_steps", "max_val_images",
+              "num_loss_points", "symmetric_loss", "augment", "seed", "checkpoint_every_steps", "max_val_images",
               "strategy", "progress", "stop_after_steps"}
 
 
