@@ -24,43 +24,45 @@ from absl import app, flags, logging
 
 from pose_core import PoseInputError
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", None, "rendered dataset folder (render.generate's --out)")
+# The training flags live in their own FlagValues (joined to absl's global FLAGS only when this module runs as a
+# program), so that importing pose_net.train beside other absl programs (render.generate, experiments) never clashes.
+TRAIN_FLAGS = flags.FlagValues()
+flags.DEFINE_string("dataset", None, "rendered dataset folder (render.generate's --out)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_string("val_dataset", None, "optional separate rendered dataset for validation; default: the last "
-                    "shard of --dataset when it has more than one")
-flags.DEFINE_string("model_dir", None, "folder for checkpoints, logs, config.json and the exported model")
+                    "shard of --dataset when it has more than one", flag_values=TRAIN_FLAGS)
+flags.DEFINE_string("model_dir", None, "folder for checkpoints, logs, config.json and the exported model", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("backbone", "efficientnet_lite0", ["efficientnet_lite0", "mobilenet_v2", "efficientnet_b0",
-                  "small"], "feature extractor")
+                  "small"], "feature extractor", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("backbone_weights", "auto", ["auto", "none", "imagenet"], "backbone initialisation. auto: "
                   "ImageNet for efficientnet_lite0 (the converted weights, offline; random initialisation, saying "
                   "so, when they are not installed), none for the others. imagenet for the Keras applications "
-                  "downloads their weights (needs network access)")
-flags.DEFINE_bool("freeze_backbone", False, "keep the backbone's weights and batch-norm statistics fixed")
-flags.DEFINE_integer("input_size", 128, "side of the network input crop in pixels")
+                  "downloads their weights (needs network access)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_bool("freeze_backbone", False, "keep the backbone's weights and batch-norm statistics fixed", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("input_size", 128, "side of the network input crop in pixels", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("input_mode", "roi", ["roi", "full"], "roi: crops around the object's 2D box (scale-invariant "
-                  "translation); full: the whole image, as in the thesis")
-flags.DEFINE_float("roi_enlarge", 1.4, "roi crop side / longest side of the box")
-flags.DEFINE_integer("batch_size", 32, "batch size (global, over all replicas)")
-flags.DEFINE_integer("epochs", 20, "passes over the training shards")
-flags.DEFINE_integer("steps_per_epoch", 0, "cap on steps per epoch (0: one pass over the data)")
-flags.DEFINE_float("learning_rate", 1e-3, "peak learning rate (Adam, cosine decay)")
-flags.DEFINE_float("lambda_box", 1.0, "lb: weight of the 2D box term")
-flags.DEFINE_float("lambda_rotation", 1.0, "lq: weight of the rotation (point matching) term")
-flags.DEFINE_float("lambda_translation", 1.0, "lt: weight of the translation term")
-flags.DEFINE_float("lambda_projection", 0.0, "lPL: weight of the Projection Loss (the compiled op)")
-flags.DEFINE_float("lambda_reg", 1e-5, "lreg: weight decay")
-flags.DEFINE_float("projection_scale", 0.5, "Projection Loss drawing resolution relative to the input crop")
-flags.DEFINE_integer("num_loss_points", 512, "model points used by the rotation and projection terms")
+                  "translation); full: the whole image, as in the thesis", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("roi_enlarge", 1.4, "roi crop side / longest side of the box", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("batch_size", 32, "batch size (global, over all replicas)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("epochs", 20, "passes over the training shards", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("steps_per_epoch", 0, "cap on steps per epoch (0: one pass over the data)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("learning_rate", 1e-3, "peak learning rate (Adam, cosine decay)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("lambda_box", 1.0, "lb: weight of the 2D box term", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("lambda_rotation", 1.0, "lq: weight of the rotation (point matching) term", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("lambda_translation", 1.0, "lt: weight of the translation term", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("lambda_projection", 0.0, "lPL: weight of the Projection Loss (the compiled op)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("lambda_reg", 1e-5, "lreg: weight decay", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("projection_scale", 0.5, "Projection Loss drawing resolution relative to the input crop", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("num_loss_points", 512, "model points used by the rotation and projection terms", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("symmetric_loss", "auto", ["auto", "yes", "no"], "use the ADD-S form of the rotation term (auto: "
-                  "from the dataset's symmetry flag)")
-flags.DEFINE_bool("augment", True, "on-the-fly augmentation")
-flags.DEFINE_integer("seed", 0, "seed for initialisation, data order and augmentation")
-flags.DEFINE_integer("checkpoint_every_steps", 0, "also checkpoint every N steps within an epoch (0: epochs only)")
-flags.DEFINE_integer("max_val_images", 256, "validation images per epoch")
+                  "from the dataset's symmetry flag)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_bool("augment", True, "on-the-fly augmentation", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("seed", 0, "seed for initialisation, data order and augmentation", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("checkpoint_every_steps", 0, "also checkpoint every N steps within an epoch (0: epochs only)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("max_val_images", 256, "validation images per epoch", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy: "
-                  "mirrored for several GPUs, multi_worker for several machines (TF_CONFIG)")
-flags.DEFINE_bool("progress", True, "show a progress bar")
-flags.DEFINE_integer("stop_after_steps", 0, "testing aid: exit (as if killed) after this many steps of this run")
+                  "mirrored for several GPUs, multi_worker for several machines (TF_CONFIG)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("stop_after_steps", 0, "testing aid: exit (as if killed) after this many steps of this run", flag_values=TRAIN_FLAGS)
 
 
 CONFIG_KEYS = ("backbone", "input_size", "input_mode", "roi_enlarge", "seed", "freeze_backbone")
@@ -307,26 +309,19 @@ def _pose_pictures(estimator, dataset, points_mm, diameter_mm, count: int = 8):
 def main(argv):
     del argv
     for name in ("dataset", "model_dir"):
-        if not getattr(FLAGS, name):
+        if not flags.FLAGS[name].value:
             raise app.UsageError(f"--{name} is required")
-    values = {name: FLAGS[name].value for name in FLAGS if name in _OWN_FLAGS}
+    values = {name: flags.FLAGS[name].value for name in TRAIN_FLAGS}
     try:
         train(values)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
 
 
-_OWN_FLAGS = {"dataset", "val_dataset", "model_dir", "backbone", "backbone_weights", "freeze_backbone", "input_size", "input_mode",
-              "roi_enlarge", "batch_size", "epochs", "steps_per_epoch", "learning_rate", "lambda_box",
-              "lambda_rotation", "lambda_translation", "lambda_projection", "lambda_reg", "projection_scale",
-              "num_loss_points", "symmetric_loss", "augment", "seed", "checkpoint_every_steps", "max_val_images",
-              "strategy", "progress", "stop_after_steps"}
-
-
 def default_flag_values(**overrides) -> dict:
     """The training flags' defaults as a dict (for calling :func:`train` from Python), with overrides."""
-    values = {name: FLAGS[name].default for name in _OWN_FLAGS}
-    unknown = set(overrides) - _OWN_FLAGS
+    values = {name: TRAIN_FLAGS[name].default for name in TRAIN_FLAGS}
+    unknown = set(overrides) - set(values)
     if unknown:
         raise ValueError(f"unknown training flags: {sorted(unknown)}")
     values.update(overrides)
@@ -335,4 +330,5 @@ def default_flag_values(**overrides) -> dict:
 
 if __name__ == "__main__":
     logging.set_verbosity(logging.WARNING)
+    flags.FLAGS.append_flag_values(TRAIN_FLAGS)
     app.run(main)
