@@ -1,6 +1,6 @@
 """Train the pose network on a rendered dataset.
 
-    python -m pose_net.train --dataset DIR --model_dir DIR [--epochs 20] [--backbone mobilenet_v2] ...
+    python -m pose_net.train --dataset DIR --model_dir DIR [--epochs 20] [--backbone efficientnet_lite0] ...
 
 Checkpoints every epoch (and every ``--checkpoint_every_steps``) into ``MODEL_DIR/checkpoints`` and resumes from the
 latest one when started again with the same model folder: a killed run loses at most one checkpoint interval.
@@ -331,4 +331,6 @@ def default_flag_values(**overrides) -> dict:
 if __name__ == "__main__":
     logging.set_verbosity(logging.WARNING)
     flags.FLAGS.append_flag_values(TRAIN_FLAGS)
+    for _name in TRAIN_FLAGS:
+        flags.FLAGS.register_flag_by_module(sys.argv[0], TRAIN_FLAGS[_name])  # listed by --help
     app.run(main)
