@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pose_core import shared_data_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 
 # The real test sets of ../shared/data: folder -> (BOP obj_id, the built-in object of the same kind)
 REAL_SETS = {"ycbv_banana": (10, "toy"), "ycbv_box": (2, "box"), "ycbv_can": (1, "symmetric")}

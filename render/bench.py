@@ -27,7 +27,7 @@ FLAGS.set_default("num_images", 1200)
 
 
 def default_mesh(tmp: Path) -> str:
-    from render.testing import shared_data_dir
+    from pose_core import shared_data_dir
 
     lmo = shared_data_dir() / "lmo_models" / "obj_000001.ply"
     if lmo.is_file():

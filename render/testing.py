@@ -13,11 +13,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def shared_data_dir() -> Path:
-    """The real-data folder: ``shared/data`` beside the repo (or $SYNTHPOSE_SHARED_DATA)."""
-    return Path(os.environ.get("SYNTHPOSE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
 def generate_cmd(out, **flags) -> list[str]:
     cmd = [sys.executable, "-m", "render.generate", f"--out={out}", "--noprogress"]
     for k, v in flags.items():

@@ -4,11 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from pose_core import shared_data_dir
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SYNTHPOSE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+SHARED_DATA = shared_data_dir()
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from render.testing import REPO_ROOT, shared_data_dir, subprocess_env
+from pose_core import shared_data_dir
+from render.testing import REPO_ROOT, subprocess_env
 
 SCRIPTS = {  # module -> rows of its table
     "ablation": ["Complete", "Fixed Light", "Real Background", "Fixed Object", "Without Randomization"],

@@ -8,7 +8,8 @@ from pose_core.geometry import bbox_from_mask
 from pose_core.mesh import load_mesh
 from render.dataset import load_dataset_info, read_samples
 from render.silhouette import iou, projected_silhouette
-from render.testing import run_many, shared_data_dir
+from pose_core import shared_data_dir
+from render.testing import run_many
 
 SIZE = 128
 N = 8

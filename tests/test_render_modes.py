@@ -14,7 +14,8 @@ from render import randomize as rz
 from render.dataset import read_samples
 from render.engine import ParamSampler, RenderConfig
 from render.modes import MODES, mode_axes
-from render.testing import run_many, shared_data_dir
+from pose_core import shared_data_dir
+from render.testing import run_many
 
 SIZE = 96
 N = 8
