@@ -63,9 +63,10 @@ def main(argv):
     from pose_net import data as pdata
     from pose_net import losses
     from pose_net.model import build_pose_model
+    from render.dataset import load_dataset_info
 
     dataset = FLAGS.dataset or ensure_dataset()
-    info = pdata.load_info(dataset)
+    info = load_dataset_info(dataset)
     bs, size = FLAGS.batch_size, FLAGS.input_size
     cfg = pdata.PipelineConfig(input_size=size)
     print(f"machine: {os.cpu_count()} cores; TF {tf.__version__}; batch {bs}; input {size}x{size}; "

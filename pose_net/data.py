@@ -34,11 +34,6 @@ class PipelineConfig:
     cutout_prob: float = 0.4
 
 
-def load_info(dataset_dir) -> dict:
-    """``dataset.json`` of a rendered dataset (clear errors: :func:`render.dataset.load_dataset_info`)."""
-    return load_dataset_info(dataset_dir)
-
-
 def shard_paths(dataset_dir, split: str = "train") -> list[str]:
     """Shard files of a split. With more than one shard, the last one is the validation split ("val"), the others
     the training split ("train"); "all" is every shard."""
@@ -166,7 +161,7 @@ def make_dataset(dataset_dir, cfg: PipelineConfig, batch_size: int, split: str =
     ``K_crop [B, 3, 3]``, ``crop_center [B, 2]``, ``crop_size [B]``, ``box_target [B, 4]``,
     ``translation_target [B, 3]``, ``bbox_xywh [B, 4]``, ``index [B]``.
     """
-    info = load_info(dataset_dir)
+    info = load_dataset_info(dataset_dir)
     paths = shard_paths(dataset_dir, split)
     ds = tf.data.TFRecordDataset(paths, num_parallel_reads=1 if deterministic else tf.data.AUTOTUNE)
     if limit is not None:

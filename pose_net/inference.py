@@ -96,8 +96,8 @@ class PoseEstimator:
         predicted_box = param.crop_target_to_box(out["box"], c, s).numpy()[0]
         if self.config.get("input_mode", "roi") == "roi":
             box = predicted_box if bbox_xywh is None else np.asarray(bbox_xywh, np.float64)
-            center, size = param.numpy_crop_for_box(box, self.roi_enlarge)
-            crops, c, s = self._crops(image, K, [center], [size])
+            center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
+            crops, c, s = self._crops(image, K, center.numpy(), size.numpy())
             out = self._run(crops)
         else:
             box = predicted_box

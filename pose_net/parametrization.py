@@ -21,7 +21,6 @@ Heads and their targets (all dimensionless, so they do not depend on the crop's 
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -169,8 +168,3 @@ def decode_pose(outputs, K, crop_center, crop_size, diameter_mm: float):
     R = allocentric_to_egocentric(quaternion_to_matrix(outputs["rotation"]), t)
     return R, t
 
-
-def numpy_crop_for_box(bbox_xywh, enlarge=1.4):
-    """NumPy twin of :func:`roi_crop_from_box` for one box: ``(centre [2], size)``."""
-    x, y, w, h = np.asarray(bbox_xywh, dtype=np.float64)
-    return np.array([x + w / 2.0 - 0.5, y + h / 2.0 - 0.5]), max(max(w, h) * enlarge, 8.0)

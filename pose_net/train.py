@@ -154,10 +154,11 @@ def train(flag_values: dict) -> dict:
     from pose_net import losses
     from pose_net.inference import CONFIG_FILE, EXPORT_FILE, PoseEstimator
     from pose_net.model import build_pose_model
+    from render.dataset import load_dataset_info
 
     f = flag_values
     model_dir = Path(f["model_dir"])
-    info = pdata.load_info(f["dataset"])
+    info = load_dataset_info(f["dataset"])
     config = make_config(f, info)
     check_resume(model_dir, config)
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pose_core import PoseInputError, bop, metrics
+from render.dataset import load_dataset_info
 from render.testing import run_generate
 
 INPUT = 64
@@ -51,12 +52,11 @@ def _trainer(model, batch, weights, points, diameter, lr):
 def test_a_few_steps_lower_every_loss_term(tiny_dataset):
     import keras
 
-    from pose_net import data as pdata
     from pose_net import losses
     from pose_net.model import build_pose_model
 
     keras.utils.set_random_seed(1)
-    info = pdata.load_info(tiny_dataset)
+    info = load_dataset_info(tiny_dataset)
     points = np.asarray(info["model_points_mm"], np.float32)[:256]
     batch = _fixed_batch(tiny_dataset)
     model = build_pose_model("small", INPUT, dropout=0.0)
@@ -72,13 +72,12 @@ def test_a_few_steps_lower_every_loss_term(tiny_dataset):
 def test_network_overfits_64_renderings(tiny_dataset):
     import keras
 
-    from pose_net import data as pdata
     from pose_net import losses
     from pose_net.inference import PoseEstimator
     from pose_net.model import build_pose_model
 
     keras.utils.set_random_seed(0)
-    info = pdata.load_info(tiny_dataset)
+    info = load_dataset_info(tiny_dataset)
     points = np.asarray(info["model_points_mm"], np.float32)
     diameter = info["diameter_mm"]
     batch = _fixed_batch(tiny_dataset)
