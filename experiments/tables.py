@@ -48,13 +48,16 @@ flags.DEFINE_float("projection_weight", 0.1, "lambda_projection of the cells 'wi
 # cpu: a few hours for a table on 2 cores; gpu: closer to the thesis' scale.
 BUDGETS = {
     "quick": dict(num_train=48, num_test=16, image_size=64, input_size=64, backbone="small", backbone_weights="none",
-                  epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=1, num_pictures=4),
-    "cpu": dict(num_train=3000, num_test=200, image_size=128, input_size=128, backbone="small",
-                backbone_weights="none", epochs=12, steps_per_epoch=0, batch_size=32, num_shards=4, workers=2,
-                num_pictures=12),
+                  freeze_backbone=False, epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=1,
+                  num_pictures=4),
+    # The frozen ImageNet backbone trains at about 180 images/s on 2 cores (fine-tuning: about 60), see
+    # docs/results.md for what freezing costs and gains on real photos.
+    "cpu": dict(num_train=3000, num_test=200, image_size=128, input_size=128, backbone="efficientnet_lite0",
+                backbone_weights="imagenet", freeze_backbone=True, epochs=12, steps_per_epoch=0, batch_size=32,
+                num_shards=4, workers=2, num_pictures=12),
     "gpu": dict(num_train=20000, num_test=500, image_size=256, input_size=128, backbone="efficientnet_lite0",
-                backbone_weights="imagenet", epochs=30, steps_per_epoch=0, batch_size=64, num_shards=10, workers=8,
-                num_pictures=12),
+                backbone_weights="imagenet", freeze_backbone=False, epochs=30, steps_per_epoch=0, batch_size=64,
+                num_shards=10, workers=8, num_pictures=12),
 }
 MODE_NAMES = {"complete": "Complete", "fixed_light": "Fixed Light", "real_background": "Real Background",
               "fixed_object": "Fixed Object", "none": "Without Randomization"}
@@ -71,23 +74,51 @@ def sizes() -> dict:
 
 
 # -------------------------------------------------------------------------------------------------------- cells
+# Backbone variants of a cell (experiments.backbone_table): the same renderings, the same steps, three
+# initialisations of EfficientNet-Lite0.
+BACKBONE_VARIANTS = {
+    "scratch": dict(backbone="efficientnet_lite0", backbone_weights="none", freeze_backbone=False),
+    "frozen": dict(backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=True),
+    "finetuned": dict(backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=False),
+}
+
+
 @dataclass
 class Cell:
     obj: common.TestObject
     mode: str = "complete"
     lambda_projection: float = 0.0
+    variant: str = ""  # a key of BACKBONE_VARIANTS ("": the budget's backbone)
+
+    @property
+    def base_name(self) -> str:
+        return f"{self.obj.name}-{self.mode}-pl{self.lambda_projection:g}"
 
     @property
     def name(self) -> str:
-        return f"{self.obj.name}-{self.mode}-pl{self.lambda_projection:g}"
+        return self.base_name + (f"-{self.variant}" if self.variant else "")
 
     def folder(self) -> Path:
         return budget_dir() / "cells" / self.name
 
+    def data_dir(self) -> Path:
+        """The training renderings; a backbone variant trains on its base cell's (the very same images)."""
+        return budget_dir() / "cells" / self.base_name / "data" / "train"
+
+    def training(self) -> dict:
+        """The budget's sizes with this cell's backbone variant applied."""
+        s = sizes()
+        if self.variant:
+            s.update(BACKBONE_VARIANTS[self.variant])
+        return s
+
     def config(self) -> dict:
-        return {"object": self.obj.name, "mesh": self.obj.mesh, "mode": self.mode,
-                "lambda_projection": self.lambda_projection, "seed": FLAGS.train_seed, "budget": FLAGS.budget,
-                **{k: v for k, v in sizes().items() if k not in ("workers", "num_pictures")}}
+        c = {"object": self.obj.name, "mesh": self.obj.mesh, "mode": self.mode,
+             "lambda_projection": self.lambda_projection, "seed": FLAGS.train_seed, "budget": FLAGS.budget,
+             **{k: v for k, v in self.training().items() if k not in ("workers", "num_pictures")}}
+        if self.variant:
+            c["variant"] = self.variant
+        return c
 
     def result(self) -> dict | None:
         """The figures of a finished cell; refuses a cell.json written with other settings."""
@@ -138,8 +169,8 @@ def render_jobs(cells: list[Cell]) -> list[dict]:
         if c.result() is not None or c.missing_input():
             continue
         common_opts = dict(image_size=s["image_size"], workers=s["workers"], progress=False)
-        jobs[c.name] = dict(c.render_opts(), out=str(c.folder() / "data" / "train"), num_images=s["num_train"],
-                            seed=FLAGS.train_seed, num_shards=s["num_shards"], **common_opts)
+        jobs[str(c.data_dir())] = dict(c.render_opts(), out=str(c.data_dir()), num_images=s["num_train"],
+                                       seed=FLAGS.train_seed, num_shards=s["num_shards"], **common_opts)
         jobs[c.obj.name] = dict(Cell(c.obj).render_opts(), out=str(test_set_dir(c.obj) / "render"),
                                 num_images=s["num_test"], seed=FLAGS.train_seed + 1000, num_shards=1, **common_opts)
     return [j for j in jobs.values() if not common.dataset_complete(Path(j["out"]))]
@@ -175,15 +206,16 @@ def run_cell(cell: Cell) -> dict:
     if done is not None:
         print(f"cell {cell.name}: finished, skipping", flush=True)
         return done
-    s, folder, obj = sizes(), cell.folder(), cell.obj
+    s, folder, obj = cell.training(), cell.folder(), cell.obj
     print(f"cell {cell.name}: running in {folder}", flush=True)
     t0 = time.time()
     render_all([cell])
     bop_test = common.export_bop_test_set(test_set_dir(obj) / "render", test_set_dir(obj) / "bop", obj.obj_id,
                                           obj.mesh, obj.diameter_mm, obj.symmetric)
     train(default_flag_values(
-        dataset=str(folder / "data" / "train"), model_dir=str(folder / "model"), backbone=s["backbone"],
-        backbone_weights=s["backbone_weights"], input_size=s["input_size"], epochs=s["epochs"],
+        dataset=str(cell.data_dir()), model_dir=str(folder / "model"), backbone=s["backbone"],
+        backbone_weights=s["backbone_weights"], freeze_backbone=s["freeze_backbone"], input_size=s["input_size"],
+        epochs=s["epochs"],
         steps_per_epoch=s["steps_per_epoch"], batch_size=s["batch_size"], seed=FLAGS.train_seed,
         lambda_projection=cell.lambda_projection, progress=False))
     import keras
@@ -216,8 +248,10 @@ class Row:
     results: dict = field(default_factory=dict)  # "real"/"rendered" -> figures, or a string saying why none
 
 
-COLUMNS = ["real ADD", "real ADD-S", "thesis real ADD", "thesis real ADD-S", "rendered ADD", "rendered ADD-S",
-           "thesis rendered ADD", "thesis rendered ADD-S"]
+# Recalls in %, then the median errors in mm: they still rank rows whose recalls are all near 0.
+COLUMNS = ["real ADD", "real ADD-S", "thesis real ADD", "thesis real ADD-S", "real median ADD mm",
+           "real median ADD-S mm", "rendered ADD", "rendered ADD-S", "thesis rendered ADD", "thesis rendered ADD-S",
+           "rendered median ADD mm", "rendered median ADD-S mm"]
 
 
 def collect(rows: list[Row]):
@@ -245,6 +279,7 @@ def row_values(row: Row) -> list[str]:
         r = row.results[kind]
         out += [_pct(r["add_recall"]), _pct(r["add_s_recall"])] if isinstance(r, dict) else [r, r]
         out += [f"{v:.1f}" for v in thesis] if thesis else ["-", "-"]
+        out += [f"{r['add_median_mm']:.1f}", f"{r['add_s_median_mm']:.1f}"] if isinstance(r, dict) else [r, r]
     return out
 
 
@@ -266,7 +301,8 @@ def write_outputs(table: str, title: str, rows: list[Row], intro: str, wall_s: f
                                                                          kind))]
     cell_time = sum(r["wall_s"] for row in rows for r in row.results.values() if isinstance(r, dict))
     lines = [f"# {title}", "", intro, "",
-             "ADD / ADD-S: % of poses within 10% of the object diameter (ground-truth 2D boxes). \"real\": the real "
+             "ADD / ADD-S: % of poses within 10% of the object diameter (ground-truth 2D boxes); median ADD / ADD-S mm: "
+             "the median error, which still ranks rows whose recalls are near 0. \"real\": the real "
              "photos of ../shared/data (a few distinct viewpoints each: a check of sim-to-real transfer, not a "
              "benchmark); \"rendered\": a test set rendered in `complete` mode with another seed. "
              "\"not run\": the cell has not been run yet.", "",
@@ -365,12 +401,25 @@ def plot_curves(path: Path, title: str, rows: list[Row], kind: str) -> Path | No
     return path
 
 
+def require_backbone_weights(cells: list[Cell]):
+    """Refuses to start cells that ask for ImageNet weights that cannot be had (a frozen random backbone would train
+    and mean nothing). The quick budget, a smoke test, goes on with random initialisation (one printed line)."""
+    if FLAGS.budget == "quick" or not any(c.training()["backbone_weights"] == "imagenet" for c in cells):
+        return
+    from pose_net.backbones.efficientnet_lite import ensure_pretrained_weights
+
+    if ensure_pretrained_weights(verbose=False) is None:
+        raise SystemExit(f"budget {FLAGS.budget} needs the EfficientNet-Lite0 ImageNet weights: install them with "
+                         f"`make pretrained` (converted once, then cached), or use --budget quick")
+
+
 def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[str] = ()):
     """Runs the rows' unfinished cells (rendering all first), rewriting the table after each cell."""
     t0 = time.time()
     cells = {c.name: c for row in rows for c in (row.real_cell, row.rendered_cell) if c is not None}
     write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
     todo = [c for c in cells.values() if c.result() is None]
+    require_backbone_weights(todo)
     print(f"{table}: {len(cells) - len(todo)} of {len(cells)} cells already finished (skipped)", flush=True)
     skipped = [c for c in todo if c.missing_input()]
     for c in skipped:

@@ -84,3 +84,36 @@ def test_second_run_skips_finished_cells(quick_results):
     assert "per_object: 6 of 6 cells already finished (skipped)" in stdout
     assert (tmp / "results" / "per_object.csv").read_text() == before
     assert seconds < logs["per_object"][1]
+
+
+def test_backbone_variants_train_on_the_base_cells_renderings(quick_results):
+    """The backbone table's three variants of a real set reuse the per-object cell's renderings (no new rendering),
+    each with its own backbone settings recorded in cell.json."""
+    tmp, _ = quick_results
+    cmd = [sys.executable, "-m", "experiments.backbone_table", "--budget=quick", f"--out={tmp / 'results'}",
+           f"--runs_dir={tmp / 'runs'}", "--real_sets=ycbv_can"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "render.generate" not in proc.stdout
+    cells = tmp / "runs" / "quick" / "cells"
+    expected = {"scratch": ("none", False), "frozen": ("imagenet", True), "finetuned": ("imagenet", False)}
+    for variant, (weights, frozen) in expected.items():
+        folder = cells / f"ycbv_can-complete-pl0.1-{variant}"
+        config = json.loads((folder / "cell.json").read_text())["config"]
+        assert config["variant"] == variant and config["backbone"] == "efficientnet_lite0"
+        assert config["backbone_weights"] == weights and config["freeze_backbone"] is frozen
+        assert not (folder / "data").exists()
+        trained = json.loads((folder / "model" / "config.json").read_text())
+        assert trained["dataset"] == str(cells / "ycbv_can-complete-pl0.1" / "data" / "train")
+        assert trained["freeze_backbone"] is frozen
+    md = (tmp / "results" / "backbone_table.md").read_text()
+    for variant in expected:
+        assert f"| ycbv_can {variant} |" in md
+    assert "| not run |" not in md
+
+
+def test_backbone_table_refuses_an_unknown_real_set(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.backbone_table", "--budget=quick", f"--out={tmp_path}",
+           f"--runs_dir={tmp_path}", "--real_sets=ycbv_nothing"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "unknown real set 'ycbv_nothing'" in proc.stdout + proc.stderr
