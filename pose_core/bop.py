@@ -82,10 +82,11 @@ def is_symmetric(entry: dict) -> bool:
     return bool(entry.get("symmetries_continuous") or entry.get("symmetries_discrete"))
 
 
-def load_scene_gt(path) -> dict[int, list[dict]]:
-    """``scene_gt.json`` -> ``{im_id: [{"obj_id": int, "R": [3,3], "t_mm": [3]}, ...]}``."""
+def _per_image_instances(path, required: tuple[str, ...], parse) -> dict[int, list[dict]]:
+    """A BOP file of ``{im_id: [instance, ...]}`` -> ``{im_id: [parse(where, instance), ...]}``; each instance must be
+    an object holding the ``required`` keys (the error names the file, the image and the instance)."""
     data = _load_json(path)
-    scene = {}
+    out = {}
     for key, instances in data.items():
         im_id = _int_key(path, key)
         if not isinstance(instances, list):
@@ -95,16 +96,21 @@ def load_scene_gt(path) -> dict[int, list[dict]]:
             where = f"image {im_id} instance {k}"
             if not isinstance(inst, dict):
                 raise BopFormatError(f"{path}: {where} is not an object")
-            for name in ("cam_R_m2c", "cam_t_m2c", "obj_id"):
+            for name in required:
                 if name not in inst:
                     raise BopFormatError(f"{path}: {where} has no '{name}'")
-            parsed.append({
-                "obj_id": int(inst["obj_id"]),
-                "R": _array(path, f"{where} cam_R_m2c", inst["cam_R_m2c"], (3, 3)),
-                "t_mm": _array(path, f"{where} cam_t_m2c", inst["cam_t_m2c"], (3,)),
-            })
-        scene[im_id] = parsed
-    return scene
+            parsed.append(parse(where, inst))
+        out[im_id] = parsed
+    return out
+
+
+def load_scene_gt(path) -> dict[int, list[dict]]:
+    """``scene_gt.json`` -> ``{im_id: [{"obj_id": int, "R": [3,3], "t_mm": [3]}, ...]}``."""
+    return _per_image_instances(path, ("cam_R_m2c", "cam_t_m2c", "obj_id"), lambda where, inst: {
+        "obj_id": int(inst["obj_id"]),
+        "R": _array(path, f"{where} cam_R_m2c", inst["cam_R_m2c"], (3, 3)),
+        "t_mm": _array(path, f"{where} cam_t_m2c", inst["cam_t_m2c"], (3,)),
+    })
 
 
 def load_scene_camera(path) -> dict[int, dict]:
@@ -122,24 +128,11 @@ def load_scene_camera(path) -> dict[int, dict]:
 
 def load_scene_gt_info(path) -> dict[int, list[dict]]:
     """``scene_gt_info.json`` -> ``{im_id: [{"bbox_obj": [4], "bbox_visib": [4], "visib_fract": float}, ...]}``."""
-    data = _load_json(path)
-    info = {}
-    for key, instances in data.items():
-        im_id = _int_key(path, key)
-        if not isinstance(instances, list):
-            raise BopFormatError(f"{path}: image {im_id} should hold a list of instances")
-        parsed = []
-        for k, inst in enumerate(instances):
-            where = f"image {im_id} instance {k}"
-            if not isinstance(inst, dict) or "bbox_obj" not in inst:
-                raise BopFormatError(f"{path}: {where} has no 'bbox_obj'")
-            parsed.append({
-                "bbox_obj": _array(path, f"{where} bbox_obj", inst["bbox_obj"], (4,)),
-                "bbox_visib": _array(path, f"{where} bbox_visib", inst.get("bbox_visib", inst["bbox_obj"]), (4,)),
-                "visib_fract": float(inst.get("visib_fract", 1.0)),
-            })
-        info[im_id] = parsed
-    return info
+    return _per_image_instances(path, ("bbox_obj",), lambda where, inst: {
+        "bbox_obj": _array(path, f"{where} bbox_obj", inst["bbox_obj"], (4,)),
+        "bbox_visib": _array(path, f"{where} bbox_visib", inst.get("bbox_visib", inst["bbox_obj"]), (4,)),
+        "visib_fract": float(inst.get("visib_fract", 1.0)),
+    })
 
 
 @dataclass
