@@ -88,7 +88,7 @@ results: ablation projection-loss-table per-object
 # Scratch vs ImageNet-frozen vs ImageNet-fine-tuned EfficientNet-Lite0 on the three real sets, same renderings and
 # steps (the per-object cells' renderings).
 backbone-table: build-ops pretrained
-	$(PY) -m experiments.backbone_table --out docs/results --budget $(BUDGET) --train_epochs 4
+	$(PY) -m experiments.backbone_table --out docs/results --budget $(BUDGET) --train_epochs 6
 
 clean:
 	rm -rf build bazel-* tf_ops/*.so tf_ops/lib

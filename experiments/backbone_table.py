@@ -1,7 +1,7 @@
 """What ImageNet pretraining does to sim-to-real accuracy: EfficientNet-Lite0 trained from scratch, pretrained and
 frozen, pretrained and fine-tuned, on the same renderings for the same number of steps, scored on each real set.
 
-    python -m experiments.backbone_table --out docs/results [--budget quick|cpu|gpu] [--train_epochs 4] [--real_sets ycbv_can]
+    python -m experiments.backbone_table --out docs/results [--budget quick|cpu|gpu] [--train_epochs 6] [--real_sets ycbv_can]
 
 One row per real set of ../shared/data and variant (tables.BACKBONE_VARIANTS). The three variants of a real set train
 on the very same renderings: those of the set's `complete` cell with the Projection Loss, the cell the per-object
