@@ -318,6 +318,8 @@ def write_outputs(table: str, title: str, rows: list[Row], intro: str, wall_s: f
               f"- Cells: `{budget_dir()}/cells/`"] + [f"- {n}" for n in extra_notes]
     if FLAGS.budget == "quick":
         lines.append("- **quick budget: a smoke test of the pipeline; its figures mean nothing.**")
+    elif (out / "README.md").is_file():
+        lines.append("- What these figures say, beside the thesis: [README.md](README.md) (written by hand)")
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     (out / f"{table}.md").write_text("\n".join(lines) + "\n")
     if verbose:
