@@ -247,6 +247,25 @@ bool ValidSizes(const void* a, const void* b, int batch, int n, int m, int begin
 
 }  // namespace
 
+// Draws both images of each item in [batch_begin, batch_end) into this thread's scratch and calls
+// per_item(scratch, counts, b, drawn_height, drawn_width) for it; the scratch is cleared after each item.
+template <typename PerItem>
+int ForEachItem(const float* pred, const float* gt, int n_pred, int n_gt, int height, int width, float scale,
+                int batch_begin, int batch_end, PerItem per_item) {
+  int hs, ws;
+  const int rc = pl_drawn_size(height, width, scale, &hs, &ws);
+  if (rc != PL_OK) return rc;
+  Scratch& s = tls_scratch;
+  s.Prepare(static_cast<int64_t>(hs + 2 * kRadius) * (ws + 2 * kRadius), n_pred, n_gt);
+  for (int b = batch_begin; b < batch_end; ++b) {
+    const Counts c = Draw(s, pred + static_cast<int64_t>(b) * n_pred * 2, gt + static_cast<int64_t>(b) * n_gt * 2,
+                          n_pred, n_gt, scale, hs, ws);
+    per_item(s, c, b, hs, ws);
+    Clear(s, n_pred, n_gt);
+  }
+  return PL_OK;
+}
+
 extern "C" {
 
 const char* pl_error_string(int code) {
@@ -276,18 +295,8 @@ int pl_cpu_forward(const float* pred, const float* gt, int batch, int n_pred, in
                    float scale, float* loss, int batch_begin, int batch_end) {
   if (!ValidSizes(pred, gt, batch, n_pred, n_gt, batch_begin, batch_end) || loss == nullptr)
     return PL_ERR_INVALID_ARGUMENT;
-  int hs, ws;
-  const int rc = pl_drawn_size(height, width, scale, &hs, &ws);
-  if (rc != PL_OK) return rc;
-  Scratch& s = tls_scratch;
-  s.Prepare(static_cast<int64_t>(hs + 2 * kRadius) * (ws + 2 * kRadius), n_pred, n_gt);
-  for (int b = batch_begin; b < batch_end; ++b) {
-    const Counts c = Draw(s, pred + static_cast<int64_t>(b) * n_pred * 2, gt + static_cast<int64_t>(b) * n_gt * 2,
-                          n_pred, n_gt, scale, hs, ws);
-    loss[b] = LossOf(c);
-    Clear(s, n_pred, n_gt);
-  }
-  return PL_OK;
+  return ForEachItem(pred, gt, n_pred, n_gt, height, width, scale, batch_begin, batch_end,
+                     [&](Scratch&, const Counts& c, int b, int, int) { loss[b] = LossOf(c); });
 }
 
 int pl_cpu_backward(const float* pred, const float* gt, const float* grad_loss, int batch, int n_pred, int n_gt,
@@ -295,18 +304,11 @@ int pl_cpu_backward(const float* pred, const float* gt, const float* grad_loss, 
   if (!ValidSizes(pred, gt, batch, n_pred, n_gt, batch_begin, batch_end) || grad_loss == nullptr ||
       grad_pred == nullptr)
     return PL_ERR_INVALID_ARGUMENT;
-  int hs, ws;
-  const int rc = pl_drawn_size(height, width, scale, &hs, &ws);
-  if (rc != PL_OK) return rc;
-  Scratch& s = tls_scratch;
-  s.Prepare(static_cast<int64_t>(hs + 2 * kRadius) * (ws + 2 * kRadius), n_pred, n_gt);
-  for (int b = batch_begin; b < batch_end; ++b) {
-    const Counts c = Draw(s, pred + static_cast<int64_t>(b) * n_pred * 2, gt + static_cast<int64_t>(b) * n_gt * 2,
-                          n_pred, n_gt, scale, hs, ws);
-    Backward(s, c, grad_loss[b], n_pred, n_gt, scale, hs, ws, grad_pred + static_cast<int64_t>(b) * n_pred * 2);
-    Clear(s, n_pred, n_gt);
-  }
-  return PL_OK;
+  return ForEachItem(pred, gt, n_pred, n_gt, height, width, scale, batch_begin, batch_end,
+                     [&](Scratch& s, const Counts& c, int b, int hs, int ws) {
+                       Backward(s, c, grad_loss[b], n_pred, n_gt, scale, hs, ws,
+                                grad_pred + static_cast<int64_t>(b) * n_pred * 2);
+                     });
 }
 
 int pl_cpu_forward_backward(const float* pred, const float* gt, int batch, int n_pred, int n_gt, int height,
@@ -314,19 +316,12 @@ int pl_cpu_forward_backward(const float* pred, const float* gt, int batch, int n
   if (!ValidSizes(pred, gt, batch, n_pred, n_gt, batch_begin, batch_end) || loss == nullptr ||
       grad_unit == nullptr)
     return PL_ERR_INVALID_ARGUMENT;
-  int hs, ws;
-  const int rc = pl_drawn_size(height, width, scale, &hs, &ws);
-  if (rc != PL_OK) return rc;
-  Scratch& s = tls_scratch;
-  s.Prepare(static_cast<int64_t>(hs + 2 * kRadius) * (ws + 2 * kRadius), n_pred, n_gt);
-  for (int b = batch_begin; b < batch_end; ++b) {
-    const Counts c = Draw(s, pred + static_cast<int64_t>(b) * n_pred * 2, gt + static_cast<int64_t>(b) * n_gt * 2,
-                          n_pred, n_gt, scale, hs, ws);
-    loss[b] = LossOf(c);
-    Backward(s, c, 1.0f, n_pred, n_gt, scale, hs, ws, grad_unit + static_cast<int64_t>(b) * n_pred * 2);
-    Clear(s, n_pred, n_gt);
-  }
-  return PL_OK;
+  return ForEachItem(pred, gt, n_pred, n_gt, height, width, scale, batch_begin, batch_end,
+                     [&](Scratch& s, const Counts& c, int b, int hs, int ws) {
+                       loss[b] = LossOf(c);
+                       Backward(s, c, 1.0f, n_pred, n_gt, scale, hs, ws,
+                                grad_unit + static_cast<int64_t>(b) * n_pred * 2);
+                     });
 }
 
 #ifndef PL_WITH_CUDA

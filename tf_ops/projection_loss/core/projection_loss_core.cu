@@ -259,6 +259,28 @@ cudaError_t Draw(const float* pred, const float* gt, const Geometry& g, const Wo
   return cudaGetLastError();
 }
 
+// Draws both images, then writes the loss (when loss != nullptr) and the gradient (when grad != nullptr):
+// grad_loss scales each item's gradient, nullptr meaning 1 (the unit gradient of forward_backward).
+int Run(const float* pred, const float* gt, const float* grad_loss, int batch, int n_pred, int n_gt, int height,
+        int width, float scale, float* loss, float* grad, void* workspace, size_t workspace_bytes, void* stream) {
+  Geometry g;
+  Workspace w;
+  const int rc = Setup(pred, gt, batch, n_pred, n_gt, height, width, scale, workspace, workspace_bytes, &g, &w);
+  if (rc != PL_OK) return rc;
+  if (batch == 0) return PL_OK;
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (grad != nullptr &&
+      cudaMemsetAsync(grad, 0, static_cast<size_t>(batch) * n_pred * 2 * sizeof(float), s) != cudaSuccess)
+    return PL_ERR_CUDA;
+  if (Draw(pred, gt, g, w, s) != cudaSuccess) return PL_ERR_CUDA;
+  if (loss != nullptr) LossKernel<<<Blocks(batch), kThreads, 0, s>>>(g, w, loss);
+  if (grad != nullptr) {
+    ExtraKernel<<<Blocks(static_cast<int64_t>(batch) * n_pred), kThreads, 0, s>>>(pred, grad_loss, g, w, grad);
+    MissingKernel<<<Blocks(static_cast<int64_t>(batch) * n_gt), kThreads, 0, s>>>(pred, gt, grad_loss, g, w, grad);
+  }
+  return cudaGetLastError() == cudaSuccess ? PL_OK : PL_ERR_CUDA;
+}
+
 }  // namespace
 
 extern "C" {
@@ -280,55 +302,25 @@ size_t pl_cuda_workspace_bytes(int batch, int height, int width, float scale) {
 
 int pl_cuda_forward(const float* pred, const float* gt, int batch, int n_pred, int n_gt, int height, int width,
                     float scale, float* loss, void* workspace, size_t workspace_bytes, void* stream) {
-  Geometry g;
-  Workspace w;
   if (loss == nullptr) return PL_ERR_INVALID_ARGUMENT;
-  const int rc = Setup(pred, gt, batch, n_pred, n_gt, height, width, scale, workspace, workspace_bytes, &g, &w);
-  if (rc != PL_OK) return rc;
-  if (batch == 0) return PL_OK;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (Draw(pred, gt, g, w, s) != cudaSuccess) return PL_ERR_CUDA;
-  LossKernel<<<Blocks(batch), kThreads, 0, s>>>(g, w, loss);
-  return cudaGetLastError() == cudaSuccess ? PL_OK : PL_ERR_CUDA;
+  return Run(pred, gt, nullptr, batch, n_pred, n_gt, height, width, scale, loss, nullptr, workspace,
+             workspace_bytes, stream);
 }
 
 int pl_cuda_backward(const float* pred, const float* gt, const float* grad_loss, int batch, int n_pred, int n_gt,
                      int height, int width, float scale, float* grad_pred, void* workspace, size_t workspace_bytes,
                      void* stream) {
-  Geometry g;
-  Workspace w;
   if (grad_loss == nullptr || grad_pred == nullptr) return PL_ERR_INVALID_ARGUMENT;
-  const int rc = Setup(pred, gt, batch, n_pred, n_gt, height, width, scale, workspace, workspace_bytes, &g, &w);
-  if (rc != PL_OK) return rc;
-  if (batch == 0) return PL_OK;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (cudaMemsetAsync(grad_pred, 0, static_cast<size_t>(batch) * n_pred * 2 * sizeof(float), s) != cudaSuccess)
-    return PL_ERR_CUDA;
-  if (Draw(pred, gt, g, w, s) != cudaSuccess) return PL_ERR_CUDA;
-  ExtraKernel<<<Blocks(static_cast<int64_t>(batch) * n_pred), kThreads, 0, s>>>(pred, grad_loss, g, w, grad_pred);
-  MissingKernel<<<Blocks(static_cast<int64_t>(batch) * n_gt), kThreads, 0, s>>>(pred, gt, grad_loss, g, w,
-                                                                                grad_pred);
-  return cudaGetLastError() == cudaSuccess ? PL_OK : PL_ERR_CUDA;
+  return Run(pred, gt, grad_loss, batch, n_pred, n_gt, height, width, scale, nullptr, grad_pred, workspace,
+             workspace_bytes, stream);
 }
 
 int pl_cuda_forward_backward(const float* pred, const float* gt, int batch, int n_pred, int n_gt, int height,
                              int width, float scale, float* loss, float* grad_unit, void* workspace,
                              size_t workspace_bytes, void* stream) {
-  Geometry g;
-  Workspace w;
   if (loss == nullptr || grad_unit == nullptr) return PL_ERR_INVALID_ARGUMENT;
-  const int rc = Setup(pred, gt, batch, n_pred, n_gt, height, width, scale, workspace, workspace_bytes, &g, &w);
-  if (rc != PL_OK) return rc;
-  if (batch == 0) return PL_OK;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (cudaMemsetAsync(grad_unit, 0, static_cast<size_t>(batch) * n_pred * 2 * sizeof(float), s) != cudaSuccess)
-    return PL_ERR_CUDA;
-  if (Draw(pred, gt, g, w, s) != cudaSuccess) return PL_ERR_CUDA;
-  LossKernel<<<Blocks(batch), kThreads, 0, s>>>(g, w, loss);
-  ExtraKernel<<<Blocks(static_cast<int64_t>(batch) * n_pred), kThreads, 0, s>>>(pred, nullptr, g, w, grad_unit);
-  MissingKernel<<<Blocks(static_cast<int64_t>(batch) * n_gt), kThreads, 0, s>>>(pred, gt, nullptr, g, w,
-                                                                                grad_unit);
-  return cudaGetLastError() == cudaSuccess ? PL_OK : PL_ERR_CUDA;
+  return Run(pred, gt, nullptr, batch, n_pred, n_gt, height, width, scale, loss, grad_unit, workspace,
+             workspace_bytes, stream);
 }
 
 }  // extern "C"
