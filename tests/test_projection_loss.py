@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
 
 from tf_ops import projection_iou_loss, projection_iou_loss_reference, projection_loss  # noqa: E402
-from tf_ops.projection_loss.python.harness import CoreLib  # noqa: E402
+from tf_ops.projection_loss.python.harness import CoreError, CoreLib  # noqa: E402
 from tf_ops.projection_loss.python.ops.reference import draw_points_reference  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,3 +347,38 @@ def test_backward_equals_pure_tf_reference_gradient(height, width, scale, n, m):
     tol = 1e-5 * np.abs(grads[1]).max()
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=tol)
     assert np.mean(np.any(grads[0] != 0, -1)) > 0.05
+
+
+def test_harness_cuda_calls_line_up_with_the_c_abi_without_a_gpu():
+    """The ctypes harness's three CUDA calls reach the library with the right arguments: an empty batch needs no
+    device and returns arrays of the right shapes; a non-empty one fails with the library's CUDA error, not a crash."""
+    class HostBackend:  # stands in for CuPy / torch: host arrays, never touched by an empty batch
+        def to_device(self, a):
+            return np.ascontiguousarray(a)
+
+        def empty(self, shape, dtype=np.float32):
+            return np.zeros(shape, dtype)
+
+        def ptr(self, a):
+            return a.ctypes.data
+
+        def stream(self):
+            return None
+
+        def sync(self):
+            pass
+
+        def to_host(self, a):
+            return a
+
+    lib, be = CoreLib(), HostBackend()
+    if not lib.cuda_compiled():
+        pytest.skip("library built without CUDA (no nvcc)")
+    pred, gt = np.zeros((0, 5, 2), np.float32), np.zeros((0, 7, 2), np.float32)
+    assert lib.cuda_forward(pred, gt, 16, 16, backend=be).shape == (0,)
+    assert lib.cuda_backward(pred, gt, 1.0, 16, 16, backend=be).shape == (0, 5, 2)
+    loss, grad = lib.cuda_forward_backward(pred, gt, 16, 16, backend=be)
+    assert loss.shape == (0,) and grad.shape == (0, 5, 2)
+    if not lib.cuda_available():
+        with pytest.raises(CoreError, match="pl_cuda_forward"):
+            lib.cuda_forward(np.zeros((2, 5, 2), np.float32), np.zeros((2, 7, 2), np.float32), 16, 16, backend=be)

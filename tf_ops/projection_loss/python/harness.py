@@ -211,28 +211,17 @@ class CoreLib:
         return bool(self.lib.pl_cuda_available())
 
     def cuda_forward(self, pred, gt, height, width, scale=1.0, backend=None) -> np.ndarray:
-        return self._cuda(pred, gt, None, height, width, scale, backend)
+        return self._cuda("forward", pred, gt, None, height, width, scale, backend)[0]
 
     def cuda_backward(self, pred, gt, grad_loss, height, width, scale=1.0, backend=None) -> np.ndarray:
-        return self._cuda(pred, gt, grad_loss, height, width, scale, backend)
+        return self._cuda("backward", pred, gt, grad_loss, height, width, scale, backend)[1]
 
     def cuda_forward_backward(self, pred, gt, height, width, scale=1.0, backend=None):
-        be = backend or gpu_backend()
-        if be is None:
-            raise CoreError(f"no usable GPU backend: {gpu_unavailable_reason()}")
-        pred, gt = _as_points(pred, "pred"), _as_points(gt, "gt")
-        b, n, m = pred.shape[0], pred.shape[1], gt.shape[1]
-        d_pred, d_gt = be.to_device(pred), be.to_device(gt)
-        nbytes = self.lib.pl_cuda_workspace_bytes(b, height, width, scale)
-        ws = be.empty((max(nbytes, 1),), np.uint8)
-        loss, grad = be.empty((b,)), be.empty((b, n, 2))
-        self._check(self.lib.pl_cuda_forward_backward(be.ptr(d_pred), be.ptr(d_gt), b, n, m, height, width, scale,
-                                                      be.ptr(loss), be.ptr(grad), be.ptr(ws), nbytes, be.stream()),
-                    "pl_cuda_forward_backward")
-        be.sync()
-        return be.to_host(loss), be.to_host(grad)
+        return self._cuda("forward_backward", pred, gt, None, height, width, scale, backend)
 
-    def _cuda(self, pred, gt, grad_loss, height, width, scale, backend):
+    def _cuda(self, kind, pred, gt, grad_loss, height, width, scale, backend):
+        """Runs ``pl_cuda_<kind>`` on device copies of the inputs; returns (loss [B], grad [B, N, 2]) on the host,
+        None for what ``kind`` does not compute."""
         be = backend or gpu_backend()
         if be is None:
             raise CoreError(f"no usable GPU backend: {gpu_unavailable_reason()}")
@@ -241,18 +230,16 @@ class CoreLib:
         d_pred, d_gt = be.to_device(pred), be.to_device(gt)
         nbytes = self.lib.pl_cuda_workspace_bytes(b, height, width, scale)
         ws = be.empty((max(nbytes, 1),), np.uint8)
-        if grad_loss is None:
-            out = be.empty((b,))
-            rc = self.lib.pl_cuda_forward(be.ptr(d_pred), be.ptr(d_gt), b, n, m, height, width, scale,
-                                          be.ptr(out), be.ptr(ws), nbytes, be.stream())
-        else:
+        loss = be.empty((b,)) if kind != "backward" else None
+        grad = be.empty((b, n, 2)) if kind != "forward" else None
+        args = [be.ptr(d_pred), be.ptr(d_gt)]
+        if kind == "backward":
             gl = be.to_device(np.ascontiguousarray(np.broadcast_to(np.asarray(grad_loss, np.float32), (b,))))
-            out = be.empty((b, n, 2))
-            rc = self.lib.pl_cuda_backward(be.ptr(d_pred), be.ptr(d_gt), be.ptr(gl), b, n, m, height, width,
-                                           scale, be.ptr(out), be.ptr(ws), nbytes, be.stream())
-        self._check(rc, "pl_cuda_forward" if grad_loss is None else "pl_cuda_backward")
+            args.append(be.ptr(gl))
+        args += [b, n, m, height, width, scale] + [be.ptr(x) for x in (loss, grad) if x is not None]
+        self._check(getattr(self.lib, f"pl_cuda_{kind}")(*args, be.ptr(ws), nbytes, be.stream()), f"pl_cuda_{kind}")
         be.sync()
-        return be.to_host(out)
+        return tuple(None if x is None else be.to_host(x) for x in (loss, grad))
 
     def cuda_time_us(self, pred, gt, height, width, scale=1.0, iters: int = 200, backend=None) -> dict:
         """Mean time (microseconds, CUDA events, inputs already on device) of the forward, of forward then backward
