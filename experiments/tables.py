@@ -164,15 +164,16 @@ def render_jobs(cells: list[Cell]) -> list[dict]:
     """The datasets the unfinished cells need and do not have yet: their training sets and their objects' rendered
     test sets (render.generate's options by name)."""
     s = sizes()
-    jobs = {}
+    jobs = {}  # output folder -> job (cells sharing renderings or a test set render it once)
     for c in cells:
         if c.result() is not None or c.missing_input():
             continue
         common_opts = dict(image_size=s["image_size"], workers=s["workers"], progress=False)
         jobs[str(c.data_dir())] = dict(c.render_opts(), out=str(c.data_dir()), num_images=s["num_train"],
                                        seed=FLAGS.train_seed, num_shards=s["num_shards"], **common_opts)
-        jobs[c.obj.name] = dict(Cell(c.obj).render_opts(), out=str(test_set_dir(c.obj) / "render"),
-                                num_images=s["num_test"], seed=FLAGS.train_seed + 1000, num_shards=1, **common_opts)
+        test_render = test_set_dir(c.obj) / "render"
+        jobs[str(test_render)] = dict(Cell(c.obj).render_opts(), out=str(test_render), num_images=s["num_test"],
+                                      seed=FLAGS.train_seed + 1000, num_shards=1, **common_opts)
     return [j for j in jobs.values() if not common.dataset_complete(Path(j["out"]))]
 
 
