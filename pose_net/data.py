@@ -13,10 +13,14 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from pose_core.symmetry import Symmetries
 from pose_net import parametrization as param
-from render.dataset import load_dataset_info, read_samples
+from pose_net.coordinates import OUTPUT_STRIDE, CoordinateFrame, coordinate_targets
+from render.dataset import DatasetError, load_dataset_info, read_samples
 from render.dataset import shard_paths as render_shard_paths
 from render.records import parse_example
+
+DEPTH_FORMAT_VERSION = 2  # the first dataset format (render/records.py) that stores the object's depth
 
 
 @dataclass
@@ -50,11 +54,16 @@ def raise_for_corrupt_records(paths) -> None:
         pass
 
 
-def _parse(serialized, image_size: int):
-    """One record (schema: :mod:`render.records`), keeping what training needs."""
+def _parse(serialized, image_size: int, with_depth: bool = False):
+    """One record (schema: :mod:`render.records`), keeping what training needs (``with_depth``: also the visible
+    mask and the depth of the object, for the coordinate head's targets)."""
     ex = parse_example(serialized)
-    out = {k: ex[k] for k in ("image", "R", "t_mm", "K", "bbox_xywh", "index")}
+    keys = ("image", "R", "t_mm", "K", "bbox_xywh", "index") + (("mask", "depth_mm") if with_depth else ())
+    out = {k: ex[k] for k in keys}
     out["image"] = tf.ensure_shape(out["image"], [image_size, image_size, 3])
+    if with_depth:
+        out["mask"] = tf.ensure_shape(out["mask"], [image_size, image_size])
+        out["depth_mm"] = tf.ensure_shape(out["depth_mm"], [image_size, image_size])
     return out
 
 
@@ -96,7 +105,8 @@ def _blur(images):
 
 
 def _augment(images, aug, cfg: PipelineConfig, seeds):
-    """Colour jitter, blur, noise and cutout on a batch ``[B, S, S, 3]`` (0..255); ``aug [B, 6]`` uniforms."""
+    """Colour jitter, blur, noise and cutout on a batch ``[B, S, S, 3]`` (0..255); ``aug [B, 6]`` uniforms.
+    Returns the images and ``[B, S, S]`` bool: the pixels the cutout rectangle covers."""
     b = tf.shape(images)[0]
     x = images / 255.0
     j = cfg.colour_jitter
@@ -123,11 +133,19 @@ def _augment(images, aug, cfg: PipelineConfig, seeds):
     rect = tf.logical_and(in_y[:, :, None], in_x[:, None, :])
     rect = tf.logical_and(rect, (aug[:, 1] < cfg.cutout_prob)[:, None, None])
     x = tf.where(rect[..., None], cu[:, None, None, 4:7], x)
-    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0, rect
 
 
-def make_batch_fn(cfg: PipelineConfig, diameter_mm: float, training: bool, seed: int, epoch):
-    """The per-batch map: crops, augmentation and targets."""
+@dataclass
+class CoordinateTargetSpec:
+    """What the coordinate head's targets need: the normalisation and the object's symmetries."""
+    frame: "CoordinateFrame"
+    symmetries: "Symmetries"
+
+
+def make_batch_fn(cfg: PipelineConfig, diameter_mm: float, training: bool, seed: int, epoch,
+                  coordinate_spec: CoordinateTargetSpec | None = None):
+    """The per-batch map: crops, augmentation and targets (and the coordinate head's when ``coordinate_spec``)."""
 
     def batch_fn(ex):
         images = tf.cast(ex["image"], tf.float32)
@@ -135,9 +153,10 @@ def make_batch_fn(cfg: PipelineConfig, diameter_mm: float, training: bool, seed:
         b = tf.shape(images)[0]
         boxes = param.crop_boxes_normalized(ex["crop_center"], ex["crop_size"], cfg.input_size, hw)
         crops = tf.image.crop_and_resize(images, boxes, tf.range(b), [cfg.input_size, cfg.input_size])
+        occluded = None
         if training and cfg.augment:
             seeds = tf.stack([tf.cast(seed, tf.int64) * 7919 + tf.cast(epoch, tf.int64), ex["index"][0]])
-            crops = _augment(crops, ex["aug"], cfg, seeds)
+            crops, occluded = _augment(crops, ex["aug"], cfg, seeds)
         out = {
             "image": crops,
             "R": ex["R"], "t_mm": ex["t_mm"], "K": ex["K"], "bbox_xywh": ex["bbox_xywh"], "index": ex["index"],
@@ -147,6 +166,16 @@ def make_batch_fn(cfg: PipelineConfig, diameter_mm: float, training: bool, seed:
             "translation_target": param.translation_to_target(ex["t_mm"], ex["K"], ex["crop_center"],
                                                               ex["crop_size"], diameter_mm),
         }
+        if coordinate_spec is not None:
+            out_size = cfg.input_size // OUTPUT_STRIDE
+            coords, mask = coordinate_targets(ex["depth_mm"], ex["mask"], ex["K"], ex["R"], ex["t_mm"],
+                                              ex["crop_center"], ex["crop_size"], out_size, coordinate_spec.frame,
+                                              coordinate_spec.symmetries)
+            if occluded is not None:  # the cutout hides the object: no label there
+                hidden = occluded[:, OUTPUT_STRIDE // 2::OUTPUT_STRIDE, OUTPUT_STRIDE // 2::OUTPUT_STRIDE]
+                mask = mask * (1.0 - tf.cast(hidden, tf.float32))
+                coords = coords * mask[..., None]
+            out["coords_target"], out["mask_target"] = coords, mask
         return out
 
     return batch_fn
@@ -154,25 +183,32 @@ def make_batch_fn(cfg: PipelineConfig, diameter_mm: float, training: bool, seed:
 
 def make_dataset(dataset_dir, cfg: PipelineConfig, batch_size: int, split: str = "train", training: bool = True,
                  seed: int = 0, epoch=0, deterministic: bool = False, shuffle_buffer: int = 2048,
-                 drop_remainder: bool | None = None, limit: int | None = None) -> tf.data.Dataset:
+                 drop_remainder: bool | None = None, limit: int | None = None,
+                 coordinate_spec: CoordinateTargetSpec | None = None) -> tf.data.Dataset:
     """Batches of crops and targets from a rendered dataset (one pass; call once per epoch with ``epoch``).
 
     Each batch: ``image [B, S, S, 3]`` float 0..255, ``R [B, 3, 3]``, ``t_mm [B, 3]``, ``K [B, 3, 3]``,
     ``K_crop [B, 3, 3]``, ``crop_center [B, 2]``, ``crop_size [B]``, ``box_target [B, 4]``,
-    ``translation_target [B, 3]``, ``bbox_xywh [B, 4]``, ``index [B]``.
+    ``translation_target [B, 3]``, ``bbox_xywh [B, 4]``, ``index [B]``; with ``coordinate_spec`` also
+    ``coords_target [B, S/2, S/2, 3]`` and ``mask_target [B, S/2, S/2]`` (:mod:`pose_net.coordinates`).
     """
     info = load_dataset_info(dataset_dir)
+    with_depth = coordinate_spec is not None
+    if with_depth and int(info.get("format_version", 1)) < DEPTH_FORMAT_VERSION:
+        raise DatasetError(f"{dataset_dir}: rendered with dataset format {info.get('format_version', 1)}, which "
+                           f"stores no depth: the coordinate head needs format {DEPTH_FORMAT_VERSION} or later. "
+                           f"Render the dataset again (render.generate into a new folder).")
     paths = shard_paths(dataset_dir, split)
     ds = tf.data.TFRecordDataset(paths, num_parallel_reads=1 if deterministic else tf.data.AUTOTUNE)
     if limit is not None:
         ds = ds.take(limit)
     if training:
         ds = ds.shuffle(shuffle_buffer, seed=seed * 1009 + int(epoch), reshuffle_each_iteration=False)
-    ds = ds.map(lambda r: _parse(r, int(info["image_size"])), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda r: _parse(r, int(info["image_size"]), with_depth), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.map(lambda ex: _choose_crop(ex, cfg, training, seed, epoch), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=training if drop_remainder is None else drop_remainder)
-    ds = ds.map(make_batch_fn(cfg, float(info["diameter_mm"]), training, seed, epoch),
+    ds = ds.map(make_batch_fn(cfg, float(info["diameter_mm"]), training, seed, epoch, coordinate_spec),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True

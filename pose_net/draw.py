@@ -89,3 +89,24 @@ def contact_sheet(images: list[Image.Image], columns: int = 4, tile: int = 256) 
     for i, t in enumerate(tiles):
         sheet.paste(t, ((i % columns) * tile, (i // columns) * th))
     return sheet
+
+
+def zoom_to_box(picture: Image.Image, bbox_xywh, enlarge: float = 1.6) -> Image.Image:
+    """The square part of ``picture`` around a 2D box (x, y, w, h, pixels), ``enlarge`` times its longest side."""
+    x, y, w, h = (float(v) for v in bbox_xywh)
+    if not np.all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
+        return picture
+    side = max(w, h) * enlarge
+    cx, cy = x + w / 2.0, y + h / 2.0
+    return picture.crop((round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2)))
+
+
+def beside(left: Image.Image, right: np.ndarray | Image.Image, gap: int = 2) -> Image.Image:
+    """``left`` and ``right`` side by side, ``right`` scaled (nearest) to the height of ``left``."""
+    right = right if isinstance(right, Image.Image) else Image.fromarray(np.asarray(right, np.uint8))
+    width = max(1, round(right.width * left.height / right.height))
+    right = right.resize((width, left.height), Image.NEAREST)
+    sheet = Image.new("RGB", (left.width + gap + right.width, left.height), (255, 255, 255))
+    sheet.paste(left.convert("RGB"), (0, 0))
+    sheet.paste(right.convert("RGB"), (left.width + gap, 0))
+    return sheet

@@ -6,7 +6,9 @@
 Writes the BOP19 results CSV, prints and saves the ADD / ADD-S table (recall at 10% of the diameter), pictures of
 the predicted (red) and true (green) outlines, and the accuracy-vs-threshold plot. ``--boxes gt`` crops around the
 ground-truth box: ``bbox_obj`` of ``scene_gt_info.json`` when present, else the box of the model projected with the
-true pose. ``--boxes predicted`` uses the network's own box head on the whole image.
+true pose. ``--boxes predicted`` uses the network's own box head on the whole image (the coordinate head: the extent of its
+mask). For the coordinate head the overlays show, beside each zoomed overlay, the predicted coordinate map (model
+coordinates as colours) and the mask probability.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     """Runs the model on the test set; returns the figures (and writes CSV / report when asked)."""
     from PIL import Image
 
-    from pose_net.draw import contact_sheet, draw_pose_overlay
+    from pose_net.draw import beside, contact_sheet, draw_pose_overlay, zoom_to_box
     from pose_net.inference import PoseEstimator
 
     estimator = PoseEstimator(model_dir)
@@ -93,14 +95,19 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": e_add, "add_s_mm": e_adds,
-                         "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"]))})
+                         "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"])), "ok": est.ok,
+                         "num_inliers": est.num_inliers})
             estimates.append(bop.PoseEstimate(im.scene_id, im.im_id, obj_id, 1.0, est.R, est.t_mm, elapsed))
             if k in pick and report_dir:
                 ok = metrics.is_correct(e_adds if symmetric else e_add, diameter)
                 label = f"{im.scene_id}/{im.im_id} {'ADD-S' if symmetric else 'ADD'} " \
                         f"{(e_adds if symmetric else e_add):.0f}mm {'ok' if ok else 'wrong'}"
-                pictures.append(draw_pose_overlay(rgb, im.K, points, diameter, est.R, est.t_mm, inst["R"],
-                                                  inst["t_mm"], est.bbox_xywh, label))
+                overlay = draw_pose_overlay(rgb, im.K, points, diameter, est.R, est.t_mm, inst["R"],
+                                            inst["t_mm"], est.bbox_xywh, label)
+                if est.coordinate_picture is not None:  # the coordinate head: what it saw, and its maps
+                    overlay = beside(zoom_to_box(overlay, est.bbox_xywh, estimator.roi_enlarge),
+                                     est.coordinate_picture)
+                pictures.append(overlay)
     add_errors = np.array([r["add_mm"] for r in rows])
     adds_errors = np.array([r["add_s_mm"] for r in rows])
     result = {
@@ -109,7 +116,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         "add_recall": metrics.recall(add_errors, diameter), "add_s_recall": metrics.recall(adds_errors, diameter),
         "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),
         "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])),
-        "model_dir": str(model_dir),
+        "model_dir": str(model_dir), "head": estimator.head,
+        "pnp_failures": int(sum(1 for r in rows if not r.get("ok", True))),
     }
     if csv_path:
         Path(csv_path).parent.mkdir(parents=True, exist_ok=True)

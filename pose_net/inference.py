@@ -23,11 +23,18 @@ EXPORT_FILE = "model.keras"
 
 @dataclass
 class PoseResult:
-    """One estimate: ``R [3, 3]``, ``t_mm [3]``, the 2D box used (``bbox_xywh``), and the network's own box."""
+    """One estimate: ``R [3, 3]``, ``t_mm [3]``, the 2D box used (``bbox_xywh``), and the network's own box.
+
+    The coordinate head also gives ``coordinate_picture`` (uint8 RGB: the predicted coordinate map beside the mask
+    probability, :func:`pose_net.coordinates.coordinate_picture`), ``ok`` (RANSAC-PnP found a pose) and
+    ``num_inliers``."""
     R: np.ndarray
     t_mm: np.ndarray
     bbox_xywh: np.ndarray
     predicted_bbox_xywh: np.ndarray
+    coordinate_picture: np.ndarray | None = None
+    ok: bool = True
+    num_inliers: int = 0
 
 
 def load_config(model_dir) -> dict:
@@ -44,12 +51,12 @@ def load_model(model_dir, config: dict):
     """The trained Keras model: ``model.keras`` if exported, else the latest checkpoint."""
     import keras
 
-    from pose_net.model import build_pose_model
+    from pose_net.model import build_model
 
     export = Path(model_dir) / EXPORT_FILE
     if export.is_file():
         return keras.models.load_model(export, compile=False)
-    model = build_pose_model(config["backbone"], config["input_size"], None)
+    model = build_model(config.get("head", "direct"), config["backbone"], config["input_size"], None)
     ckpt_dir = Path(model_dir) / "checkpoints"
     latest = tf.train.latest_checkpoint(str(ckpt_dir))
     if latest is None:
@@ -68,6 +75,12 @@ class PoseEstimator:
         self.diameter_mm = float(self.config["diameter_mm"])
         self.roi_enlarge = float(self.config.get("roi_enlarge", 1.4))
         self.points_mm = np.asarray(self.config["model_points_mm"], dtype=np.float32)
+        self.head = self.config.get("head", "direct")
+        if self.head == "coords":
+            from pose_net.coordinates import CoordinateFrame, PnPSettings
+
+            self.frame = CoordinateFrame.from_json(self.config["coordinate_frame"])
+            self.pnp = PnPSettings(**self.config.get("pnp", {}))
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def _crops(self, image, K, centers, sizes):
@@ -79,11 +92,28 @@ class PoseEstimator:
                                          [self.input_size, self.input_size])
         return crops, centers, sizes
 
+    def _box_from_mask(self, out, c, s) -> np.ndarray:
+        """The coordinate head's box: the extent of its mask on a whole-image crop (image pixels, x, y, w, h)."""
+        from pose_net.coordinates import MASK_THRESHOLD
+
+        prob = tf.sigmoid(out["mask"])[0, ..., 0].numpy()
+        rows, cols = np.nonzero(prob > MASK_THRESHOLD)
+        size = float(s.numpy()[0])
+        n = prob.shape[0]
+        if len(rows) == 0:  # nothing found: the whole crop
+            x0, y0, x1, y1 = 0.0, 0.0, float(n), float(n)
+        else:
+            x0, y0, x1, y1 = cols.min(), rows.min(), cols.max() + 1.0, rows.max() + 1.0
+        origin = c.numpy()[0] - size / 2.0 + 0.5  # crop top-left, pixel-edge coordinates
+        scale = size / n
+        return np.array([origin[0] + x0 * scale, origin[1] + y0 * scale, (x1 - x0) * scale, (y1 - y0) * scale])
+
     def estimate(self, image: np.ndarray, K: np.ndarray, bbox_xywh=None) -> PoseResult:
         """Pose in one RGB image ``[H, W, 3]`` (uint8) with intrinsics ``K [3, 3]``.
 
         ``bbox_xywh``: a 2D box of the object (pixels) to crop around; ``None`` finds it first with the network's
-        own box head on the whole image (or uses the whole image in ``full`` input mode).
+        own box head (the coordinate head: the extent of its mask) on the whole image (or uses the whole image in
+        ``full`` input mode).
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
@@ -91,9 +121,24 @@ class PoseEstimator:
         h, w = image.shape[:2]
         Kb = tf.constant(np.asarray(K, np.float32)[None])
         full_center, full_size = [[(w - 1) / 2.0, (h - 1) / 2.0]], [float(max(h, w))]
-        crops, c, s = self._crops(image, K, full_center, full_size)
-        out = self._run(crops)
-        predicted_box = param.crop_target_to_box(out["box"], c, s).numpy()[0]
+        if self.head == "coords" and bbox_xywh is not None:
+            predicted_box = np.full(4, np.nan)  # not computed: the box was given
+        else:
+            crops, c, s = self._crops(image, K, full_center, full_size)
+            out = self._run(crops)
+            predicted_box = (self._box_from_mask(out, c, s) if self.head == "coords"
+                             else param.crop_target_to_box(out["box"], c, s).numpy()[0])
+        if self.head == "coords":
+            from pose_net.coordinates import coordinate_picture, solve_pose
+
+            box = predicted_box if bbox_xywh is None else np.asarray(bbox_xywh, np.float64)
+            center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
+            crops, c, s = self._crops(image, K, center.numpy(), size.numpy())
+            out = self._run(crops)
+            R, t, ok, inliers = solve_pose(out, Kb, c, s, self.input_size, self.frame, self.diameter_mm, self.pnp)
+            picture = coordinate_picture(out["coords"][0].numpy(), out["mask"][0].numpy())
+            return PoseResult(R[0], t[0], np.asarray(box, np.float64), predicted_box, picture, bool(ok[0]),
+                              int(inliers[0]))
         if self.config.get("input_mode", "roi") == "roi":
             box = predicted_box if bbox_xywh is None else np.asarray(bbox_xywh, np.float64)
             center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
@@ -108,5 +153,11 @@ class PoseEstimator:
     def estimate_batch(self, batch) -> tuple[np.ndarray, np.ndarray]:
         """Poses for a batch from :func:`pose_net.data.make_dataset` (its crops): ``(R [B, 3, 3], t_mm [B, 3])``."""
         out = self._run(batch["image"])
+        if self.head == "coords":
+            from pose_net.coordinates import solve_pose
+
+            R, t, _, _ = solve_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.input_size,
+                                    self.frame, self.diameter_mm, self.pnp)
+            return R, t
         R, t = param.decode_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.diameter_mm)
         return R.numpy().astype(np.float64), t.numpy().astype(np.float64)

@@ -1,4 +1,6 @@
-"""The thesis' loss ``L = lb*Lb + lq*Lq + lt*Lt + lPL*LPL + lreg*Lreg``, one function per term.
+"""The losses, one function per term: the thesis' ``L = lb*Lb + lq*Lq + lt*Lt + lPL*LPL + lreg*Lreg`` (the
+``direct`` head) and the coordinate head's ``lc*Lc + lm*Lm + lreg*Lreg`` (masked L1 on object coordinates, mask
+cross-entropy).
 
 Every term returns a per-example loss ``[B]`` (float32); :func:`total_loss` averages over the batch and weights.
 Lengths: model points in mm; rotation errors are divided by the object's diameter so that every term is
@@ -78,6 +80,39 @@ def regularization_loss(model):
     return 0.5 * tf.add_n([tf.reduce_sum(tf.square(w)) for w in kernels])
 
 
+def coordinate_loss(coords_pred, coords_true, mask_true):
+    """Masked L1 on normalised object coordinates (the ``coords`` head).
+
+    Args:
+      coords_pred, coords_true: ``[B, s, s, 3]`` coordinates normalised to the model's box
+        (:class:`pose_net.coordinates.CoordinateFrame`). mask_true: ``[B, s, s]`` 0/1, the visible object pixels.
+    Returns:
+      ``[B]``: mean absolute error over the object's pixels and the three axes (0 for an image without them).
+    """
+    err = tf.reduce_sum(tf.abs(coords_pred - coords_true), axis=-1) * mask_true
+    return tf.reduce_sum(err, axis=[1, 2]) / (3.0 * tf.reduce_sum(mask_true, axis=[1, 2]) + 1.0)
+
+
+def mask_loss(mask_logit, mask_true):
+    """Binary cross-entropy of the visible-mask logit ``[B, s, s, 1]`` against ``mask_true [B, s, s]`` -> ``[B]``."""
+    bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=mask_true, logits=mask_logit[..., 0])
+    return tf.reduce_mean(bce, axis=[1, 2])
+
+
+def coordinate_head_loss(outputs, batch, model, weights: "LossWeights"):
+    """The ``coords`` head's loss ``lc*Lc + lm*Lm + lreg*Lreg`` (batch means) and its terms, given the network's
+    outputs (``coords``, ``mask``) and a batch holding ``coords_target`` and ``mask_target``
+    (:func:`pose_net.coordinates.coordinate_targets`)."""
+    terms = {
+        "coords": tf.reduce_mean(coordinate_loss(outputs["coords"], batch["coords_target"], batch["mask_target"])),
+        "mask": tf.reduce_mean(mask_loss(outputs["mask"], batch["mask_target"])),
+    }
+    terms["regularization"] = regularization_loss(model) if weights.regularization > 0 else tf.constant(0.0)
+    total = (weights.coords * terms["coords"] + weights.mask * terms["mask"]
+             + weights.regularization * terms["regularization"])
+    return total, terms
+
+
 @dataclass
 class LossWeights:
     """The lambdas of the total loss (each one a training flag)."""
@@ -87,6 +122,8 @@ class LossWeights:
     projection: float = 0.0   # lPL
     regularization: float = 1e-5  # lreg
     projection_scale: float = 0.5  # the op's drawing resolution relative to the crop
+    coords: float = 1.0       # lc: the coordinate head's masked L1
+    mask: float = 1.0         # lm: the coordinate head's mask cross-entropy
 
 
 def total_loss(outputs, batch, model, weights: LossWeights, points_mm, diameter_mm: float, symmetric: bool,

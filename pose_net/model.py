@@ -1,7 +1,8 @@
-"""The multi-task Keras network: a backbone and three heads (2D box, rotation, translation).
+"""The networks: the thesis' multi-task network (a backbone and three heads: 2D box, rotation, translation) and
+the dense correspondence network (:func:`build_coordinate_model`, the ``coords`` head).
 
 Input: ``[B, S, S, 3]`` float32 RGB in [0, 255] (the crop the network looks at, see :mod:`pose_net.parametrization`).
-Outputs (a dict):
+Outputs of the multi-task network (a dict):
 
 * ``box [B, 4]``: (x0, y0, x1, y1) / crop size, the object's 2D box in the crop;
 * ``rotation [B, 4]``: a unit quaternion (w, x, y, z) of the allocentric rotation, sign canonical (w >= 0);
@@ -17,16 +18,22 @@ BACKBONES = ("efficientnet_lite0", "mobilenet_v2", "efficientnet_b0", "small")
 BN_MOMENTUM = 0.9
 
 
+# The layers whose outputs are the feature pyramid (strides 2, 4, 8, 16, 32) of each backbone that has one.
+LITE0_PYRAMID = ("block0_project_bn", "block2_add", "block4_add", "block10_add", "head_relu6")
+SMALL_PYRAMID = tuple(f"small_stage{k}_relu2" for k in range(5))
+
+
 def _small_backbone(inputs):
-    """A small plain CNN (~0.5 M parameters): fast on CPUs, for tests and quick runs."""
+    """A small plain CNN (~0.5 M parameters): fast on CPUs, for tests and quick runs. Five stride-2 stages; the
+    last layer of each is named in :data:`SMALL_PYRAMID`."""
     x = inputs
-    for filters in (32, 48, 64, 96, 128):
+    for k, filters in enumerate((32, 48, 64, 96, 128)):
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization()(x)
         x = keras.layers.ReLU()(x)
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
+        x = keras.layers.ReLU(name=f"small_stage{k}_relu2")(x)
     return x
 
 
@@ -96,6 +103,54 @@ def build_pose_model(backbone: str = "efficientnet_lite0", input_size: int = 128
     translation = PositiveDepth(name="translation")(head("translation", 3))
     box = keras.layers.Activation("linear", name="box")(box)
     return keras.Model(inputs, {"box": box, "rotation": rotation, "translation": translation}, name="pose_net")
+
+
+def build_feature_pyramid(backbone: str, input_size: int, weights=None, freeze: bool = False) -> keras.Model:
+    """The backbone's features at strides 2, 4, 8, 16 and 32: ``[B, S, S, 3] (0..255) -> [s2, s4, s8, s16, s32]``
+    (``efficientnet_lite0``: 16, 24, 40, 112, 1280 channels; ``small``: 32, 48, 64, 96, 128)."""
+    names = {"efficientnet_lite0": LITE0_PYRAMID, "small": SMALL_PYRAMID}.get(backbone)
+    if names is None:
+        raise ValueError(f"the coordinate head needs a backbone with a feature pyramid: {sorted(('efficientnet_lite0', 'small'))}, got {backbone!r}")
+    full = build_backbone(backbone, input_size, weights, freeze)
+    pyramid = keras.Model(full.inputs, [full.get_layer(n).output for n in names], name=f"pyramid_{backbone}")
+    pyramid.imagenet_weights_loaded = getattr(full, "imagenet_weights_loaded", False)
+    return pyramid
+
+
+def build_coordinate_model(backbone: str = "efficientnet_lite0", input_size: int = 128, backbone_weights=None,
+                           freeze_backbone: bool = False, decoder_widths=(128, 96, 64, 32)) -> keras.Model:
+    """The dense correspondence network: a U-Net decoder over the backbone's feature pyramid.
+
+    Input: ``[B, S, S, 3]`` float32 RGB in [0, 255]. Outputs (a dict), at stride 2 (``S/2 x S/2``, 64x64 for a
+    128 crop):
+
+    * ``coords [B, S/2, S/2, 3]``: the object coordinates each pixel shows, normalised to the model's box
+      (:class:`pose_net.coordinates.CoordinateFrame`: ``(x_mm - centre) / size``, in [-0.5, 0.5] on the model);
+    * ``mask [B, S/2, S/2, 1]``: the logit that the pixel shows the object (visible part).
+
+    Decoder: from stride 32 up to stride 2, each step a bilinear 2x upsampling, the lateral feature (1x1 conv)
+    concatenated, and a 3x3 conv + ReLU; ``decoder_widths`` are the channels at strides 16, 8, 4, 2.
+    """
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    s2, s4, s8, s16, s32 = build_feature_pyramid(backbone, input_size, backbone_weights, freeze_backbone)(inputs)
+    x = keras.layers.Conv2D(decoder_widths[0], 1, activation="relu", name="decoder_top")(s32)
+    for k, (skip, width) in enumerate(zip((s16, s8, s4, s2), decoder_widths)):
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder_up{k}")(x)
+        lateral = keras.layers.Conv2D(width, 1, activation="relu", name=f"decoder_lateral{k}")(skip)
+        x = keras.layers.Concatenate(name=f"decoder_concat{k}")([x, lateral])
+        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"decoder_conv{k}")(x)
+    coords = keras.layers.Conv2D(3, 1, name="coords")(x)
+    mask = keras.layers.Conv2D(1, 1, name="mask", bias_initializer=keras.initializers.Constant(-2.0))(x)
+    return keras.Model(inputs, {"coords": coords, "mask": mask}, name="coordinate_net")
+
+
+def build_model(head: str, backbone: str, input_size: int, backbone_weights=None, freeze_backbone: bool = False):
+    """``head="direct"``: :func:`build_pose_model` (the thesis' network); ``"coords"``: :func:`build_coordinate_model`."""
+    if head == "coords":
+        return build_coordinate_model(backbone, input_size, backbone_weights, freeze_backbone)
+    if head == "direct":
+        return build_pose_model(backbone, input_size, backbone_weights, freeze_backbone=freeze_backbone)
+    raise ValueError(f"unknown head {head!r}: choose direct or coords")
 
 
 @keras.saving.register_keras_serializable(package="pose_net")

@@ -3,7 +3,8 @@
     python -m pose_net.predict --model_dir M --image IMG --camera K.json [--box x,y,w,h] --out overlay.png
 
 ``K.json`` holds the intrinsics as ``{"K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]}`` (or BOP's row-major ``cam_K``
-list). Prints the pose as JSON (R row-major, t in mm) and draws the predicted outline and axes.
+list). Prints the pose as JSON (R row-major, t in mm) and draws the predicted outline and axes (for the coordinate
+head also the zoomed view with its coordinate map and mask, and whether RANSAC-PnP found a pose).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def load_image(path) -> np.ndarray:
 
 
 def predict(model_dir, image_path, camera_path, box=None, out=None) -> dict:
-    from pose_net.draw import draw_pose_overlay
+    from pose_net.draw import beside, draw_pose_overlay, zoom_to_box
     from pose_net.inference import PoseEstimator
 
     image = load_image(image_path)
@@ -70,9 +71,15 @@ def predict(model_dir, image_path, camera_path, box=None, out=None) -> dict:
     est = estimator.estimate(image, K, box)
     result = {"R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "bbox_xywh": est.bbox_xywh.tolist(),
               "obj_id": estimator.config.get("obj_id")}
+    if estimator.head == "coords":
+        result.update(ok=est.ok, num_inliers=est.num_inliers)
     if out:
-        draw_pose_overlay(image, K, estimator.points_mm, estimator.diameter_mm, est.R, est.t_mm,
-                          bbox_xywh=est.bbox_xywh).save(out)
+        picture = draw_pose_overlay(image, K, estimator.points_mm, estimator.diameter_mm, est.R, est.t_mm,
+                                    bbox_xywh=est.bbox_xywh)
+        if est.coordinate_picture is not None:  # the coordinate head's maps beside the zoomed overlay
+            picture = beside(picture, beside(zoom_to_box(picture, est.bbox_xywh, estimator.roi_enlarge),
+                                             est.coordinate_picture))
+        picture.save(out)
     return result
 
 

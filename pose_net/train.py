@@ -31,6 +31,9 @@ flags.DEFINE_string("dataset", None, "rendered dataset folder (render.generate's
 flags.DEFINE_string("val_dataset", None, "optional separate rendered dataset for validation; default: the last "
                     "shard of --dataset when it has more than one", flag_values=TRAIN_FLAGS)
 flags.DEFINE_string("model_dir", None, "folder for checkpoints, logs, config.json and the exported model", flag_values=TRAIN_FLAGS)
+flags.DEFINE_enum("head", "direct", ["direct", "coords"], "direct: the thesis' network (box, rotation and "
+                  "translation regressed); coords: dense object coordinates + mask, the pose by RANSAC-PnP "
+                  "(pose_net/coordinates.py)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("backbone", "efficientnet_lite0", ["efficientnet_lite0", "mobilenet_v2", "efficientnet_b0",
                   "small"], "feature extractor", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("backbone_weights", "auto", ["auto", "none", "imagenet"], "backbone initialisation. auto: "
@@ -51,6 +54,13 @@ flags.DEFINE_float("lambda_rotation", 1.0, "lq: weight of the rotation (point ma
 flags.DEFINE_float("lambda_translation", 1.0, "lt: weight of the translation term", flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("lambda_projection", 0.0, "lPL: weight of the Projection Loss (the compiled op)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("lambda_reg", 1e-5, "lreg: weight decay", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("lambda_coords", 1.0, "lc: weight of the coordinate head's masked L1", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("lambda_mask", 1.0, "lm: weight of the coordinate head's mask cross-entropy", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("pnp_hypotheses", 64, "coords head: RANSAC-PnP hypotheses per image", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("pnp_threshold_px", 2.0, "coords head: RANSAC-PnP inlier threshold in pixels of the coordinate "
+                   "map (stride 2: one is two crop pixels)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("time_budget_min", 0.0, "train for this many minutes of wall time (resumed runs count the time "
+                   "already spent), the learning rate on a cosine over that time; 0: --epochs decide", flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("projection_scale", 0.5, "Projection Loss drawing resolution relative to the input crop", flag_values=TRAIN_FLAGS)
 flags.DEFINE_integer("num_loss_points", 512, "model points used by the rotation and projection terms", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("symmetric_loss", "auto", ["auto", "yes", "no"], "use the ADD-S form of the rotation term (auto: "
@@ -65,11 +75,23 @@ flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=TRAIN_FLA
 flags.DEFINE_integer("stop_after_steps", 0, "testing aid: exit (as if killed) after this many steps of this run", flag_values=TRAIN_FLAGS)
 
 
-CONFIG_KEYS = ("backbone", "input_size", "input_mode", "roi_enlarge", "seed", "freeze_backbone")
+CONFIG_KEYS = ("head", "backbone", "input_size", "input_mode", "roi_enlarge", "seed", "freeze_backbone")
 
 
 def make_config(flag_values, info: dict) -> dict:
     """The model folder's ``config.json``: what evaluation needs to run the model, and the training flags."""
+    from pose_core.symmetry import symmetries_for_mesh
+    from pose_net.coordinates import CoordinateFrame, PnPSettings
+
+    head = flag_values.get("head", "direct")
+    extra = {}
+    if head == "coords":
+        symmetries, source = symmetries_for_mesh(info.get("mesh"), int(info.get("obj_id", 0)),
+                                                 bool(info.get("symmetric", False)))
+        extra = {"coordinate_frame": CoordinateFrame.from_points(info["model_points_mm"]).to_json(),
+                 "symmetries": symmetries.to_json(), "symmetries_source": source,
+                 "pnp": {"num_hypotheses": flag_values["pnp_hypotheses"],
+                         "threshold_px": flag_values["pnp_threshold_px"], "seed": PnPSettings.seed}}
     return {
         "format_version": 1,
         "obj_id": int(info.get("obj_id", 0)),
@@ -77,6 +99,7 @@ def make_config(flag_values, info: dict) -> dict:
         "diameter_mm": float(info["diameter_mm"]),
         "symmetric": bool(info.get("symmetric", False)),
         "model_points_mm": info["model_points_mm"],
+        "head": head,
         "backbone": flag_values["backbone"],
         "input_size": flag_values["input_size"],
         "input_mode": flag_values["input_mode"],
@@ -84,6 +107,7 @@ def make_config(flag_values, info: dict) -> dict:
         "freeze_backbone": flag_values["freeze_backbone"],
         "seed": flag_values["seed"],
         "dataset": flag_values["dataset"],
+        **extra,
         "flags": flag_values,
     }
 
@@ -102,7 +126,7 @@ def check_resume(model_dir: Path, config: dict):
                          f"object {config['obj_id']} (diameter {config['diameter_mm']:.1f} mm): use another "
                          f"--model_dir")
     for key in CONFIG_KEYS:
-        if old.get(key) != config[key]:
+        if old.get(key, "direct" if key == "head" else None) != config[key]:
             raise PoseInputError(f"{model_dir} was trained with {key}={old.get(key)!r}, now {config[key]!r}: "
                              f"use the same flags to resume, or another --model_dir")
 
@@ -153,7 +177,9 @@ def train(flag_values: dict) -> dict:
     from pose_net import data as pdata
     from pose_net import losses
     from pose_net.inference import CONFIG_FILE, EXPORT_FILE, PoseEstimator
-    from pose_net.model import build_pose_model
+    from pose_net.coordinates import CoordinateFrame
+    from pose_net.model import build_model
+    from pose_core.symmetry import Symmetries
     from render.dataset import load_dataset_info
 
     f = flag_values
@@ -171,7 +197,14 @@ def train(flag_values: dict) -> dict:
     cfg = pdata.PipelineConfig(input_size=f["input_size"], input_mode=f["input_mode"], roi_enlarge=f["roi_enlarge"],
                                augment=f["augment"])
     weights = losses.LossWeights(f["lambda_box"], f["lambda_rotation"], f["lambda_translation"],
-                                 f["lambda_projection"], f["lambda_reg"], f["projection_scale"])
+                                 f["lambda_projection"], f["lambda_reg"], f["projection_scale"],
+                                 f["lambda_coords"], f["lambda_mask"])
+    coords_head = config["head"] == "coords"
+    coordinate_spec = None
+    if coords_head:
+        coordinate_spec = pdata.CoordinateTargetSpec(CoordinateFrame.from_json(config["coordinate_frame"]),
+                                                     Symmetries.from_json(config["symmetries"]))
+        print(f"coordinate head: symmetries {config['symmetries_source']}", flush=True)
     train_paths = pdata.shard_paths(f["dataset"], "train")
     names = {Path(p).name for p in train_paths}
     n_train = sum(int(s["count"]) for s in info["shards"] if s["file"] in names)
@@ -184,15 +217,20 @@ def train(flag_values: dict) -> dict:
     strategy = make_strategy(f["strategy"])
     with strategy.scope():
         weights_arg = resolve_backbone_weights(f["backbone"], f["backbone_weights"])
-        model = build_pose_model(f["backbone"], f["input_size"], weights_arg,
-                                 freeze_backbone=f["freeze_backbone"])
-        schedule = keras.optimizers.schedules.CosineDecay(f["learning_rate"], total_steps, alpha=0.05,
-                                                          warmup_target=None)
+        model = build_model(config["head"], f["backbone"], f["input_size"], weights_arg, f["freeze_backbone"])
+        budget_s = 60.0 * f["time_budget_min"]
+        if budget_s > 0:  # the learning rate follows the wall clock (set every step below)
+            schedule = f["learning_rate"]
+        else:
+            schedule = keras.optimizers.schedules.CosineDecay(f["learning_rate"], total_steps, alpha=0.05,
+                                                              warmup_target=None)
         optimizer = keras.optimizers.Adam(schedule, clipnorm=5.0)
         optimizer.build(model.trainable_variables)
         epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
         step_in_epoch = tf.Variable(0, dtype=tf.int64, name="step_in_epoch")
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_in_epoch)
+        train_seconds = tf.Variable(0.0, dtype=tf.float64, name="train_seconds")
+    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_in_epoch,
+                               train_seconds=train_seconds)
     manager = tf.train.CheckpointManager(ckpt, str(model_dir / "checkpoints"), max_to_keep=3)
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint)
@@ -204,8 +242,11 @@ def train(flag_values: dict) -> dict:
     def step_fn(batch):
         with tf.GradientTape() as tape:
             outputs = model(batch["image"], training=True)
-            total, terms = losses.total_loss(outputs, batch, model, weights, loss_points, diameter, symmetric,
-                                             f["input_size"])
+            if coords_head:
+                total, terms = losses.coordinate_head_loss(outputs, batch, model, weights)
+            else:
+                total, terms = losses.total_loss(outputs, batch, model, weights, loss_points, diameter, symmetric,
+                                                 f["input_size"])
             scaled = total / replicas
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -224,8 +265,13 @@ def train(flag_values: dict) -> dict:
     history_path = model_dir / "history.jsonl"
     steps_this_run = 0
     last_val = {}
+    shown_terms = ("total", "coords", "mask") if coords_head else ("total", "rotation", "translation", "projection")
+    out_of_time = False
     for epoch in range(int(epoch_var.numpy()), f["epochs"]):
-        ds = pdata.make_dataset(f["dataset"], cfg, f["batch_size"], "train", True, f["seed"], epoch)
+        if out_of_time or (budget_s > 0 and float(train_seconds.numpy()) >= budget_s):
+            break
+        ds = pdata.make_dataset(f["dataset"], cfg, f["batch_size"], "train", True, f["seed"], epoch,
+                                coordinate_spec=coordinate_spec)
         skip = int(step_in_epoch.numpy())
         ds = ds.take(steps_per_epoch).skip(skip)
         dist_ds = strategy.experimental_distribute_dataset(ds)
@@ -233,25 +279,33 @@ def train(flag_values: dict) -> dict:
                    disable=not f["progress"], unit="step", file=sys.stdout, dynamic_ncols=True)
         t0, sums, n = time.time(), {}, 0
         for batch in _checked(dist_ds, train_paths):
+            t_step = time.time()
+            if budget_s > 0:
+                frac = min(float(train_seconds.numpy()) / budget_s, 1.0)
+                optimizer.learning_rate.assign(f["learning_rate"] * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac))))
             total, terms = train_step(batch)
             n += 1
             steps_this_run += 1
             step_in_epoch.assign_add(1)
             for k, v in {"total": total, **terms}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
-            bar.set_postfix({k: f"{sums[k] / n:.3f}" for k in ("total", "rotation", "translation", "projection")})
+            bar.set_postfix({k: f"{sums[k] / n:.3f}" for k in shown_terms})
             bar.update(1)
+            train_seconds.assign_add(time.time() - t_step)
             if f["checkpoint_every_steps"] and int(step_in_epoch.numpy()) % f["checkpoint_every_steps"] == 0:
                 manager.save()
             if f["stop_after_steps"] and steps_this_run >= f["stop_after_steps"]:
                 bar.close()
                 print(f"stopping after {steps_this_run} steps (--stop_after_steps)", flush=True)
                 return {}
+            if budget_s > 0 and float(train_seconds.numpy()) >= budget_s:
+                out_of_time = True
+                break
         bar.close()
         epoch_time = time.time() - t0
         means = {k: v / max(n, 1) for k, v in sums.items()}
         val_ds = pdata.make_dataset(val_dir, cfg, f["batch_size"], val_split, training=False,
-                                    limit=f["max_val_images"], drop_remainder=False)
+                                    limit=f["max_val_images"], drop_remainder=False, coordinate_spec=coordinate_spec)
         last_val = validate(estimator, val_ds, points_all, diameter, symmetric, f["max_val_images"])
         global_step = (epoch + 1) * max(steps_per_epoch, 1)
         with writer.as_default(step=global_step):
@@ -260,13 +314,20 @@ def train(flag_values: dict) -> dict:
             for k, v in last_val.items():
                 tf.summary.scalar(f"val/{k}", v)
             tf.summary.image("val/predicted_poses", _pose_pictures(estimator, val_ds, points_all, diameter), max_outputs=1)
-        record = {"epoch": epoch + 1, "steps": n, "epoch_time_s": epoch_time, **means, **last_val}
+        record = {"epoch": epoch + 1, "steps": n, "epoch_time_s": epoch_time,
+                  "train_seconds": float(train_seconds.numpy()), **means, **last_val}
         with open(history_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         print(f"epoch {epoch + 1}: loss {means.get('total', 0):.4f}  val ADD {100 * last_val['add_recall']:.1f}%  "
               f"ADD-S {100 * last_val['add_s_recall']:.1f}%  ({epoch_time:.0f} s)", flush=True)
-        epoch_var.assign(epoch + 1)
-        step_in_epoch.assign(0)
+        if out_of_time:
+            print(f"time budget of {f['time_budget_min']:g} min spent after {n} steps of epoch {epoch + 1}",
+                  flush=True)
+            step_in_epoch.assign(0)
+            epoch_var.assign(f["epochs"])  # finished: a rerun exports and stops
+        else:
+            epoch_var.assign(epoch + 1)
+            step_in_epoch.assign(0)
         manager.save()
     model.save(model_dir / EXPORT_FILE)
     (model_dir / "final_metrics.json").write_text(json.dumps(last_val, indent=1))

@@ -1,0 +1,234 @@
+"""Dense object coordinates (the ``coords`` head): targets, symmetry, and the pose from correspondences (TF).
+
+The coordinate network (:func:`pose_net.model.build_coordinate_model`) predicts, for each pixel of its stride-2
+output grid (``S/2 x S/2`` for an ``S x S`` crop), the point of the model's surface that the pixel shows and
+whether it shows the object. The pose then comes from those 2D-3D correspondences by RANSAC-PnP
+(:func:`tf_ops.ransac_pnp`), as in Brachmann's object-coordinate line of work (ECCV'14, DSAC, DSAC++).
+
+Conventions:
+
+* Output grid: pixel ``(row i, col j)`` has its centre at ``(x, y) = (j, i)`` in the output grid's own pixel
+  coordinates, whose intrinsics are ``crop_intrinsics(K, crop_center, crop_size, S/2)``
+  (:mod:`pose_net.parametrization`), so PnP runs directly on grid coordinates.
+* Coordinates are normalised to the model's box (:class:`CoordinateFrame`): ``(x_mm - centre_mm) / size_mm`` per
+  axis, within [-0.5, 0.5] on the model.
+* Symmetric objects: of all poses that look the same, the target is the one whose allocentric rotation is
+  closest to the identity (:func:`canonical_symmetry_transform`), so one image never asks for two answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from pose_core.symmetry import Symmetries
+from pose_net import parametrization as param
+
+OUTPUT_STRIDE = 2  # the coordinate maps are at half the crop's resolution
+MASK_THRESHOLD = 0.5  # a pixel is a correspondence when sigmoid(mask logit) exceeds this
+
+
+@dataclass
+class CoordinateFrame:
+    """The normalisation of object coordinates: ``normalised = (x_mm - centre_mm) / size_mm`` per axis."""
+    centre_mm: np.ndarray  # [3]
+    size_mm: np.ndarray  # [3]
+
+    @classmethod
+    def from_points(cls, points_mm) -> "CoordinateFrame":
+        """The tight box of model points ``[P, 3]`` (mm), padded by 2% of its diagonal."""
+        p = np.asarray(points_mm, np.float64)
+        lo, hi = p.min(axis=0), p.max(axis=0)
+        pad = 0.02 * np.linalg.norm(hi - lo)
+        return cls((lo + hi) / 2.0, np.maximum(hi - lo + 2 * pad, 1e-3))
+
+    def to_json(self) -> dict:
+        return {"centre_mm": self.centre_mm.tolist(), "size_mm": self.size_mm.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CoordinateFrame":
+        return cls(np.asarray(d["centre_mm"], np.float64), np.asarray(d["size_mm"], np.float64))
+
+    def normalise(self, xyz_mm):
+        return (xyz_mm - tf.constant(self.centre_mm, tf.float32)) / tf.constant(self.size_mm, tf.float32)
+
+    def denormalise(self, coords):
+        return coords * tf.constant(self.size_mm, tf.float32) + tf.constant(self.centre_mm, tf.float32)
+
+
+# --------------------------------------------------------------------------------------------------- targets
+def object_coordinates_from_depth(depth_mm, K, R, t_mm):
+    """Back-projection of depth maps into the model frame (the TF twin of the renderer's label definition,
+    ``pose_core.geometry.object_coordinates_from_depth``).
+
+    Args:
+      depth_mm: ``[B, H, W]`` depth of the object's visible surface (0: no object). K: ``[B, 3, 3]``.
+      R: ``[B, 3, 3]`` model-to-camera rotations. t_mm: ``[B, 3]``.
+    Returns:
+      ``[B, H, W, 3]`` model coordinates in mm, ``R^T (depth * K^-1 (u, v, 1) - t)`` at pixel centres
+      ``(u, v) = (col, row)``; 0 where the depth is 0.
+    """
+    depth = tf.convert_to_tensor(depth_mm, tf.float32)
+    h, w = tf.shape(depth)[1], tf.shape(depth)[2]
+    v, u = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    K = tf.convert_to_tensor(K, tf.float32)
+    fx, fy = K[:, 0, 0][:, None, None], K[:, 1, 1][:, None, None]
+    cx, cy = K[:, 0, 2][:, None, None], K[:, 1, 2][:, None, None]
+    cam = tf.stack([(u[None] - cx) / fx * depth, (v[None] - cy) / fy * depth, depth], axis=-1)
+    xyz = tf.einsum("bji,bhwj->bhwi", tf.convert_to_tensor(R, tf.float32),
+                    cam - tf.convert_to_tensor(t_mm, tf.float32)[:, None, None, :])
+    return tf.where((depth > 0)[..., None], xyz, 0.0)
+
+
+def _basis_with_axis(axis) -> np.ndarray:
+    """An orthonormal 3x3 basis whose third column is the unit ``axis``."""
+    a = np.asarray(axis, np.float64) / np.linalg.norm(axis)
+    helper = np.array([1.0, 0.0, 0.0]) if abs(a[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    x = np.cross(helper, a)
+    x /= np.linalg.norm(x)
+    return np.stack([x, np.cross(a, x), a], axis=1)
+
+
+def canonical_symmetry_transform(R_allo, symmetries: Symmetries):
+    """The symmetry ``S`` that makes the pose ``P @ S`` canonical: its allocentric rotation ``R_allo @ R_S`` has the
+    largest trace (is closest to the identity) among all symmetric equivalents.
+
+    Args:
+      R_allo: ``[B, 3, 3]`` allocentric rotations of the true poses (:mod:`pose_net.parametrization`).
+      symmetries: the object's symmetries (discrete transforms and at most one continuous axis).
+    Returns:
+      ``(R_S [B, 3, 3], t_S_mm [B, 3])``: the chosen model-to-model transform. The pixel that shows model point
+      ``x`` shows ``R_S^T (x - t_S)`` under the canonical pose, whose rotation is ``R @ R_S`` and translation
+      ``R @ t_S + t``. The identity for an object without symmetries.
+    """
+    R_allo = tf.convert_to_tensor(R_allo, tf.float32)
+    b = tf.shape(R_allo)[0]
+    candidates = np.concatenate([np.eye(4)[None], np.asarray(symmetries.discrete).reshape(-1, 4, 4)], axis=0)
+    Rd = tf.constant(candidates[:, :3, :3], tf.float32)  # [C, 3, 3]
+    td = tf.constant(candidates[:, :3, 3], tf.float32)  # [C, 3]
+    A = tf.einsum("bij,cjk->bcik", R_allo, Rd)  # [B, C, 3, 3]
+    if symmetries.continuous:
+        axis, offset = symmetries.continuous[0]
+        Q = tf.constant(_basis_with_axis(axis), tf.float32)
+        Bm = tf.einsum("ji,bcjk,kl->bcil", Q, A, Q)  # Q^T A Q
+        # trace(A Ra(theta)) = (B00 + B11) cos + (B01 - B10) sin + B22 is largest at theta = atan2(., .)
+        c_term = Bm[..., 0, 0] + Bm[..., 1, 1]
+        s_term = Bm[..., 0, 1] - Bm[..., 1, 0]
+        theta = tf.atan2(s_term, c_term)  # [B, C]
+        score = tf.sqrt(c_term ** 2 + s_term ** 2) + Bm[..., 2, 2]
+        cos, sin = tf.cos(theta), tf.sin(theta)
+        zeros, ones = tf.zeros_like(cos), tf.ones_like(cos)
+        Rz = tf.stack([tf.stack([cos, -sin, zeros], -1), tf.stack([sin, cos, zeros], -1),
+                       tf.stack([zeros, zeros, ones], -1)], axis=-2)
+        Ra = tf.einsum("ij,bcjk,lk->bcil", Q, Rz, Q)  # rotation about the axis
+        o = tf.constant(np.asarray(offset, np.float64), tf.float32)
+        t_cont = o - tf.einsum("bcij,j->bci", Ra, o)
+        Rs = tf.einsum("cij,bcjk->bcik", Rd, Ra)
+        ts = tf.einsum("cij,bcj->bci", Rd, t_cont) + td[None]
+    else:
+        score = tf.linalg.trace(A)
+        Rs = tf.tile(Rd[None], [b, 1, 1, 1])
+        ts = tf.tile(td[None], [b, 1, 1])
+    best = tf.argmax(score, axis=1, output_type=tf.int32)
+    return tf.gather(Rs, best, batch_dims=1), tf.gather(ts, best, batch_dims=1)
+
+
+def coordinate_targets(depth_mm, visible_mask, K, R, t_mm, crop_center, crop_size, output_size: int,
+                       frame: CoordinateFrame, symmetries: Symmetries):
+    """The coordinate head's targets for a batch of camera images.
+
+    Args:
+      depth_mm: ``[B, H, W]`` rendered depth of the visible object surface. visible_mask: ``[B, H, W]`` (nonzero:
+        visible object). K, R: ``[B, 3, 3]``. t_mm: ``[B, 3]``. crop_center ``[B, 2]``, crop_size ``[B]``: the crop.
+      output_size: the side of the coordinate maps (``S / OUTPUT_STRIDE``).
+    Returns:
+      ``(coords [B, s, s, 3]`` normalised, symmetry-canonical; ``mask [B, s, s]`` float 0/1``)``: each output
+      pixel takes the label of the camera pixel nearest to its centre (no blending across object edges).
+    """
+    xyz = object_coordinates_from_depth(depth_mm, K, R, t_mm)
+    valid = tf.cast(tf.logical_and(tf.convert_to_tensor(visible_mask) > 0, depth_mm > 0), tf.float32)
+    hw = depth_mm.shape[1:3]
+    boxes = param.crop_boxes_normalized(crop_center, crop_size, output_size, hw)
+    idx = tf.range(tf.shape(xyz)[0])
+    stacked = tf.concat([xyz, valid[..., None]], axis=-1)
+    crops = tf.image.crop_and_resize(stacked, boxes, idx, [output_size, output_size], method="nearest")
+    xyz_c, mask_c = crops[..., :3], crops[..., 3]
+    if symmetries.is_symmetric:
+        Rs, ts = canonical_symmetry_transform(param.egocentric_to_allocentric(R, t_mm), symmetries)
+        xyz_c = tf.einsum("bji,bhwj->bhwi", Rs, xyz_c - ts[:, None, None, :])
+    coords = frame.normalise(xyz_c) * mask_c[..., None]
+    return coords, mask_c
+
+
+# --------------------------------------------------------------------------------------------------- decoding
+def correspondences(outputs, frame: CoordinateFrame):
+    """Network outputs -> 2D-3D correspondences on the output grid.
+
+    Returns ``(pixels [B, N, 2]`` (x, y) grid coordinates, ``coords_mm [B, N, 3]``, ``valid [B, N]`` bool,
+    ``mask_prob [B, N])`` with ``N = s * s`` (every grid pixel; ``valid`` where the mask probability exceeds
+    :data:`MASK_THRESHOLD`).
+    """
+    coords = frame.denormalise(tf.convert_to_tensor(outputs["coords"], tf.float32))
+    prob = tf.sigmoid(tf.convert_to_tensor(outputs["mask"], tf.float32))[..., 0]
+    b, h, w = tf.shape(prob)[0], tf.shape(prob)[1], tf.shape(prob)[2]
+    v, u = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    pixels = tf.tile(tf.reshape(tf.stack([u, v], -1), [1, -1, 2]), [b, 1, 1])
+    prob = tf.reshape(prob, [b, -1])
+    return pixels, tf.reshape(coords, [b, -1, 3]), prob > MASK_THRESHOLD, prob
+
+
+@dataclass
+class PnPSettings:
+    """RANSAC-PnP settings of the coordinate head (config.json ``pnp``)."""
+    num_hypotheses: int = 64
+    threshold_px: float = 2.0  # inlier threshold in OUTPUT-grid pixels (one is OUTPUT_STRIDE crop pixels)
+    seed: int = 0
+
+
+def solve_pose(outputs, K, crop_center, crop_size, input_size: int, frame: CoordinateFrame, diameter_mm: float,
+               pnp: PnPSettings):
+    """Poses from coordinate-head outputs by RANSAC-PnP.
+
+    Args:
+      outputs: ``{"coords": [B, s, s, 3], "mask": [B, s, s, 1]}``. K: ``[B, 3, 3]`` camera intrinsics.
+      crop_center ``[B, 2]``, crop_size ``[B]``: the crops the network saw. input_size: their side ``S``.
+    Returns:
+      ``(R [B, 3, 3], t_mm [B, 3], ok [B] bool, inlier_count [B])`` as numpy. Where PnP fails (fewer than 4
+      correspondences, no consensus), ``ok`` is False and the pose is a fallback: identity allocentric rotation at
+      the crop centre, at the distance where the object's diameter would fill 70% of the crop.
+    """
+    from tf_ops import ransac_pnp
+
+    output_size = int(outputs["coords"].shape[1])
+    K_out = param.crop_intrinsics(K, crop_center, crop_size, output_size)
+    pixels, coords_mm, valid, _ = correspondences(outputs, frame)
+    res = ransac_pnp(pixels, coords_mm, K_out, valid=valid, num_hypotheses=pnp.num_hypotheses,
+                     threshold_px=pnp.threshold_px, seed=pnp.seed)
+    ok = res["ok"].numpy()
+    R, t = res["R"].numpy().astype(np.float64), res["t_mm"].numpy().astype(np.float64)
+    if not ok.all():
+        fallback = tf.constant([[0.0, 0.0, 1.0 / 0.7]], tf.float32)
+        b = int(tf.shape(K)[0])
+        t_fb = param.target_to_translation(tf.tile(fallback, [b, 1]), K, crop_center, crop_size, diameter_mm)
+        R_fb = param.allocentric_to_egocentric(tf.eye(3, batch_shape=[b]), t_fb)
+        R = np.where(ok[:, None, None], R, R_fb.numpy())
+        t = np.where(ok[:, None], t, t_fb.numpy())
+    inliers = np.sum(res["inliers"].numpy(), axis=1)
+    return R, t, ok, inliers
+
+
+def coordinate_picture(coords, mask_logit, size: int | None = None) -> np.ndarray:
+    """An RGB uint8 picture of one predicted coordinate map ``[s, s, 3]`` (normalised coordinates as colours,
+    black where the mask probability is below :data:`MASK_THRESHOLD`) beside its mask probability (grey)."""
+    c = np.clip(np.asarray(coords) + 0.5, 0.0, 1.0)
+    prob = 1.0 / (1.0 + np.exp(-np.asarray(mask_logit)[..., 0]))
+    rgb = (c * (prob > MASK_THRESHOLD)[..., None] * 255).astype(np.uint8)
+    grey = np.repeat((prob * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    pic = np.concatenate([rgb, np.full((rgb.shape[0], 2, 3), 255, np.uint8), grey], axis=1)
+    if size:
+        from PIL import Image
+
+        pic = np.asarray(Image.fromarray(pic).resize((size * pic.shape[1] // pic.shape[0], size), Image.NEAREST))
+    return pic
