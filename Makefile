@@ -8,7 +8,7 @@ OBJ ?= toy
 RUN_DIR ?= runs
 
 .PHONY: setup system-deps build-ops bazel-build-ops test test-all test-gpu demo train evaluate \
-        bench-ops bench-render bench-train pretrained ablation projection-loss-table per-object results backbone-table \
+        bench-ops bench-render bench-train pretrained ablation projection-loss-table per-object results backbone-table method-table \
         objects clean
 
 setup: $(VENV_STAMP)
@@ -88,6 +88,13 @@ results: ablation projection-loss-table per-object
 # steps (the per-object cells' renderings).
 backbone-table: build-ops pretrained
 	$(PY) -m experiments.backbone_table --out docs/results --budget $(BUDGET) --train_epochs 6
+
+# Direct regression vs dense object coordinates + RANSAC-PnP on the three real sets: the same renderings, backbone
+# initialisation and wall-clock training time per cell (MINUTES, at most 20 on the 2 cores).
+MINUTES ?= 20
+method-table: build-ops pretrained
+	$(PY) -m experiments.method_table --out docs/results --budget $(BUDGET) --minutes_per_cell $(MINUTES) \
+	    --num_train 8000
 
 clean:
 	rm -rf build bazel-* tf_ops/*.so tf_ops/lib

@@ -89,6 +89,8 @@ class Cell:
     mode: str = "complete"
     lambda_projection: float = 0.0
     variant: str = ""  # a key of BACKBONE_VARIANTS ("": the budget's backbone)
+    head: str = ""  # "direct" or "coords" with a wall-clock training budget (experiments.method_table); "": epochs
+    minutes: float = 0.0  # the training budget of a head cell, minutes of wall time
 
     @property
     def base_name(self) -> str:
@@ -96,7 +98,8 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return self.base_name + (f"-{self.variant}" if self.variant else "")
+        return (self.base_name + (f"-{self.variant}" if self.variant else "")
+                + (f"-{self.head}-{self.minutes:g}min" if self.head else ""))
 
     def folder(self) -> Path:
         return budget_dir() / "cells" / self.name
@@ -110,6 +113,8 @@ class Cell:
         s = sizes()
         if self.variant:
             s.update(BACKBONE_VARIANTS[self.variant])
+        if self.head:  # the wall clock decides, not the epochs
+            s.update(head=self.head, time_budget_min=self.minutes, epochs=10_000)
         return s
 
     def config(self) -> dict:
@@ -218,7 +223,8 @@ def run_cell(cell: Cell) -> dict:
         backbone_weights=s["backbone_weights"], freeze_backbone=s["freeze_backbone"], input_size=s["input_size"],
         epochs=s["epochs"],
         steps_per_epoch=s["steps_per_epoch"], batch_size=s["batch_size"], seed=FLAGS.train_seed,
-        lambda_projection=cell.lambda_projection, progress=False))
+        lambda_projection=cell.lambda_projection, progress=False, head=s.get("head", "direct"),
+        time_budget_min=s.get("time_budget_min", 0.0)))
     import keras
 
     keras.backend.clear_session()
@@ -232,6 +238,12 @@ def run_cell(cell: Cell) -> dict:
                      num_pictures=s["num_pictures"])
         result["real"] = {k: r[k] for k in keep}
     result["wall_s"] = time.time() - t0
+    history = folder / "model" / "history.jsonl"
+    if history.is_file():  # what the training bought: its steps and its own wall time (evaluation excluded)
+        epochs = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        result["training"] = {"steps": sum(e["steps"] for e in epochs), "epochs": len(epochs),
+                              "train_seconds": epochs[-1].get("train_seconds",
+                                                              sum(e["epoch_time_s"] for e in epochs))}
     (folder / "cell.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -318,7 +330,7 @@ def write_outputs(table: str, title: str, rows: list[Row], intro: str, wall_s: f
               f"- Wall time: the cells' own runs {cell_time / 60:.1f} min in all; this invocation {wall_s / 60:.1f} min "
               f"(finished cells are not run again)",
               f"- Machine: {common.machine_description()}",
-              f"- Cells: `{budget_dir()}/cells/`"] + [f"- {n}" for n in extra_notes]
+              f"- Cells: `{os.path.relpath(budget_dir(), common.REPO_ROOT)}/cells/`"] + [f"- {n}" for n in extra_notes]
     if FLAGS.budget == "quick":
         lines.append("- **quick budget: a smoke test of the pipeline; its figures mean nothing.**")
     elif (out / "README.md").is_file():
