@@ -1,0 +1,1 @@
+"""TF wrapper of the RANSAC-PnP op."""
