@@ -1,4 +1,5 @@
-"""Custom TensorFlow ops of synthpose: the Projection Loss (``docs/projection_loss.md``).
+"""Custom TensorFlow ops of synthpose: the Projection Loss (``docs/projection_loss.md``) and RANSAC-PnP
+(``docs/ransac_pnp.md``).
 
 Public API (loaded lazily on first use, so ``python -m tf_ops.build`` works before the op is built, and the
 ctypes harness works on machines without TensorFlow):
@@ -6,12 +7,14 @@ ctypes harness works on machines without TensorFlow):
 * :func:`projection_iou_loss` (pred_points_2d, gt_points_2d, height, width, scale=1.0) -> [B] (the C++/CUDA op)
 * :func:`projection_loss` (points_mm, R_pred, t_pred_mm, R_gt, t_gt_mm, K, height, width, scale=1.0) -> [B]
 * :func:`projection_iou_loss_reference`: the pure-TF reference of the forward loss.
+* :func:`ransac_pnp` (pixels, coords_mm, K, weights=None, valid=None, num_valid=None, num_hypotheses=64,
+  threshold_px=10.0, seed=0, max_refine_iterations=10) -> dict(R, t_mm, inliers, score, ok) (the C++ op)
 
 Using the op before it is built raises ImportError telling you to run ``make build-ops``.
 
-Note: ``tf_ops.projection_loss`` is the *function*; the package that holds the sources has the same name, so
-import from it with ``from tf_ops.projection_loss.python.harness import CoreLib`` (which works), not with
-``import tf_ops.projection_loss.python.harness as h``.
+Note: ``tf_ops.projection_loss`` and ``tf_ops.ransac_pnp`` are the *functions*; the packages that hold the sources
+have the same names, so import from them with ``from tf_ops.projection_loss.python.harness import CoreLib`` (which
+works), not with ``import tf_ops.projection_loss.python.harness as h``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import sys
 import types
 
-__all__ = ["projection_iou_loss", "projection_loss", "projection_iou_loss_reference"]
+__all__ = ["projection_iou_loss", "projection_loss", "projection_iou_loss_reference", "ransac_pnp"]
 
 
 def _load(name: str):
@@ -27,6 +30,11 @@ def _load(name: str):
         from tf_ops.projection_loss.python.ops.reference import projection_iou_loss_reference
 
         return projection_iou_loss_reference
+    if name == "ransac_pnp":
+        # Raises a clear ImportError ("run `make build-ops`") when the op library is missing.
+        from tf_ops.ransac_pnp.python.ops import ransac_pnp_ops
+
+        return ransac_pnp_ops.ransac_pnp
     # Raises a clear ImportError ("run `make build-ops`") when the op library is missing.
     from tf_ops.projection_loss.python.ops import projection_loss_ops
 
@@ -34,7 +42,8 @@ def _load(name: str):
 
 
 class _TfOpsModule(types.ModuleType):
-    """Resolves the API names on every access (the subpackage ``projection_loss`` shadows one of them)."""
+    """Resolves the API names on every access (the subpackages ``projection_loss`` and ``ransac_pnp`` shadow two of
+    them)."""
 
     def __getattribute__(self, name: str):
         if name in __all__:
