@@ -156,3 +156,31 @@ def pose_matrix(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 def intrinsics(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     """The 3x3 OpenCV intrinsics matrix."""
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def object_coordinates_from_depth(depth_mm: np.ndarray, K: np.ndarray, R: np.ndarray, t_mm: np.ndarray) -> np.ndarray:
+    """Back-projects a depth image into the model frame: the object coordinates shown by each pixel.
+
+    ``xyz = R^T (depth * K^-1 [u, v, 1]^T - t)`` with OpenCV pixel centres at integer coordinates (pixel (row r,
+    column c) is ``u = c, v = r``).
+
+    Args:
+      depth_mm: ``[H, W]`` z-depth in the camera frame (distance along the optical axis, not along the ray), mm;
+        0 where no object surface is seen.
+      K: ``[3, 3]`` intrinsics. R: ``[3, 3]`` model-to-camera rotation. t_mm: ``[3]`` translation in mm.
+    Returns:
+      ``[H, W, 3]`` float64 model-frame coordinates in mm; 0 at pixels whose depth is 0.
+    """
+    depth = np.asarray(depth_mm, dtype=np.float64)
+    if depth.ndim != 2:
+        raise PoseInputError(f"depth_mm must be [H, W], got shape {depth.shape}")
+    h, w = depth.shape
+    K = np.asarray(K, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    t = np.asarray(t_mm, dtype=np.float64).reshape(3)
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    rays = np.stack([u, v, np.ones_like(u)], axis=-1) @ np.linalg.inv(K).T   # [H, W, 3], z = 1
+    cam = rays * depth[..., None]
+    xyz = (cam - t) @ R  # row-vector form of R^T (x_cam - t)
+    xyz[depth == 0] = 0.0
+    return xyz
