@@ -62,7 +62,7 @@ def _profile_worker(mesh: str, n: int, image_size: int, mode: str, distractors: 
                                     distractors=distractors))
     gl_render = r.renderer.render
     t = {"params (pose, lights, background, texture)": 0.0, "GL render + readback": 0.0,
-         "composite + noise/blur/jitter + masks": 0.0, "PNG encode + proto": 0.0}
+         "composite + noise/blur/jitter + masks + depth": 0.0, "PNG encode (image, mask, depth) + proto": 0.0}
     gl = [0.0]
 
     def timed_render(*a, **k):
@@ -86,12 +86,12 @@ def _profile_worker(mesh: str, n: int, image_size: int, mode: str, distractors: 
         encode_example(s, compress_level=1)
         t3 = time.perf_counter()
         t["params (pose, lights, background, texture)"] += t1 - t0
-        t["composite + noise/blur/jitter + masks"] += t2 - t1
-        t["PNG encode + proto"] += t3 - t2
+        t["composite + noise/blur/jitter + masks + depth"] += t2 - t1
+        t["PNG encode (image, mask, depth) + proto"] += t3 - t2
     total = time.perf_counter() - t_all
     cpu_total = time.process_time() - c_all
     t["GL render + readback"] = gl[0]
-    t["composite + noise/blur/jitter + masks"] -= gl[0]
+    t["composite + noise/blur/jitter + masks + depth"] -= gl[0]
     r.close()
     out = {k: 1000 * v / n for k, v in t.items()}
     out["total"] = 1000 * total / n

@@ -201,6 +201,7 @@ class SampleRenderer:
         extra = 0 if cull else pyrender.RenderFlags.SKIP_CULL_FACES
         self._flags_color = pyrender.RenderFlags.RGBA | extra
         self._flags_depth = pyrender.RenderFlags.DEPTH_ONLY | extra
+        self._single_sample_fb = None  # MSAA only: see _centre_depth_of_object
 
     def sample_params(self, index: int) -> dict:
         return self.sampler.sample_params(index)
@@ -251,7 +252,8 @@ class SampleRenderer:
 
     def render(self, params: dict) -> dict:
         """Renders ``params`` (from :meth:`sample_params`) -> the numpy sample dict of render/records.py plus
-        ``full_mask`` (the unoccluded silhouette, bool)."""
+        ``full_mask`` (the unoccluded silhouette, bool). ``depth_mm`` [H, W] float64 is the z-depth in mm of the
+        object's own surface at its visible pixels (not of an occluder), 0 elsewhere."""
         cfg = self.cfg
         self.scene.set_pose(self.own_node if params["appearance"] == "own" else self.rand_node,
                             pose_matrix(params["R"], params["t_mm"] * MM))
@@ -273,7 +275,8 @@ class SampleRenderer:
 
         color, depth = self.renderer.render(self.scene, flags=self._flags_color)
         # Silhouettes from the multisampled coverage (alpha >= 1/2: pixel area at least half covered); the resolved
-        # depth holds one sample per pixel, so it only decides who is in front.
+        # depth holds one sample per pixel, so it only decides who is in front. Without MSAA (the default) there is
+        # one sample per pixel, at its centre: alpha is 0 or 255 and the depth is exactly that of the mask pixels.
         if params["distractors"]:
             for slot in self.distractor_nodes:
                 for node, _ in slot.values():
@@ -282,8 +285,13 @@ class SampleRenderer:
             full = color_obj[..., 3] >= 128
             visible = full & ((depth >= depth_obj - 1e-4) | (depth_obj == 0))
         else:
+            depth_obj = depth
             full = color[..., 3] >= 128
             visible = full
+        # The object's own z-depth (mm) at its visible pixels, read at the pixel centres (object coordinates).
+        if cfg.msaa:
+            depth_obj = _fill_from_nearest(self._centre_depth_of_object(), visible)
+        depth_mm = np.where(visible, depth_obj.astype(np.float64) * (1.0 / MM), 0.0)
         alpha = color[..., 3:4].astype(np.float32) * (1.0 / 255.0)
         img = color[..., :3].astype(np.float32) + params["background"].astype(np.float32) * (1.0 - alpha)
         if params["noise_rng_seed"] is not None:
@@ -295,12 +303,41 @@ class SampleRenderer:
         return {
             "image": img,
             "mask": (visible * 255).astype(np.uint8),
+            "depth_mm": depth_mm,
             "full_mask": full,
             "R": params["R"], "t_mm": params["t_mm"], "K": self.K,
             "bbox_xywh": bbox_from_mask(full),
             "visib_fract": float(visible.sum()) / n_full if n_full else 0.0,
             "obj_id": cfg.obj_id, "index": params["index"],
         }
+
+    def _centre_depth_of_object(self):
+        """MSAA only: the z-depth (metres) of the object alone, rendered into a framebuffer WITHOUT multisampling,
+        so each pixel holds the depth at its centre (the MSAA-resolved depth is one sample at a sub-pixel offset:
+        back-projected through the pixel centre it lands up to ~1% of the diameter off the surface). The
+        distractors must be hidden (render() hides them before calling this)."""
+        from OpenGL import GL
+
+        r = self.renderer._renderer
+        if self._single_sample_fb is None:  # r's own framebuffers exist: render() has drawn once
+            size = self.cfg.image_size
+            cb, db = GL.glGenRenderbuffers(2)
+            GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, cb)
+            GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, GL.GL_RGBA, size, size)
+            GL.glBindRenderbuffer(GL.GL_RENDERBUFFER, db)
+            GL.glRenderbufferStorage(GL.GL_RENDERBUFFER, GL.GL_DEPTH_COMPONENT24, size, size)
+            fb = GL.glGenFramebuffers(1)
+            GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, fb)
+            GL.glFramebufferRenderbuffer(GL.GL_DRAW_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0, GL.GL_RENDERBUFFER, cb)
+            GL.glFramebufferRenderbuffer(GL.GL_DRAW_FRAMEBUFFER, GL.GL_DEPTH_ATTACHMENT, GL.GL_RENDERBUFFER, db)
+            GL.glBindFramebuffer(GL.GL_DRAW_FRAMEBUFFER, 0)
+            self._single_sample_fb = fb
+        # pyrender draws into r._main_fb_ms and blits it into r._main_fb for reading: draw into ours instead
+        multisampled, r._main_fb_ms = r._main_fb_ms, self._single_sample_fb
+        try:
+            return self.renderer.render(self.scene, flags=self._flags_depth)
+        finally:
+            r._main_fb_ms = multisampled
 
     def render_index(self, index: int) -> dict:
         return self.render(self.sample_params(index))
@@ -350,6 +387,27 @@ def _set_msaa(enabled: bool):
     else:
         pr.glRenderbufferStorageMultisample = (
             lambda target, samples, fmt, w, h: _ORIGINAL_MS_STORAGE(target, 0, fmt, w, h))
+
+
+def _fill_from_nearest(depth: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Gives the ``mask`` pixels whose ``depth`` is 0 the depth of the nearest pixel that has one.
+
+    With MSAA the mask is coverage >= 1/2 (2 of the 4 samples) while the depth is read at pixel centres: a few
+    silhouette-edge pixels are in the mask with their centre just outside the object (up to ~0.4 px, the reach of
+    the sample pattern). No point of the surface lies on such a pixel's centre ray; the nearest pixel's depth puts
+    its ``xyz`` beside the silhouette, about a pixel's footprint from the surface at most."""
+    missing = mask & (depth <= 0)
+    if not missing.any():
+        return depth
+    has_depth = depth > 0
+    if not has_depth.any():
+        raise RuntimeError("the object has mask pixels but no pixel centre on it: no depth to fill from")
+    from scipy.ndimage import distance_transform_edt
+
+    _, (rows, cols) = distance_transform_edt(~has_depth, return_indices=True)
+    out = depth.copy()
+    out[missing] = depth[rows[missing], cols[missing]]
+    return out
 
 
 def _is_textured(mesh) -> bool:

@@ -152,10 +152,12 @@ def test_records_match_tensorflow_and_round_trip():
               "mask": np.where(rng.uniform(size=(8, 10)) > 0.5, 255, 0).astype(np.uint8),
               "R": np.eye(3), "t_mm": [1.5, -2.0, 400.0], "K": [[50, 0, 4.5], [0, 50, 3.5], [0, 0, 1]],
               "bbox_xywh": [1, 2, 3, 4], "visib_fract": 0.75, "obj_id": 5, "index": 123456789012}
+    sample["depth_mm"] = np.where(sample["mask"] > 0, rng.uniform(300.0, 500.0, (8, 10)), 0.0)
     data = encode_example(sample)
     back = decode_example(data)
     np.testing.assert_array_equal(back["image"], sample["image"])
     np.testing.assert_array_equal(back["mask"], sample["mask"])
+    np.testing.assert_allclose(back["depth_mm"], sample["depth_mm"], atol=0.05 + 1e-4)  # 0.1 mm units
     assert back["index"] == 123456789012 and back["obj_id"] == 5 and back["visib_fract"] == 0.75
     np.testing.assert_allclose(back["t_mm"], sample["t_mm"])
     # the same bytes as TensorFlow's own serialization
@@ -165,6 +167,8 @@ def test_records_match_tensorflow_and_round_trip():
     t = parse_example(tf.constant(data))
     np.testing.assert_array_equal(t["image"].numpy(), sample["image"])
     assert t["R"].shape == (3, 3) and int(t["index"]) == 123456789012
+    np.testing.assert_array_equal(t["depth_mm"].numpy(), back["depth_mm"])  # bit for bit
+    assert float(t["depth_scale_mm"]) == pytest.approx(0.1)
 
 
 def test_damaged_shard_names_file_and_record(tmp_path, ref):
