@@ -62,7 +62,7 @@ void WriteFailure(const ItemOutputs& out, int n, int item_status) {
   static const float kIdentity[9] = {1, 0, 0, 0, 1, 0, 0, 0, 1};
   std::memcpy(out.R, kIdentity, sizeof(kIdentity));
   out.t[0] = out.t[1] = out.t[2] = 0.0f;
-  std::memset(out.inliers, 0, static_cast<size_t>(n));
+  if (n > 0) std::memset(out.inliers, 0, static_cast<size_t>(n));
   *out.score = 0.0f;
   *out.ok = 0;
   if (out.status) *out.status = item_status;
@@ -190,7 +190,9 @@ int rp_cpu_ransac_pnp(const float* pixels, const float* coords_mm, const float* 
     return RP_ERR_INVALID_ARGUMENT;
   if (rp_check_parameters(num_hypotheses, threshold_px, max_refine_iterations) != RP_OK) return RP_ERR_INVALID_ARGUMENT;
   if (batch_end == batch_begin) return RP_OK;
-  if (!pixels || !coords_mm || !K || !R || !t_mm || !inliers || !score || !ok) return RP_ERR_INVALID_ARGUMENT;
+  // [B, N] arrays may be NULL when N = 0 (an empty tensor has no buffer).
+  if (!K || !R || !t_mm || !score || !ok || (n > 0 && (!pixels || !coords_mm || !inliers)))
+    return RP_ERR_INVALID_ARGUMENT;
   const size_t nn = static_cast<size_t>(n);
   // Malformed data is rejected before any item is written.
   for (int b = batch_begin; b < batch_end; ++b) {
