@@ -52,3 +52,27 @@ def run_many(jobs: list[tuple], timeout=300, check=True) -> list[tuple[int, str]
             if rc != 0:
                 raise AssertionError(f"render.generate --out={out} failed with exit code {rc}:\n{err[-3000:]}")
     return results
+
+
+def surface_distance_mm(mesh, points_mm):
+    """Exact distance ``[N]`` from each point to the mesh surface (closest point over all triangles).
+
+    trimesh.proximity.closest_point needs the optional rtree package, which is not installed; this prunes the
+    triangles with a k-d tree of their centroids instead: the nearest centroid at distance d bounds the distance,
+    so only triangles whose centroid lies within d + (largest centroid-to-vertex distance) can be closer."""
+    import numpy as np
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    triangles = np.asarray(mesh.triangles, dtype=np.float64)
+    centroids = triangles.mean(axis=1)
+    reach = np.linalg.norm(triangles - centroids[:, None], axis=2).max()
+    tree = cKDTree(centroids)
+    d_nearest, _ = tree.query(points_mm)
+    candidates = tree.query_ball_point(points_mm, d_nearest + reach + 1e-9)
+    point_of_pair = np.repeat(np.arange(len(points_mm)), [len(c) for c in candidates])
+    face_of_pair = np.concatenate([np.asarray(c, dtype=np.int64) for c in candidates])
+    closest = trimesh.triangles.closest_point(triangles[face_of_pair], points_mm[point_of_pair])
+    out = np.full(len(points_mm), np.inf)
+    np.minimum.at(out, point_of_pair, np.linalg.norm(closest - points_mm[point_of_pair], axis=1))
+    return out

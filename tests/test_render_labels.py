@@ -10,7 +10,7 @@ from pose_core.mesh import load_mesh
 from render.dataset import load_dataset_info, read_samples
 from render.silhouette import iou, projected_silhouette
 from pose_core import shared_data_dir
-from render.testing import run_many
+from render.testing import run_many, surface_distance_mm
 
 SIZE = 128
 N = 8
@@ -87,29 +87,6 @@ def test_occluders_visib_fract(label_datasets):
         np.testing.assert_allclose(s["bbox_xywh"], bbox_from_mask(sil), atol=1.01)  # the box is unoccluded
         fracs.append(s["visib_fract"])
     assert min(fracs) < 0.98, f"no sample was occluded by the distractors: {fracs}"
-
-
-def surface_distance_mm(mesh, points_mm: np.ndarray) -> np.ndarray:
-    """Exact distance ``[N]`` from each point to the mesh surface (closest point over all triangles).
-
-    trimesh.proximity.closest_point needs the optional rtree package, which is not installed; this prunes the
-    triangles with a k-d tree of their centroids instead: the nearest centroid at distance d bounds the distance,
-    so only triangles whose centroid lies within d + (largest centroid-to-vertex distance) can be closer."""
-    import trimesh
-    from scipy.spatial import cKDTree
-
-    triangles = np.asarray(mesh.triangles, dtype=np.float64)
-    centroids = triangles.mean(axis=1)
-    reach = np.linalg.norm(triangles - centroids[:, None], axis=2).max()
-    tree = cKDTree(centroids)
-    d_nearest, _ = tree.query(points_mm)
-    candidates = tree.query_ball_point(points_mm, d_nearest + reach + 1e-9)
-    point_of_pair = np.repeat(np.arange(len(points_mm)), [len(c) for c in candidates])
-    face_of_pair = np.concatenate([np.asarray(c, dtype=np.int64) for c in candidates])
-    closest = trimesh.triangles.closest_point(triangles[face_of_pair], points_mm[point_of_pair])
-    out = np.full(len(points_mm), np.inf)
-    np.minimum.at(out, point_of_pair, np.linalg.norm(closest - points_mm[point_of_pair], axis=1))
-    return out
 
 
 def _centres_inside_projected_mesh(mesh, s, centres_uv: np.ndarray, margin_px: float = 0.01) -> np.ndarray:
