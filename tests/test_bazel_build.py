@@ -1,7 +1,8 @@
-"""The Bazel-built Projection Loss op (build/bazel/_projection_loss_ops.so, `make bazel-build-ops`).
+"""The Bazel-built ops (build/bazel/_projection_loss_ops.so and _ransac_pnp_ops.so, `make bazel-build-ops`).
 
-Proves that the .so Bazel builds loads with tf.load_op_library and gives the same loss and gradient as the g++-built
-op (tf_ops/lib/_projection_loss_ops.so, `make build-ops`) and the pure-TF reference, on random inputs.
+Proves that the Projection Loss .so Bazel builds loads with tf.load_op_library and gives the same loss and gradient as
+the g++-built op (tf_ops/lib/_projection_loss_ops.so, `make build-ops`) and the pure-TF reference, on random inputs;
+and that the RANSAC-PnP .so loads and solves a small synthetic batch like the g++ build.
 
 Which .so is tested:
   * bazel on PATH (and SYNTHPOSE_TEST_BAZEL_BUILD != "0"): when the .so is missing or older than a source, BUILD or
@@ -27,6 +28,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BAZEL_SO = Path(os.environ.get("SYNTHPOSE_BAZEL_SO", REPO_ROOT / "build" / "bazel" / "_projection_loss_ops.so"))
 GXX_SO = REPO_ROOT / "tf_ops" / "lib" / "_projection_loss_ops.so"
+BAZEL_RANSAC_SO = BAZEL_SO.parent / "_ransac_pnp_ops.so"
+GXX_RANSAC_SO = REPO_ROOT / "tf_ops" / "lib" / "_ransac_pnp_ops.so"
 BUILD_SCRIPT = REPO_ROOT / "tf_ops" / "bazel_build.sh"
 SUBPROCESS_TIMEOUT_S = 300
 BUILD_TIMEOUT_S = 600
@@ -74,9 +77,11 @@ def _have_bazel() -> bool:
 
 def _bazel_inputs() -> list[Path]:
     """Files the Bazel build depends on (sources, BUILD/WORKSPACE/.bzl, the build script)."""
-    pkg = REPO_ROOT / "tf_ops" / "projection_loss"
-    files = [p for d in (pkg / "core", pkg / "cc") for p in d.rglob("*") if p.suffix in (".h", ".cc")]
-    files += [pkg / "BUILD", REPO_ROOT / "WORKSPACE", REPO_ROOT / ".bazelrc", BUILD_SCRIPT]
+    files = []
+    for pkg in (REPO_ROOT / "tf_ops" / "projection_loss", REPO_ROOT / "tf_ops" / "ransac_pnp"):
+        files += [p for d in (pkg / "core", pkg / "cc") for p in d.rglob("*") if p.suffix in (".h", ".cc")]
+        files.append(pkg / "BUILD")
+    files += [REPO_ROOT / "BUILD", REPO_ROOT / "WORKSPACE", REPO_ROOT / ".bazelrc", BUILD_SCRIPT]
     files += [p for p in (REPO_ROOT / "third_party").rglob("*") if p.is_file()]
     return [p for p in files if p.is_file()]
 
@@ -94,7 +99,7 @@ def bazel_so() -> Path:
     # costs 20-50 s on 2 cores (JVM start, analysis), too much to pay on every test run.
     may_build = (_have_bazel() and os.environ.get("SYNTHPOSE_TEST_BAZEL_BUILD", "1") != "0"
                  and "SYNTHPOSE_BAZEL_SO" not in os.environ)
-    if may_build and _is_stale(BAZEL_SO):
+    if may_build and (_is_stale(BAZEL_SO) or _is_stale(BAZEL_RANSAC_SO)):
         try:
             proc = subprocess.run(["bash", str(BUILD_SCRIPT)], cwd=REPO_ROOT, capture_output=True, text=True,
                                   timeout=BUILD_TIMEOUT_S)
@@ -185,3 +190,74 @@ def test_bazel_so_loads_alone(bazel_so: Path):
     proc = subprocess.run([sys.executable, "-c", code, str(bazel_so)], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=SUBPROCESS_TIMEOUT_S)
     assert proc.returncode == 0 and "ok" in proc.stdout, (proc.stdout + proc.stderr)[-6000:]
+
+
+_RANSAC_WORKER = r"""
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import tensorflow as tf
+so, inputs, out = sys.argv[1:4]
+d = np.load(inputs)
+lib = tf.load_op_library(so)
+R, t, inliers, score, ok = lib.ransac_pnp(d["pixels"], d["coords"], d["K"], d["weights"], d["valid"],
+                                          num_hypotheses=16, threshold_px=8.0, seed=3, max_refine_iterations=5)
+np.savez(out, R=R.numpy(), t=t.numpy(), inliers=inliers.numpy(), score=score.numpy(), ok=ok.numpy())
+print("worker ok:", so)
+"""
+
+
+def _ransac_inputs(tmp_path: Path) -> Path:
+    """4 items, 200 correspondences (30 % outliers) of random poses of a 200 mm cube at ~600 mm; item 3 padded."""
+    rng = np.random.default_rng(7)
+    b, n = 4, 200
+    K = np.array([[572.4, 0.0, 325.3], [0.0, 573.6, 242.0], [0.0, 0.0, 1.0]], np.float32)
+    coords = rng.uniform(-100.0, 100.0, (b, n, 3))
+    pixels = np.zeros((b, n, 2))
+    for i in range(b):
+        angle = rng.normal(size=3)
+        theta = np.linalg.norm(angle)
+        k = np.array([[0, -angle[2], angle[1]], [angle[2], 0, -angle[0]], [-angle[1], angle[0], 0]]) / theta
+        R = np.eye(3) + np.sin(theta) * k + (1 - np.cos(theta)) * k @ k
+        cam = coords[i] @ R.T + [rng.uniform(-50, 50), rng.uniform(-50, 50), rng.uniform(500, 700)]
+        p = cam @ K.T
+        pixels[i] = p[:, :2] / p[:, 2:] + rng.normal(0.0, 1.0, (n, 2))
+    outlier = rng.random((b, n)) < 0.3
+    pixels[outlier] = rng.uniform([0, 0], [640, 480], (int(outlier.sum()), 2))
+    valid = np.ones((b, n), bool)
+    valid[3, 150:] = False
+    path = tmp_path / "ransac_inputs.npz"
+    np.savez(path, pixels=pixels.astype(np.float32), coords=coords.astype(np.float32), K=np.tile(K, (b, 1, 1)),
+             weights=np.ones((b, n), np.float32), valid=valid)
+    return path
+
+
+def _run_ransac_worker(so: Path, inputs: Path, out: Path) -> dict[str, np.ndarray]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    try:
+        proc = subprocess.run([sys.executable, "-c", _RANSAC_WORKER, str(so), str(inputs), str(out)], cwd=REPO_ROOT,
+                              env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"RANSAC-PnP worker for {so} took more than {SUBPROCESS_TIMEOUT_S} s")
+    assert proc.returncode == 0, f"RANSAC-PnP worker for {so} failed:\n{(proc.stdout + proc.stderr)[-6000:]}"
+    with np.load(out) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_bazel_ransac_pnp_op_loads_and_matches_gxx_op(bazel_so: Path, tmp_path: Path):
+    if not BAZEL_RANSAC_SO.is_file():
+        pytest.skip(f"{BAZEL_RANSAC_SO} is absent: run `make bazel-build-ops`")
+    inputs = _ransac_inputs(tmp_path)
+    got = _run_ransac_worker(BAZEL_RANSAC_SO, inputs, tmp_path / "bazel_ransac.npz")
+    assert got["ok"].all(), got["ok"]
+    np.testing.assert_allclose(got["R"] @ np.swapaxes(got["R"], 1, 2), np.broadcast_to(np.eye(3), (4, 3, 3)),
+                               atol=1e-5)
+    assert not got["inliers"][3, 150:].any()
+    if not GXX_RANSAC_SO.is_file():
+        pytest.skip(f"{GXX_RANSAC_SO} is absent (make build-ops): checked the Bazel build alone")
+    gxx = _run_ransac_worker(GXX_RANSAC_SO, inputs, tmp_path / "gxx_ransac.npz")
+    # Same sources and flags: the same minimal sets and (to float rounding) the same poses.
+    np.testing.assert_array_equal(got["ok"], gxx["ok"])
+    np.testing.assert_allclose(got["R"], gxx["R"], atol=1e-5)
+    np.testing.assert_allclose(got["t"], gxx["t"], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(got["score"], gxx["score"], rtol=1e-5)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Projection Loss op (CPU only) with Bazel, offline, into build/bazel/_projection_loss_ops.so.
+# Builds the custom ops (CPU only) with Bazel, offline, into build/bazel/: _projection_loss_ops.so (Projection Loss)
+# and _ransac_pnp_ops.so (RANSAC-PnP).
 # What `make bazel-build-ops` runs. Details: docs/building.md, "Bazel build".
 #
 # Environment:
@@ -15,9 +16,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-TARGET="//tf_ops/projection_loss:_projection_loss_ops.so"
+# package:library pairs; each library lands in build/bazel/<library>.
+OPS=("projection_loss:_projection_loss_ops.so" "ransac_pnp:_ransac_pnp_ops.so")
+TARGETS=()
+for op in "${OPS[@]}"; do TARGETS+=("//tf_ops/${op%%:*}:${op#*:}"); done
 OUT_DIR="$ROOT/build/bazel"
-OUT="$OUT_DIR/_projection_loss_ops.so"
 
 die() { echo "bazel_build.sh: error: $*" >&2; exit 1; }
 log() { echo "bazel_build.sh: $*"; }
@@ -59,7 +62,9 @@ TF_LIB_FILE="$(ls "$TF_DIR"/libtensorflow_framework.so* 2>/dev/null | head -1)"
 export SYNTHPOSE_TF_STAMP="$TF_LIB_FILE:$(stat -L -c '%s:%Y' "$TF_LIB_FILE")"
 
 for f in tf_ops/projection_loss/core/projection_loss_core.cc tf_ops/projection_loss/core/projection_loss_core.h \
-         tf_ops/projection_loss/cc/ops/projection_loss_ops.cc tf_ops/projection_loss/cc/kernels/projection_loss_kernels.cc; do
+         tf_ops/projection_loss/cc/ops/projection_loss_ops.cc tf_ops/projection_loss/cc/kernels/projection_loss_kernels.cc \
+         tf_ops/ransac_pnp/core/ransac_pnp_core.h tf_ops/ransac_pnp/core/ransac_pnp_core.cc \
+         tf_ops/ransac_pnp/cc/ops/ransac_pnp_ops.cc tf_ops/ransac_pnp/cc/kernels/ransac_pnp_kernels.cc; do
   [ -f "$f" ] || die "source $f is missing"
 done
 
@@ -82,18 +87,21 @@ trap shutdown_server EXIT
 log "bazel: $(command -v "$BAZEL") ($("$BAZEL" "${STARTUP[@]}" --version 2>/dev/null | head -1 || true)), output root $USER_ROOT, python $PYTHON_BIN_PATH"
 start=$(date +%s)
 read -r -a EXTRA_FLAGS <<< "${BAZEL_BUILD_FLAGS:-}"
-if ! "$BAZEL" "${STARTUP[@]}" build "${BUILD_FLAGS[@]}" ${EXTRA_FLAGS[@]+"${EXTRA_FLAGS[@]}"} "$TARGET"; then
-  die "bazel build $TARGET failed (see above). Note: the build is offline by design; an error about a download
+if ! "$BAZEL" "${STARTUP[@]}" build "${BUILD_FLAGS[@]}" ${EXTRA_FLAGS[@]+"${EXTRA_FLAGS[@]}"} "${TARGETS[@]}"; then
+  die "bazel build ${TARGETS[*]} failed (see above). Note: the build is offline by design; an error about a download
 means something outside third_party/ was referenced. A stale output root can be removed: rm -rf '$USER_ROOT'"
 fi
 end=$(date +%s)
 
 BIN="$("$BAZEL" "${STARTUP[@]}" info "${BUILD_FLAGS[@]}" bazel-bin 2>/dev/null)" || die "'bazel info bazel-bin' failed"
-SO="$BIN/tf_ops/projection_loss/_projection_loss_ops.so"
-[ -f "$SO" ] || die "bazel reported success but $SO does not exist"
-
 mkdir -p "$OUT_DIR"
-rm -f "$OUT"
-cp "$SO" "$OUT"
-chmod u+w,a+r "$OUT"
-log "built $OUT in $((end - start)) s"
+for op in "${OPS[@]}"; do
+  SO="$BIN/tf_ops/${op%%:*}/${op#*:}"
+  OUT="$OUT_DIR/${op#*:}"
+  [ -f "$SO" ] || die "bazel reported success but $SO does not exist"
+  rm -f "$OUT"
+  cp "$SO" "$OUT"
+  chmod u+w,a+r "$OUT"
+  log "built $OUT"
+done
+log "bazel build took $((end - start)) s"

@@ -1,4 +1,7 @@
-"""Benchmark of the Projection Loss op: ``python -m tf_ops.bench`` (``make bench-ops``).
+"""Benchmark of the custom ops: ``python -m tf_ops.bench`` (``make bench-ops``).
+
+RANSAC-PnP: ms per image at B=32, N=4096, 64 hypotheses (tf_ops/ransac_pnp/bench.py), core on one thread and TF op
+with its thread pool. Projection Loss:
 
 Prints, in one run, forward and forward+backward wall time (minimum over repetitions, tf.function, default TF
 threading) of the C++ CPU op and of the pure-TF reference (scatter-based forward, dense-gather backward with
@@ -6,7 +9,8 @@ the same rule) at B=32, N=4096 points, 128x128 and 480x640 (scale 1); the CPU op
 4096, scale 0.5); and the CUDA core through the ctypes harness with CUDA events when a GPU (and CuPy or torch)
 is present. The op's forward+backward is its training path: one fused pass (loss and unit gradient) plus the
 multiplication by the upstream gradient.
-Options: ``--quick`` (fewer repetitions), ``--json PATH`` (write the figures).
+Options: ``--quick`` (fewer repetitions), ``--json PATH`` (write the figures), ``--gpu-only`` (the CUDA core only),
+``--skip-ransac-pnp`` / ``--ransac-pnp-only``.
 """
 
 from __future__ import annotations
@@ -139,13 +143,25 @@ def bench_gpu(quick: bool) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Projection Loss op benchmark")
+    ap = argparse.ArgumentParser(description="Custom ops benchmark (Projection Loss, RANSAC-PnP)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-ransac-pnp", action="store_true", help="leave out the RANSAC-PnP figures")
+    ap.add_argument("--ransac-pnp-only", action="store_true", help="only the RANSAC-PnP figures")
     ap.add_argument("--json", type=str, default=None)
     ap.add_argument("--gpu-only", action="store_true", help="only the CUDA core (no TensorFlow needed)")
     args = ap.parse_args(argv)
-    print(f"Projection Loss benchmark on {_cpu_model()} ({os.cpu_count()} logical CPUs)")
     rows = []
+    if not args.gpu_only and not args.skip_ransac_pnp:
+        from tf_ops.ransac_pnp.bench import bench as bench_ransac_pnp
+
+        print(f"RANSAC-PnP benchmark on {_cpu_model()} ({os.cpu_count()} logical CPUs)")
+        rows += bench_ransac_pnp(args.quick)
+        if args.ransac_pnp_only:
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump(dict(cpu=_cpu_model(), cpus=os.cpu_count(), rows=rows), f, indent=2)
+            return 0
+    print(f"Projection Loss benchmark on {_cpu_model()} ({os.cpu_count()} logical CPUs)")
     if not args.gpu_only:
         import tensorflow as tf
 
