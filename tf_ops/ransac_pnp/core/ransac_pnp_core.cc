@@ -221,17 +221,9 @@ int rp_p3p(const float* pixels, const float* coords_mm, const float* K, float* R
   if (!MakeCamera(K, &cam)) return RP_ERR_INVALID_ARGUMENT;
   double bearings[3][3], points[3][3];
   for (int i = 0; i < 3; ++i) {
-    const double* I = cam.K_inv;
-    const double u = pixels[2 * i], v = pixels[2 * i + 1];
-    double norm2 = 0.0;
-    for (int r = 0; r < 3; ++r) {
-      bearings[i][r] = I[3 * r] * u + I[3 * r + 1] * v + I[3 * r + 2];
-      norm2 += bearings[i][r] * bearings[i][r];
-      points[i][r] = coords_mm[3 * i + r];
-    }
-    const double norm = std::sqrt(norm2);
-    if (!(norm > 0.0) || !std::isfinite(norm)) return RP_ERR_INVALID_ARGUMENT;
-    for (int r = 0; r < 3; ++r) bearings[i][r] /= norm;
+    if (!synthpose::ransac_pnp::Bearing(cam, pixels[2 * i], pixels[2 * i + 1], bearings[i]))
+      return RP_ERR_INVALID_ARGUMENT;
+    for (int r = 0; r < 3; ++r) points[i][r] = coords_mm[3 * i + r];
   }
   Pose poses[4];
   const int count = synthpose::ransac_pnp::SolveP3P(bearings, points, poses);

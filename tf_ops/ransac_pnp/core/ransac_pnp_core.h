@@ -89,7 +89,7 @@ int rp_cpu_ransac_pnp(const float* pixels, const float* coords_mm, const float* 
                       int max_refine_iterations, uint64_t seed, float* R, float* t_mm, uint8_t* inliers, float* score,
                       uint8_t* ok, int32_t* item_status, int batch_begin, int batch_end);
 
-// The minimal solver alone (for tests): P3P on 3 bearing-free pixel correspondences. pixels [3, 2], coords_mm
+// The minimal solver alone (for tests): P3P on 3 pixel <-> model point correspondences. pixels [3, 2], coords_mm
 // [3, 3], K [3, 3]; writes up to 4 poses into R_out [4, 3, 3], t_out_mm [4, 3] and returns how many (0..4), or
 // RP_ERR_INVALID_ARGUMENT for NULL pointers or a singular / non-finite K.
 int rp_p3p(const float* pixels, const float* coords_mm, const float* K, float* R_out, float* t_out_mm);
