@@ -117,3 +117,26 @@ def test_backbone_table_refuses_an_unknown_real_set(tmp_path):
            f"--runs_dir={tmp_path}", "--real_sets=ycbv_nothing"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "unknown real set 'ycbv_nothing'" in proc.stdout + proc.stderr
+
+
+def test_method_table_heads_train_on_the_same_renderings(quick_results):
+    """The method table's direct and coords cells of a real set train on the per-object cell's renderings, each
+    with its head and wall-clock budget recorded, and report what the training bought."""
+    tmp, _ = quick_results
+    cmd = [sys.executable, "-m", "experiments.method_table", "--budget=quick", f"--out={tmp / 'results'}",
+           f"--runs_dir={tmp / 'runs'}", "--real_sets=ycbv_can", "--minutes_per_cell=1"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "render.generate" not in proc.stdout
+    cells = tmp / "runs" / "quick" / "cells"
+    for head in ("direct", "coords"):
+        folder = cells / f"ycbv_can-complete-pl0.1-{head}-1min"
+        done = json.loads((folder / "cell.json").read_text())
+        assert done["config"]["head"] == head and done["config"]["time_budget_min"] == 1
+        assert done["training"]["steps"] >= 1 and done["training"]["train_seconds"] > 0
+        trained = json.loads((folder / "model" / "config.json").read_text())
+        assert trained["head"] == head
+        assert trained["dataset"] == str(cells / "ycbv_can-complete-pl0.1" / "data" / "train")
+    md = (tmp / "results" / "method_table.md").read_text()
+    assert "| ycbv_can direct |" in md and "| ycbv_can coords |" in md and "| not run |" not in md
+    assert str(REPO_ROOT) not in md  # paths relative to the repository
