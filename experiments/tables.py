@@ -83,6 +83,12 @@ BACKBONE_VARIANTS = {
 }
 
 
+# Per-head training settings of the method table's cells: the coordinate head (batch-normed decoder, frozen
+# backbone) learns faster at 3e-3 (4-minute runs on the banana: loss 0.215 against 0.242 at 1e-3); the direct head
+# keeps the learning rate every other table uses.
+HEAD_SETTINGS = {"direct": dict(learning_rate=1e-3), "coords": dict(learning_rate=3e-3)}
+
+
 @dataclass
 class Cell:
     obj: common.TestObject
@@ -114,7 +120,7 @@ class Cell:
         if self.variant:
             s.update(BACKBONE_VARIANTS[self.variant])
         if self.head:  # the wall clock decides, not the epochs (the quick budget's smoke test keeps its steps)
-            s.update(head=self.head, time_budget_min=self.minutes)
+            s.update(head=self.head, time_budget_min=self.minutes, **HEAD_SETTINGS[self.head])
             if FLAGS.budget != "quick":
                 s["epochs"] = 10_000
         return s
@@ -226,6 +232,7 @@ def run_cell(cell: Cell) -> dict:
         epochs=s["epochs"],
         steps_per_epoch=s["steps_per_epoch"], batch_size=s["batch_size"], seed=FLAGS.train_seed,
         lambda_projection=cell.lambda_projection, progress=False, head=s.get("head", "direct"),
+        learning_rate=s.get("learning_rate", 1e-3),
         time_budget_min=s.get("time_budget_min", 0.0)))
     import keras
 

@@ -16,11 +16,9 @@ import tensorflow as tf
 from pose_core.symmetry import Symmetries
 from pose_net import parametrization as param
 from pose_net.coordinates import OUTPUT_STRIDE, CoordinateFrame, coordinate_targets
-from render.dataset import DatasetError, load_dataset_info, read_samples
+from render.dataset import load_dataset_info, read_samples, require_depth
 from render.dataset import shard_paths as render_shard_paths
 from render.records import parse_example
-
-DEPTH_FORMAT_VERSION = 2  # the first dataset format (render/records.py) that stores the object's depth
 
 
 @dataclass
@@ -194,10 +192,8 @@ def make_dataset(dataset_dir, cfg: PipelineConfig, batch_size: int, split: str =
     """
     info = load_dataset_info(dataset_dir)
     with_depth = coordinate_spec is not None
-    if with_depth and int(info.get("format_version", 1)) < DEPTH_FORMAT_VERSION:
-        raise DatasetError(f"{dataset_dir}: rendered with dataset format {info.get('format_version', 1)}, which "
-                           f"stores no depth: the coordinate head needs format {DEPTH_FORMAT_VERSION} or later. "
-                           f"Render the dataset again (render.generate into a new folder).")
+    if with_depth:
+        require_depth(dataset_dir)
     paths = shard_paths(dataset_dir, split)
     ds = tf.data.TFRecordDataset(paths, num_parallel_reads=1 if deterministic else tf.data.AUTOTUNE)
     if limit is not None:

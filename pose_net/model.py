@@ -129,16 +129,23 @@ def build_coordinate_model(backbone: str = "efficientnet_lite0", input_size: int
     * ``mask [B, S/2, S/2, 1]``: the logit that the pixel shows the object (visible part).
 
     Decoder: from stride 32 up to stride 2, each step a bilinear 2x upsampling, the lateral feature (1x1 conv)
-    concatenated, and a 3x3 conv + ReLU; ``decoder_widths`` are the channels at strides 16, 8, 4, 2.
+    concatenated, and a 3x3 conv; every conv with batch norm and ReLU (without the norms, the frozen backbone's
+    large activations kill the ReLUs in the first steps and the maps collapse to a constant);
+    ``decoder_widths`` are the channels at strides 16, 8, 4, 2.
     """
     inputs = keras.Input((input_size, input_size, 3), name="image")
     s2, s4, s8, s16, s32 = build_feature_pyramid(backbone, input_size, backbone_weights, freeze_backbone)(inputs)
-    x = keras.layers.Conv2D(decoder_widths[0], 1, activation="relu", name="decoder_top")(s32)
+    def conv_bn_relu(x, width, kernel, name):
+        x = keras.layers.Conv2D(width, kernel, padding="same", use_bias=False, name=name)(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=name + "_bn")(x)
+        return keras.layers.ReLU(name=name + "_relu")(x)
+
+    x = conv_bn_relu(s32, decoder_widths[0], 1, "decoder_top")
     for k, (skip, width) in enumerate(zip((s16, s8, s4, s2), decoder_widths)):
         x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder_up{k}")(x)
-        lateral = keras.layers.Conv2D(width, 1, activation="relu", name=f"decoder_lateral{k}")(skip)
+        lateral = conv_bn_relu(skip, width, 1, f"decoder_lateral{k}")
         x = keras.layers.Concatenate(name=f"decoder_concat{k}")([x, lateral])
-        x = keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"decoder_conv{k}")(x)
+        x = conv_bn_relu(x, width, 3, f"decoder_conv{k}")
     coords = keras.layers.Conv2D(3, 1, name="coords")(x)
     mask = keras.layers.Conv2D(1, 1, name="mask", bias_initializer=keras.initializers.Constant(-2.0))(x)
     return keras.Model(inputs, {"coords": coords, "mask": mask}, name="coordinate_net")

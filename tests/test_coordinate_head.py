@@ -160,5 +160,5 @@ def test_a_dataset_without_depth_is_refused_with_a_clear_error(datasets, tmp_pat
     info["format_version"] = 1
     (old / "dataset.json").write_text(json.dumps(info))
     _, spec, _ = _spec_and_batch(datasets / "toy", n=2)
-    with pytest.raises(DatasetError, match="Render the dataset again"):
+    with pytest.raises(DatasetError, match="Re-render it"):
         pdata.make_dataset(old, pdata.PipelineConfig(input_size=INPUT), 2, coordinate_spec=spec)
