@@ -19,7 +19,7 @@ from experiments import common, tables
 flags.DEFINE_float("minutes_per_cell", 20.0, "wall-clock training time of each cell, minutes")
 flags.DEFINE_list("real_sets", list(common.REAL_SETS), "real sets of ../shared/data to compare the heads on")
 FLAGS = tables.FLAGS
-HEADS = ("direct", "coords")
+HEADS = ("coords", "direct")
 
 
 def rows() -> list[tables.Row]:

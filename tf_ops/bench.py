@@ -20,9 +20,10 @@ import json
 import os
 import platform
 import subprocess
-import time
 
 import numpy as np
+
+from tf_ops.loading import min_time_ms as _time_ms
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -49,17 +50,6 @@ def _problem(b: int, n: int, height: int, width: int, seed: int = 0):
     pred = gt + rng.normal(0, 0.03 * min(height, width), (b, 1, 2)).astype(np.float32)
     return pred.astype(np.float32), gt
 
-
-def _time_ms(fn, repeats: int, warmup: int = 3) -> float:
-    """Minimum wall time over `repeats` calls (ms): robust to other processes on a small shared machine."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.min(times) * 1000.0)
 
 
 def bench_tf(quick: bool) -> list[dict]:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import numpy as np
+
+from tf_ops.loading import min_time_ms as _time_ms
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -52,16 +53,6 @@ def problem(b: int = BATCH, n: int = NUM_CORRESPONDENCES, seed: int = 0):
         pixels[i], coords[i] = uv, X
     return pixels, coords
 
-
-def _time_ms(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.min(times) * 1000.0)
 
 
 def bench(quick: bool = False, with_tf: bool = True) -> list[dict]:

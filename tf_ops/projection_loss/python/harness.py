@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tf_ops.loading import open_core_library
+
 LIB_PATH = Path(__file__).resolve().parents[2] / "lib" / "libprojection_loss_core.so"
 
 _f32p = ctypes.POINTER(ctypes.c_float)
@@ -140,11 +142,7 @@ class CoreLib:
     """The core library's C ABI on numpy arrays."""
 
     def __init__(self, path: str | Path | None = None):
-        path = Path(path) if path else LIB_PATH
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run `make build-ops` (or `python -m tf_ops.build "
-                                    "--core-only` where TensorFlow is not installed)")
-        lib = ctypes.CDLL(str(path))
+        lib = open_core_library(path, LIB_PATH.name)
         lib.pl_error_string.restype = ctypes.c_char_p
         lib.pl_error_string.argtypes = [_int]
         lib.pl_drawn_size.argtypes = [_int, _int, _float, ctypes.POINTER(_int), ctypes.POINTER(_int)]

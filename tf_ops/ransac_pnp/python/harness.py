@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tf_ops.loading import open_core_library
+
 LIB_PATH = Path(__file__).resolve().parents[2] / "lib" / "libransac_pnp_core.so"
 
 # Item status codes (RP_ITEM_* in core/ransac_pnp_core.h).
@@ -44,11 +46,7 @@ class CoreLib:
     """The core library's C ABI on numpy arrays."""
 
     def __init__(self, path: str | Path | None = None):
-        path = Path(path) if path else LIB_PATH
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run `make build-ops` (or `python -m tf_ops.build "
-                                    "--core-only` where TensorFlow is not installed)")
-        lib = ctypes.CDLL(str(path))
+        lib = open_core_library(path, LIB_PATH.name)
         lib.rp_error_string.restype = ctypes.c_char_p
         lib.rp_error_string.argtypes = [_int]
         lib.rp_item_status_string.restype = ctypes.c_char_p

@@ -11,24 +11,13 @@ The exact pixel rule and gradient are in ``docs/projection_loss.md``.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-_LIB_PATH = Path(__file__).resolve().parents[3] / "lib" / "_projection_loss_ops.so"
+from tf_ops.loading import load_tf_op_library
 
-if not _LIB_PATH.is_file():
-    raise ImportError(
-        f"The Projection Loss op is not built ({_LIB_PATH} is missing): run `make build-ops` "
-        "(or `python -m tf_ops.build`) first."
-    )
-try:
-    _ops = tf.load_op_library(str(_LIB_PATH))
-except (tf.errors.NotFoundError, OSError) as e:  # stale or foreign build
-    raise ImportError(
-        f"Could not load the Projection Loss op from {_LIB_PATH} ({e}); rebuild it with `make build-ops`."
-    ) from e
+_ops = load_tf_op_library("_projection_loss_ops.so", "Projection Loss")
 
 # A point is behind the camera (not drawn) when its camera depth is below this (mm).
 Z_MIN_MM = 1e-3

@@ -8,24 +8,13 @@ hypothesis on its inliers. The op has no gradient (inference only).
 from __future__ import annotations
 
 import numbers
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-_LIB_PATH = Path(__file__).resolve().parents[3] / "lib" / "_ransac_pnp_ops.so"
+from tf_ops.loading import load_tf_op_library
 
-if not _LIB_PATH.is_file():
-    raise ImportError(
-        f"The RANSAC-PnP op is not built ({_LIB_PATH} is missing): run `make build-ops` "
-        "(or `python -m tf_ops.build`) first."
-    )
-try:
-    _ops = tf.load_op_library(str(_LIB_PATH))
-except (tf.errors.NotFoundError, OSError) as e:  # stale or foreign build
-    raise ImportError(
-        f"Could not load the RANSAC-PnP op from {_LIB_PATH} ({e}); rebuild it with `make build-ops`."
-    ) from e
+_ops = load_tf_op_library("_ransac_pnp_ops.so", "RANSAC-PnP")
 
 # Inference only: no gradient flows through the pose (DSAC's derivatives are a later addition).
 tf.no_gradient("RansacPnp")
