@@ -5,6 +5,7 @@ VENV_STAMP := .venv/.installed
 export PYOPENGL_PLATFORM ?= egl
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 OBJ ?= toy
+HEAD ?= direct
 RUN_DIR ?= runs
 
 .PHONY: setup system-deps build-ops bazel-build-ops test test-all test-gpu demo train evaluate \
@@ -45,7 +46,7 @@ objects: $(VENV_STAMP)
 
 # The README's main job: render a built-in object, train briefly, evaluate, write a report with pictures.
 demo: build-ops
-	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/demo_$(OBJ)
+	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/demo_$(OBJ)_$(HEAD) --head $(HEAD)
 
 # A longer run: OBJ is a built-in object or a real set of ../shared/data (ycbv_banana, ycbv_box, ycbv_can),
 # whose photos are then evaluated too. Hours on a 2-core CPU; started again, it resumes.

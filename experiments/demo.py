@@ -33,6 +33,9 @@ flags.DEFINE_string("out", "runs/demo", "output folder")
 flags.DEFINE_integer("num_train", 3000, "training renderings")
 flags.DEFINE_integer("num_test", 200, "test renderings")
 flags.DEFINE_integer("epochs", 12, "training epochs")
+flags.DEFINE_enum("head", "direct", ["direct", "coords"], "direct: the thesis' network; coords: dense object "
+                  "coordinates + RANSAC-PnP (docs/coordinates.md)")
+flags.DEFINE_float("learning_rate", 0.0, "peak learning rate (0: the head's default, 1e-3 direct, 3e-3 coords)")
 flags.DEFINE_string("backbone", "small", "network backbone (small is fastest on a CPU)")
 flags.DEFINE_string("randomization", "complete", "render.generate's randomization mode of the training set")
 flags.DEFINE_bool("distractors", False, "distractor objects and occluders in the training set")
@@ -69,7 +72,8 @@ def main(argv):
     model_dir = out / "model"
     common.run([sys.executable, "-m", "pose_net.train", f"--dataset={train_dir}", f"--model_dir={model_dir}",
                 f"--backbone={FLAGS.backbone}", f"--epochs={FLAGS.epochs}", f"--seed={FLAGS.seed}",
-                f"--lambda_projection={FLAGS.lambda_projection}", "--max_val_images=128"])
+                f"--lambda_projection={FLAGS.lambda_projection}", "--max_val_images=128", f"--head={FLAGS.head}",
+                f"--learning_rate={FLAGS.learning_rate or (3e-3 if FLAGS.head == 'coords' else 1e-3)}"])
 
     print("[4/4] evaluating", flush=True)
     from pose_net.evaluate import evaluate
@@ -90,11 +94,12 @@ def write_report(out: Path, results: list[dict], wall_s: float):
     history = [json.loads(line) for line in (out / "model" / "history.jsonl").read_text().splitlines()]
     lines = [f"# Demo report: {FLAGS.object}", "",
              f"Machine: {common.machine_description()}. Wall time: {wall_s / 60:.1f} min.",
-             f"Command: `python -m experiments.demo --object {FLAGS.object} --out {FLAGS.out}`", "",
+             f"Command: `python -m experiments.demo --object {FLAGS.object} --out {FLAGS.out} --head {FLAGS.head}`",
+             f"Network: `{FLAGS.head}` head ({'dense object coordinates + RANSAC-PnP, docs/coordinates.md' if FLAGS.head == 'coords' else 'the thesis direct regression'}), backbone `{FLAGS.backbone}`.", "",
              "## Test results (recall at 10% of the diameter)", ""]
     lines.append(format_table(results))
     lines += ["Rendered test set: same object, other seed (other poses, backgrounds, lights). `gt` boxes crop around "
-              "the true 2D box; `predicted` boxes come from the network's own box head. Real photos (a set of "
+              "the true 2D box; `predicted` boxes come from the network's own box head (the coordinate head: its mask on the whole image). Real photos (a set of "
               "../shared/data) appear when the object is that set's own mesh.", "", "## Training", "", "| epoch | loss | val ADD % | val ADD-S % | s |", "|---|---|---|---|---|"]
     for h in history:
         lines.append(f"| {h['epoch']} | {h['total']:.3f} | {100 * h['add_recall']:.1f} | {100 * h['add_s_recall']:.1f} "

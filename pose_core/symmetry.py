@@ -72,12 +72,64 @@ def from_models_info_entry(entry: dict, where: str = "models_info entry") -> Sym
     return Symmetries(np.asarray(discrete).reshape(-1, 4, 4), continuous)
 
 
+# Geometric symmetry detection (untextured meshes): a candidate rotation is a symmetry when the surface, turned by
+# it, lies on itself within this fraction of the diameter (mean distance of dense surface samples to their nearest
+# neighbour among the unturned samples).
+SYMMETRY_TOLERANCE = 0.02
+SYMMETRY_SAMPLES = 20000  # surface samples for the test (about 1-2 mm apart on a 20 cm object)
+PATTERN_STD = 2.0  # a texture or vertex colours whose channels vary less than this (0..255) carry no pattern
+
+
+def has_pattern(mesh) -> bool:
+    """Whether the mesh's own look (texture image or vertex colours) varies over its surface. A mesh without a
+    pattern (a CAD model, a scan without colour) looks the same under every symmetry of its shape."""
+    visual = getattr(mesh, "visual", None)
+    kind = getattr(visual, "kind", None)
+    if kind == "texture":
+        image = getattr(getattr(visual, "material", None), "image", None)
+        if image is None:
+            return False
+        pixels = np.asarray(image).reshape(-1, np.asarray(image).shape[-1] if np.asarray(image).ndim == 3 else 1)
+        return bool(pixels[:, :3].std(axis=0).max() > PATTERN_STD)
+    if kind in ("vertex", "face"):
+        colours = np.asarray(visual.vertex_colors if kind == "vertex" else visual.face_colors, np.float64)
+        return bool(colours[:, :3].std(axis=0).max() > PATTERN_STD)
+    return False
+
+
+def detect_shape_symmetries(mesh, tolerance: float = SYMMETRY_TOLERANCE, seed: int = 0) -> Symmetries:
+    """Discrete symmetries of a mesh's shape: the rotations by 90, 180 and 270 degrees about its principal axes
+    (through the centroid of its surface) that map the surface onto itself within ``tolerance`` of its diameter.
+    A box of three different sides gets the three 180-degree turns; a shape without symmetry gets none."""
+    from scipy.spatial import cKDTree
+
+    from pose_core.geometry import sample_model_points
+
+    points = sample_model_points(mesh, SYMMETRY_SAMPLES, seed)
+    centre = points.mean(axis=0)
+    _, _, axes = np.linalg.svd(points - centre, full_matrices=False)
+    diameter = np.linalg.norm(points.max(axis=0) - points.min(axis=0))
+    tree = cKDTree(points)
+    found = []
+    for axis in axes:
+        for quarter_turns in (1, 2, 3):
+            T = continuous_rotation(axis, centre, quarter_turns * np.pi / 2)
+            turned = points @ T[:3, :3].T + T[:3, 3]
+            distance, _ = tree.query(turned)
+            if distance.mean() < tolerance * diameter:
+                found.append(T)
+    return Symmetries(np.asarray(found).reshape(-1, 4, 4), [])
+
+
 def symmetries_for_mesh(mesh_path, obj_id: int, symmetric_flag: bool) -> tuple[Symmetries, str]:
     """The symmetries of a dataset's object and where they came from.
 
-    A ``models_info.json`` beside the mesh (a BOP ``models/`` folder, the built-in objects' folder) that lists
-    ``obj_id`` decides. Without one, a dataset marked symmetric is taken as a body of revolution about its model z
-    axis through the origin (the built-in ``symmetric`` object's declaration); otherwise no symmetry.
+    1. A ``models_info.json`` beside the mesh (a BOP ``models/`` folder, the built-in objects' folder) that lists
+       ``obj_id`` with symmetries decides.
+    2. Else, a mesh without a pattern of its own (:func:`has_pattern`: its renderings get random colours and
+       textures, so only its shape shows) gets the symmetries of its shape (:func:`detect_shape_symmetries`).
+    3. Else a dataset marked symmetric is taken as a body of revolution about its model z axis through the origin
+       (the built-in ``symmetric`` object's declaration); otherwise no symmetry.
     """
     from pose_core.bop import load_models_info
 
@@ -85,7 +137,18 @@ def symmetries_for_mesh(mesh_path, obj_id: int, symmetric_flag: bool) -> tuple[S
     if info_path is not None and info_path.is_file():
         info = load_models_info(info_path)
         if int(obj_id) in info:
-            return from_models_info_entry(info[int(obj_id)], f"{info_path} object {obj_id}"), str(info_path)
+            declared = from_models_info_entry(info[int(obj_id)], f"{info_path} object {obj_id}")
+            if declared.is_symmetric:
+                return declared, str(info_path)
+    if mesh_path and Path(str(mesh_path)).is_file():
+        from pose_core.mesh import load_mesh
+
+        mesh = load_mesh(mesh_path)
+        if not has_pattern(mesh):
+            shape = detect_shape_symmetries(mesh)
+            if shape.is_symmetric:
+                return shape, (f"detected from the shape of {Path(str(mesh_path)).name} (no texture or colours of "
+                               f"its own): {len(shape.discrete)} discrete")
     if symmetric_flag:
         return Symmetries(continuous=[(np.array([0.0, 0.0, 1.0]), np.zeros(3))]), "assumed: z axis (marked symmetric)"
     return Symmetries(), "none declared"

@@ -125,3 +125,36 @@ def test_frame_round_trip_and_correspondences():
     k = int(np.argmax(valid.numpy()[0]))
     np.testing.assert_allclose(pixels.numpy()[0, k], [2.0, 1.0])  # (x, y) = (col, row)
     np.testing.assert_allclose(coords_mm.numpy()[0, k], pts[0], atol=1e-3)
+
+
+def test_shape_symmetries_of_an_untextured_box_and_none_for_the_toy():
+    """A plain box of three different sides has exactly the three 180-degree turns about its axes; an irregular
+    cluster of boxes has none; a plain cylinder's quarter turns about its axis are found too."""
+    import trimesh
+
+    from pose_core.mesh import load_mesh
+    from pose_core.objects import builtin_model_path
+    from pose_core.symmetry import detect_shape_symmetries, has_pattern
+
+    box = trimesh.creation.box(extents=(60.0, 160.0, 210.0))
+    sym = detect_shape_symmetries(box)
+    assert len(sym.discrete) == 3
+    angles = sorted(np.degrees(Rotation.from_matrix(T[:3, :3]).magnitude()) for T in sym.discrete)
+    np.testing.assert_allclose(angles, [180, 180, 180], atol=1e-6)
+    assert not has_pattern(box)
+    assert has_pattern(load_mesh(builtin_model_path("toy")))  # vertex colours: its renderings show them
+    parts = [trimesh.creation.box(extents=e) for e in ((100, 40, 30), (30, 90, 30), (20, 20, 70))]
+    for part, offset in zip(parts, ((0, 0, 0), (35, 45, 0), (-40, 5, 35))):
+        part.apply_translation(offset)
+    assert not detect_shape_symmetries(trimesh.util.concatenate(parts)).is_symmetric
+    cylinder = trimesh.creation.cylinder(radius=40.0, height=150.0, sections=64)
+    assert len(detect_shape_symmetries(cylinder).discrete) >= 3
+
+
+def test_untextured_mesh_without_declaration_gets_its_shape_symmetries(tmp_path):
+    import trimesh
+
+    path = tmp_path / "plain_box.ply"
+    trimesh.creation.box(extents=(60.0, 160.0, 210.0)).export(path)
+    sym, source = symmetries_for_mesh(path, 1, False)
+    assert len(sym.discrete) == 3 and "detected from the shape" in source
