@@ -21,10 +21,7 @@ FLAGS = tables.FLAGS
 
 def rows() -> list[tables.Row]:
     out = []
-    for real_set in FLAGS.real_sets:
-        if real_set not in common.REAL_SETS:
-            raise SystemExit(f"--real_sets: unknown real set {real_set!r}; known: {', '.join(common.REAL_SETS)}")
-        obj = common.resolve_object(real_set)
+    for _, obj in tables.real_set_objects(FLAGS.real_sets):
         for variant in tables.BACKBONE_VARIANTS:
             cell = tables.Cell(obj, "complete", FLAGS.projection_weight, variant)
             out.append(tables.Row(f"{obj.name} {variant}", cell if obj.real_root else None, cell))

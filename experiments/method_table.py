@@ -24,10 +24,7 @@ HEADS = ("coords", "direct")
 
 def rows() -> list[tables.Row]:
     out = []
-    for real_set in FLAGS.real_sets:
-        if real_set not in common.REAL_SETS:
-            raise SystemExit(f"--real_sets: unknown real set {real_set!r}; known: {', '.join(common.REAL_SETS)}")
-        obj = common.resolve_object(real_set)
+    for real_set, obj in tables.real_set_objects(FLAGS.real_sets):
         kind = common.REAL_SETS[real_set][1]
         for head in HEADS:
             cell = tables.Cell(obj, "complete", FLAGS.projection_weight, head=head, minutes=FLAGS.minutes_per_cell)

@@ -161,6 +161,16 @@ class Cell:
         return opts
 
 
+def real_set_objects(names: list[str]) -> list[tuple[str, common.TestObject]]:
+    """``(real set, its object)`` for the ``--real_sets`` of a comparison table; exits naming an unknown set."""
+    out = []
+    for real_set in names:
+        if real_set not in common.REAL_SETS:
+            raise SystemExit(f"--real_sets: unknown real set {real_set!r}; known: {', '.join(common.REAL_SETS)}")
+        out.append((real_set, common.resolve_object(real_set)))
+    return out
+
+
 def budget_dir() -> Path:
     return Path(FLAGS.runs_dir).resolve() / FLAGS.budget
 
