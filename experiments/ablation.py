@@ -10,6 +10,8 @@ for the cells, resuming and the outputs.
 
 from __future__ import annotations
 
+import os
+
 from absl import app, flags
 
 from experiments import common, tables
@@ -43,7 +45,7 @@ def main(argv):
     obj = r[0].real_cell.obj
     tables.run_table(
         "ablation", "Domain randomization ablation", r,
-        f"One model per randomization mode, trained on renderings of `{obj.name}` ({obj.mesh}), scored on its real "
+        f"One model per randomization mode, trained on renderings of `{obj.name}` ({os.path.relpath(obj.mesh, common.REPO_ROOT)}), scored on its real "
         f"photos and on a rendered test set of the same mesh. Thesis: its toy object (real) and its synthetic test "
         f"set.", [obj.note] if obj.note else [])
 
