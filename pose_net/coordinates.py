@@ -187,13 +187,12 @@ class PnPSettings:
     seed: int = 0
 
 
-def solve_pose(outputs, K, crop_center, crop_size, input_size: int, frame: CoordinateFrame, diameter_mm: float,
-               pnp: PnPSettings):
+def solve_pose(outputs, K, crop_center, crop_size, frame: CoordinateFrame, diameter_mm: float, pnp: PnPSettings):
     """Poses from coordinate-head outputs by RANSAC-PnP.
 
     Args:
       outputs: ``{"coords": [B, s, s, 3], "mask": [B, s, s, 1]}``. K: ``[B, 3, 3]`` camera intrinsics.
-      crop_center ``[B, 2]``, crop_size ``[B]``: the crops the network saw. input_size: their side ``S``.
+      crop_center ``[B, 2]``, crop_size ``[B]``: the crops the network saw.
     Returns:
       ``(R [B, 3, 3], t_mm [B, 3], ok [B] bool, inlier_count [B])`` as numpy. Where PnP fails (fewer than 4
       correspondences, no consensus), ``ok`` is False and the pose is a fallback: identity allocentric rotation at

@@ -98,15 +98,12 @@ class PoseEstimator:
 
         prob = tf.sigmoid(out["mask"])[0, ..., 0].numpy()
         rows, cols = np.nonzero(prob > MASK_THRESHOLD)
-        size = float(s.numpy()[0])
         n = prob.shape[0]
         if len(rows) == 0:  # nothing found: the whole crop
-            x0, y0, x1, y1 = 0.0, 0.0, float(n), float(n)
-        else:
-            x0, y0, x1, y1 = cols.min(), rows.min(), cols.max() + 1.0, rows.max() + 1.0
-        origin = c.numpy()[0] - size / 2.0 + 0.5  # crop top-left, pixel-edge coordinates
-        scale = size / n
-        return np.array([origin[0] + x0 * scale, origin[1] + y0 * scale, (x1 - x0) * scale, (y1 - y0) * scale])
+            extent = [0.0, 0.0, 1.0, 1.0]
+        else:  # grid cells -> (x0, y0, x1, y1) / crop size, the box head's own parametrisation
+            extent = [cols.min() / n, rows.min() / n, (cols.max() + 1.0) / n, (rows.max() + 1.0) / n]
+        return param.crop_target_to_box(tf.constant([extent], tf.float32), c, s).numpy()[0].astype(np.float64)
 
     def estimate(self, image: np.ndarray, K: np.ndarray, bbox_xywh=None) -> PoseResult:
         """Pose in one RGB image ``[H, W, 3]`` (uint8) with intrinsics ``K [3, 3]``.
@@ -135,7 +132,7 @@ class PoseEstimator:
             center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
             crops, c, s = self._crops(image, K, center.numpy(), size.numpy())
             out = self._run(crops)
-            R, t, ok, inliers = solve_pose(out, Kb, c, s, self.input_size, self.frame, self.diameter_mm, self.pnp)
+            R, t, ok, inliers = solve_pose(out, Kb, c, s, self.frame, self.diameter_mm, self.pnp)
             picture = coordinate_picture(out["coords"][0].numpy(), out["mask"][0].numpy())
             return PoseResult(R[0], t[0], np.asarray(box, np.float64), predicted_box, picture, bool(ok[0]),
                               int(inliers[0]))
@@ -156,8 +153,8 @@ class PoseEstimator:
         if self.head == "coords":
             from pose_net.coordinates import solve_pose
 
-            R, t, _, _ = solve_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.input_size,
-                                    self.frame, self.diameter_mm, self.pnp)
+            R, t, _, _ = solve_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.frame,
+                                    self.diameter_mm, self.pnp)
             return R, t
         R, t = param.decode_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.diameter_mm)
         return R.numpy().astype(np.float64), t.numpy().astype(np.float64)

@@ -75,7 +75,7 @@ def test_perfect_coordinates_give_the_true_pose(datasets):
 
     info, spec, batch = _spec_and_batch(datasets / "toy")
     outputs = {"coords": batch["coords_target"], "mask": tf.where(batch["mask_target"][..., None] > 0, 10.0, -10.0)}
-    R, t, ok, inliers = solve_pose(outputs, batch["K"], batch["crop_center"], batch["crop_size"], INPUT, spec.frame,
+    R, t, ok, inliers = solve_pose(outputs, batch["K"], batch["crop_center"], batch["crop_size"], spec.frame,
                                    info["diameter_mm"], PnPSettings(threshold_px=1.5))
     points = np.asarray(info["model_points_mm"])
     errors = metrics.add_batch(R, t, batch["R"].numpy(), batch["t_mm"].numpy(), points)
