@@ -56,7 +56,8 @@ def load_model(model_dir, config: dict):
     export = Path(model_dir) / EXPORT_FILE
     if export.is_file():
         return keras.models.load_model(export, compile=False)
-    model = build_model(config.get("head", "direct"), config["backbone"], config["input_size"], None)
+    model = build_model(config.get("head", "direct"), config["backbone"], config["input_size"], None,
+                        rotation_repr=config.get("rotation_repr", "quaternion"))
     ckpt_dir = Path(model_dir) / "checkpoints"
     latest = tf.train.latest_checkpoint(str(ckpt_dir))
     if latest is None:

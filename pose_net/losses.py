@@ -135,7 +135,7 @@ def total_loss(outputs, batch, model, weights: LossWeights, points_mm, diameter_
     "regularization": ..})``.
     """
     R_true, t_true = batch["R"], batch["t_mm"]
-    R_allo_pred = param.quaternion_to_matrix(outputs["rotation"])
+    R_allo_pred = param.rotation_matrix(outputs["rotation"])
     R_allo_true = param.egocentric_to_allocentric(R_true, t_true)
     rot_fn = rotation_point_matching_loss_symmetric if symmetric else rotation_point_matching_loss
     terms = {

@@ -5,7 +5,9 @@ Input: ``[B, S, S, 3]`` float32 RGB in [0, 255] (the crop the network looks at, 
 Outputs of the multi-task network (a dict):
 
 * ``box [B, 4]``: (x0, y0, x1, y1) / crop size, the object's 2D box in the crop;
-* ``rotation [B, 4]``: a unit quaternion (w, x, y, z) of the allocentric rotation, sign canonical (w >= 0);
+* ``rotation``: the allocentric rotation, ``[B, 4]`` a unit quaternion (w, x, y, z), sign canonical (w >= 0), or
+  with ``rotation_repr="6d"`` ``[B, 6]`` the first two columns of its matrix, not yet orthonormalised
+  (:func:`pose_net.parametrization.rotation_matrix` turns either into ``[B, 3, 3]``);
 * ``translation [B, 3]``: (dx, dy, z_s), the scale-invariant translation.
 """
 
@@ -16,6 +18,7 @@ import tensorflow as tf
 
 BACKBONES = ("efficientnet_lite0", "mobilenet_v2", "efficientnet_b0", "small")
 BN_MOMENTUM = 0.9
+ROTATION_REPRS = ("quaternion", "6d")
 
 
 # The layers whose outputs are the feature pyramid (strides 2, 4, 8, 16, 32) of each backbone that has one.
@@ -81,11 +84,18 @@ def build_backbone(name: str, input_size: int, weights=None, freeze: bool = Fals
     return backbone
 
 
-def build_pose_model(backbone: str = "efficientnet_lite0", input_size: int = 128, backbone_weights=None,
-                     head_width: int = 256, dropout: float = 0.1, freeze_backbone: bool = False) -> keras.Model:
-    """The multi-task pose network (see the module docstring for inputs and outputs)."""
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    features = build_backbone(backbone, input_size, backbone_weights, freeze_backbone)(inputs)
+def build_direct_head(feature_shape, head_width: int = 256, dropout: float = 0.1,
+                      rotation_repr: str = "quaternion") -> keras.Model:
+    """The thesis' three heads on the backbone's last features: ``[B, h, w, C] -> {box, rotation, translation}``.
+
+    A separate model so that a frozen backbone's features can be computed once and the heads trained on them
+    (:mod:`pose_net.feature_cache`); :func:`build_pose_model` calls it on the backbone's output.
+    ``rotation_repr``: ``quaternion`` (the thesis: ``rotation [B, 4]``) or ``6d`` (Zhou et al. 2019, the first two
+    columns of the matrix: ``rotation [B, 6]``); :func:`pose_net.parametrization.rotation_matrix` reads both.
+    """
+    if rotation_repr not in ROTATION_REPRS:
+        raise ValueError(f"unknown rotation representation {rotation_repr!r}: choose one of {ROTATION_REPRS}")
+    features = keras.Input(tuple(feature_shape), name="features")
     # Keep the spatial layout (where the object is matters for box and translation): reduce channels, flatten.
     x = keras.layers.Conv2D(64, 1, activation="relu", name="reduce")(features)
     x = keras.layers.Flatten()(x)
@@ -96,13 +106,28 @@ def build_pose_model(backbone: str = "efficientnet_lite0", input_size: int = 128
         h = keras.layers.Dense(hidden, activation="relu", name=f"{name}_fc")(x)
         return keras.layers.Dense(units, name=f"{name}_out")(h)
 
-    box = head("box", 4)
-    rot = head("rotation", 4)
-    # bias the quaternion head towards the identity so early normalisation is well defined
-    rotation = CanonicalQuaternion(name="rotation")(rot)
+    box = keras.layers.Activation("linear", name="box")(head("box", 4))
+    if rotation_repr == "6d":
+        rotation = SixDRotation(name="rotation")(head("rotation", 6))
+    else:
+        # biased towards the identity so that early normalisation is well defined
+        rotation = CanonicalQuaternion(name="rotation")(head("rotation", 4))
     translation = PositiveDepth(name="translation")(head("translation", 3))
-    box = keras.layers.Activation("linear", name="box")(box)
-    return keras.Model(inputs, {"box": box, "rotation": rotation, "translation": translation}, name="pose_net")
+    return keras.Model(features, {"box": box, "rotation": rotation, "translation": translation}, name="direct_head")
+
+
+def build_pose_model(backbone: str = "efficientnet_lite0", input_size: int = 128, backbone_weights=None,
+                     head_width: int = 256, dropout: float = 0.1, freeze_backbone: bool = False,
+                     rotation_repr: str = "quaternion") -> keras.Model:
+    """The multi-task pose network (see the module docstring for inputs and outputs): the backbone (a sub-model
+    named ``backbone_<name>``) and :func:`build_direct_head` (named ``direct_head``)."""
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    features_model = build_backbone(backbone, input_size, backbone_weights, freeze_backbone)
+    head = build_direct_head(features_model.output.shape[1:], head_width, dropout, rotation_repr)
+    outputs = head(features_model(inputs))
+    model = keras.Model(inputs, dict(outputs), name="pose_net")
+    model.imagenet_weights_loaded = getattr(features_model, "imagenet_weights_loaded", False)
+    return model
 
 
 def build_feature_pyramid(backbone: str, input_size: int, weights=None, freeze: bool = False) -> keras.Model:
@@ -151,12 +176,15 @@ def build_coordinate_model(backbone: str = "efficientnet_lite0", input_size: int
     return keras.Model(inputs, {"coords": coords, "mask": mask}, name="coordinate_net")
 
 
-def build_model(head: str, backbone: str, input_size: int, backbone_weights=None, freeze_backbone: bool = False):
-    """``head="direct"``: :func:`build_pose_model` (the thesis' network); ``"coords"``: :func:`build_coordinate_model`."""
+def build_model(head: str, backbone: str, input_size: int, backbone_weights=None, freeze_backbone: bool = False,
+                rotation_repr: str = "quaternion"):
+    """``head="direct"``: :func:`build_pose_model` (the thesis' network, with ``rotation_repr``); ``"coords"``:
+    :func:`build_coordinate_model`."""
     if head == "coords":
         return build_coordinate_model(backbone, input_size, backbone_weights, freeze_backbone)
     if head == "direct":
-        return build_pose_model(backbone, input_size, backbone_weights, freeze_backbone=freeze_backbone)
+        return build_pose_model(backbone, input_size, backbone_weights, freeze_backbone=freeze_backbone,
+                                rotation_repr=rotation_repr)
     raise ValueError(f"unknown head {head!r}: choose direct or coords")
 
 
@@ -175,3 +203,12 @@ class PositiveDepth(keras.layers.Layer):
 
     def call(self, v):
         return tf.concat([v[:, :2], tf.exp(tf.clip_by_value(v[:, 2:], -4.0, 4.0))], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="pose_net")
+class SixDRotation(keras.layers.Layer):
+    """``[B, 6]`` -> the 6D rotation representation (Zhou et al., CVPR'19): two 3-vectors, the first two columns
+    of the rotation matrix before Gram-Schmidt; the raw output is biased towards the identity's columns."""
+
+    def call(self, v):
+        return v + tf.constant([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]])

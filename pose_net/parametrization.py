@@ -10,7 +10,7 @@ its centre ``(cx, cy)`` (pixels, the OpenCV/pose_core.geometry convention: pixel
 Heads and their targets (all dimensionless, so they do not depend on the crop's zoom or the camera's focal length):
 
 * box ``[4]``: the object's 2D box in crop coordinates ``(x0, y0, x1, y1) / s``, relative to the crop's top-left.
-* rotation ``[4]``: a quaternion (w first), normalised, of the *allocentric* rotation ``R_allo``: the rotation seen
+* rotation ``[4]``: a quaternion (w first), normalised (or ``[6]``, the 6D representation), of the *allocentric* rotation ``R_allo``: the rotation seen
   by a camera looking straight at the object. The egocentric (camera) rotation is ``R = R_ray(t) @ R_allo`` where
   ``R_ray(t)`` turns the optical axis onto the ray through the object's centre. Allocentric targets make a crop's
   appearance a function of its label wherever the crop comes from in the image.
@@ -131,6 +131,26 @@ def quaternion_to_matrix(q):
     ], axis=1)
 
 
+def six_d_to_matrix(v):
+    """The 6D representation ``[B, 6]`` (two columns a1, a2) -> rotation matrices ``[B, 3, 3]`` by Gram-Schmidt:
+    ``b1 = a1 / |a1|``, ``b2`` = the part of ``a2`` orthogonal to ``b1``, normalised, ``b3 = b1 x b2``."""
+    a1, a2 = v[:, :3], v[:, 3:]
+    b1 = tf.math.l2_normalize(a1, axis=-1)
+    b2 = tf.math.l2_normalize(a2 - tf.reduce_sum(b1 * a2, axis=-1, keepdims=True) * b1, axis=-1)
+    b3 = tf.linalg.cross(b1, b2)
+    return tf.stack([b1, b2, b3], axis=-1)
+
+
+def rotation_matrix(rotation):
+    """The rotation head's output -> ``[B, 3, 3]``: a quaternion ``[B, 4]`` or the 6D representation ``[B, 6]``."""
+    size = rotation.shape[-1]
+    if size == 4:
+        return quaternion_to_matrix(rotation)
+    if size == 6:
+        return six_d_to_matrix(rotation)
+    raise ValueError(f"a rotation output has 4 (quaternion) or 6 (6D) values, got shape {rotation.shape}")
+
+
 def canonical_quaternion(q):
     """Unit quaternions ``[B, 4]`` with the sign chosen so that ``w >= 0``."""
     q = tf.math.l2_normalize(q, axis=-1)
@@ -163,8 +183,8 @@ def egocentric_to_allocentric(R, t):
 
 
 def decode_pose(outputs, K, crop_center, crop_size, diameter_mm: float):
-    """Network outputs (dict with ``rotation [B, 4]`` and ``translation [B, 3]``) -> ``(R [B, 3, 3], t_mm [B, 3])``."""
+    """Network outputs (dict with ``rotation [B, 4 or 6]`` and ``translation [B, 3]``) -> ``(R [B, 3, 3], t_mm [B, 3])``."""
     t = target_to_translation(outputs["translation"], K, crop_center, crop_size, diameter_mm)
-    R = allocentric_to_egocentric(quaternion_to_matrix(outputs["rotation"]), t)
+    R = allocentric_to_egocentric(rotation_matrix(outputs["rotation"]), t)
     return R, t
 

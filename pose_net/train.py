@@ -11,6 +11,7 @@ go to ``MODEL_DIR/logs``; ``model.keras`` is exported at the end.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -41,6 +42,16 @@ flags.DEFINE_enum("backbone_weights", "auto", ["auto", "none", "imagenet"], "bac
                   "so, when they are not installed), none for the others. imagenet for the Keras applications "
                   "downloads their weights (needs network access)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_bool("freeze_backbone", False, "keep the backbone's weights and batch-norm statistics fixed", flag_values=TRAIN_FLAGS)
+flags.DEFINE_bool("feature_cache", False, "direct head with --freeze_backbone: compute the backbone's features of "
+                  "the training crops once (--feature_cache_passes augmented passes) and train the heads on them "
+                  "(pose_net/feature_cache.py); --epochs then count passes over the cache", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("feature_cache_passes", 1, "--feature_cache: augmented passes over the training renderings "
+                     "whose features are cached", flag_values=TRAIN_FLAGS)
+flags.DEFINE_string("feature_cache_dir", None, "--feature_cache: folder of the cached features (default "
+                    "MODEL_DIR/feature_cache); runs with the same data, backbone and crops can share one",
+                    flag_values=TRAIN_FLAGS)
+flags.DEFINE_enum("rotation_repr", "quaternion", ["quaternion", "6d"], "direct head: the rotation output, the "
+                  "thesis' quaternion or the continuous 6D representation (Zhou et al. 2019)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_integer("input_size", 128, "side of the network input crop in pixels", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("input_mode", "roi", ["roi", "full"], "roi: crops around the object's 2D box (scale-invariant "
                   "translation); full: the whole image, as in the thesis", flag_values=TRAIN_FLAGS)
@@ -75,7 +86,9 @@ flags.DEFINE_bool("progress", True, "show a progress bar", flag_values=TRAIN_FLA
 flags.DEFINE_integer("stop_after_steps", 0, "testing aid: exit (as if killed) after this many steps of this run", flag_values=TRAIN_FLAGS)
 
 
-CONFIG_KEYS = ("head", "backbone", "input_size", "input_mode", "roi_enlarge", "seed", "freeze_backbone")
+CONFIG_KEYS = ("head", "backbone", "input_size", "input_mode", "roi_enlarge", "seed", "freeze_backbone",
+               "rotation_repr")
+CONFIG_DEFAULTS = {"head": "direct", "rotation_repr": "quaternion"}  # for config.json files written before the key
 
 
 def make_config(flag_values, info: dict) -> dict:
@@ -105,6 +118,7 @@ def make_config(flag_values, info: dict) -> dict:
         "input_mode": flag_values["input_mode"],
         "roi_enlarge": flag_values["roi_enlarge"],
         "freeze_backbone": flag_values["freeze_backbone"],
+        "rotation_repr": flag_values.get("rotation_repr", "quaternion"),
         "seed": flag_values["seed"],
         "dataset": flag_values["dataset"],
         **extra,
@@ -126,7 +140,7 @@ def check_resume(model_dir: Path, config: dict):
                          f"object {config['obj_id']} (diameter {config['diameter_mm']:.1f} mm): use another "
                          f"--model_dir")
     for key in CONFIG_KEYS:
-        if old.get(key, "direct" if key == "head" else None) != config[key]:
+        if old.get(key, CONFIG_DEFAULTS.get(key)) != config[key]:
             raise PoseInputError(f"{model_dir} was trained with {key}={old.get(key)!r}, now {config[key]!r}: "
                              f"use the same flags to resume, or another --model_dir")
 
@@ -184,6 +198,14 @@ def train(flag_values: dict) -> dict:
 
     f = flag_values
     model_dir = Path(f["model_dir"])
+    use_cache = f["feature_cache"]
+    if use_cache and not (f["freeze_backbone"] and f["head"] == "direct"):
+        raise PoseInputError("--feature_cache needs --freeze_backbone and --head=direct (the backbone's features "
+                             "of a crop must not change during training)")
+    if use_cache and f["strategy"] != "default":
+        raise PoseInputError("--feature_cache trains on one device: use --strategy=default")
+    if f["feature_cache_passes"] < 1:
+        raise PoseInputError(f"--feature_cache_passes must be >= 1, got {f['feature_cache_passes']}")
     info = load_dataset_info(f["dataset"])
     config = make_config(f, info)
     check_resume(model_dir, config)
@@ -217,7 +239,8 @@ def train(flag_values: dict) -> dict:
     strategy = make_strategy(f["strategy"])
     with strategy.scope():
         weights_arg = resolve_backbone_weights(f["backbone"], f["backbone_weights"])
-        model = build_model(config["head"], f["backbone"], f["input_size"], weights_arg, f["freeze_backbone"])
+        model = build_model(config["head"], f["backbone"], f["input_size"], weights_arg, f["freeze_backbone"],
+                            rotation_repr=config["rotation_repr"])
         budget_s = 60.0 * f["time_budget_min"]
         if budget_s > 0:  # the learning rate follows the wall clock (set every step below)
             schedule = f["learning_rate"]
@@ -238,6 +261,39 @@ def train(flag_values: dict) -> dict:
               f"step {int(step_in_epoch.numpy())} of it)", flush=True)
 
     replicas = strategy.num_replicas_in_sync
+    cache = None
+    if use_cache:
+        from pose_net.feature_cache import CACHE_DIR, build_feature_cache
+
+        head_model = model.get_layer("direct_head")
+        backbone_model = next(l for l in model.layers if isinstance(l, keras.Model) and l is not head_model)
+        cache = build_feature_cache(
+            backbone_model,
+            lambda k: pdata.make_dataset(f["dataset"], cfg, 64, "train", True, f["seed"], 10_000 + k,
+                                         drop_remainder=False),
+            f["feature_cache_dir"] or model_dir / CACHE_DIR,
+            {"dataset": str(Path(f["dataset"]).resolve()), "backbone": f["backbone"],
+             "backbone_weights": f["backbone_weights"], "input_size": f["input_size"],
+             "input_mode": f["input_mode"], "roi_enlarge": f["roi_enlarge"], "augment": f["augment"],
+             "seed": f["seed"]},
+            f["feature_cache_passes"], f["progress"])
+        steps_per_epoch = max(1, len(cache) // f["batch_size"])
+        if f["steps_per_epoch"]:
+            steps_per_epoch = min(steps_per_epoch, f["steps_per_epoch"])
+        print(f"feature cache: {len(cache)} crops ({f['feature_cache_passes']} passes), {cache.seconds:.0f} s; "
+              f"{steps_per_epoch} head steps per epoch", flush=True)
+
+        @tf.function
+        def head_step(batch):
+            with tf.GradientTape() as tape:
+                outputs = head_model(batch["features"], training=True)
+                total, terms = losses.total_loss(outputs, batch, model, weights, loss_points, diameter, symmetric,
+                                                 f["input_size"])
+            grads = tape.gradient(total, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return total, terms
+    # the features' time counts against the budget too
+    cache_seconds = cache.seconds if cache is not None else 0.0
 
     def step_fn(batch):
         with tf.GradientTape() as tape:
@@ -268,22 +324,25 @@ def train(flag_values: dict) -> dict:
     shown_terms = ("total", "coords", "mask") if coords_head else ("total", "rotation", "translation", "projection")
     out_of_time = False
     for epoch in range(int(epoch_var.numpy()), f["epochs"]):
-        if out_of_time or (budget_s > 0 and float(train_seconds.numpy()) >= budget_s):
+        if out_of_time or (budget_s > 0 and float(train_seconds.numpy()) + cache_seconds >= budget_s):
             break
-        ds = pdata.make_dataset(f["dataset"], cfg, f["batch_size"], "train", True, f["seed"], epoch,
-                                coordinate_spec=coordinate_spec)
         skip = int(step_in_epoch.numpy())
-        ds = ds.take(steps_per_epoch).skip(skip)
-        dist_ds = strategy.experimental_distribute_dataset(ds)
+        if cache is not None:
+            batches = itertools.islice(cache.batches(f["batch_size"], f["seed"], epoch), skip, steps_per_epoch)
+        else:
+            ds = pdata.make_dataset(f["dataset"], cfg, f["batch_size"], "train", True, f["seed"], epoch,
+                                    coordinate_spec=coordinate_spec)
+            ds = ds.take(steps_per_epoch).skip(skip)
+            batches = _checked(strategy.experimental_distribute_dataset(ds), train_paths)
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{f['epochs']}",
                    disable=not f["progress"], unit="step", file=sys.stdout, dynamic_ncols=True)
         t0, sums, n = time.time(), {}, 0
-        for batch in _checked(dist_ds, train_paths):
+        for batch in batches:
             t_step = time.time()
             if budget_s > 0:
-                frac = min(float(train_seconds.numpy()) / budget_s, 1.0)
+                frac = min(float(train_seconds.numpy()) / max(budget_s - cache_seconds, 1.0), 1.0)
                 optimizer.learning_rate.assign(f["learning_rate"] * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac))))
-            total, terms = train_step(batch)
+            total, terms = head_step(batch) if cache is not None else train_step(batch)
             n += 1
             steps_this_run += 1
             step_in_epoch.assign_add(1)
@@ -298,7 +357,7 @@ def train(flag_values: dict) -> dict:
                 bar.close()
                 print(f"stopping after {steps_this_run} steps (--stop_after_steps)", flush=True)
                 return {}
-            if budget_s > 0 and float(train_seconds.numpy()) >= budget_s:
+            if budget_s > 0 and float(train_seconds.numpy()) + cache_seconds >= budget_s:
                 out_of_time = True
                 break
         bar.close()
@@ -315,7 +374,7 @@ def train(flag_values: dict) -> dict:
                 tf.summary.scalar(f"val/{k}", v)
             tf.summary.image("val/predicted_poses", _pose_pictures(estimator, val_ds, points_all, diameter), max_outputs=1)
         record = {"epoch": epoch + 1, "steps": n, "epoch_time_s": epoch_time,
-                  "train_seconds": float(train_seconds.numpy()), **means, **last_val}
+                  "train_seconds": float(train_seconds.numpy()) + cache_seconds, **means, **last_val}
         with open(history_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         print(f"epoch {epoch + 1}: loss {means.get('total', 0):.4f}  val ADD {100 * last_val['add_recall']:.1f}%  "
