@@ -60,6 +60,38 @@ def rotation_point_matching_loss_symmetric(R_pred, R_true, points_mm, diameter_m
     return tf.reduce_mean(tf.sqrt(tf.maximum(tf.reduce_min(d2, axis=-1), 0.0) + _EPS), axis=-1) / diameter_mm
 
 
+def constant_rotation_level(R_true, points_mm, diameter_mm: float, num_candidates: int = 2048, seed: int = 0):
+    """The rotation term's level for a network that ignores its input: the lowest mean of
+    :func:`rotation_point_matching_loss` over a set of rotations that one *constant* prediction reaches.
+
+    The constant is the best of ``num_candidates`` random rotations, the identity and the set's own rotations,
+    scored on 256 of the points (numpy; a training whose rotation term stays at this level has learnt nothing
+    about rotation).
+
+    Args:
+      R_true: ``[N, 3, 3]`` target (allocentric) rotations. points_mm: ``[P, 3]``. diameter_mm: scalar.
+    Returns:
+      ``(level, R_const [3, 3])``: the mean term (fraction of the diameter) and the constant that reaches it.
+    """
+    import numpy as np
+
+    from pose_core.geometry import random_rotations
+
+    R_true = np.asarray(R_true, np.float64)
+    points = np.asarray(points_mm, np.float64)
+    candidates = np.concatenate([np.eye(3)[None], R_true[:256],
+                                 random_rotations(num_candidates, np.random.default_rng(seed))])
+    points = points[np.random.default_rng(seed).permutation(len(points))[:256]]
+    true_points = np.einsum("nij,pj->npi", R_true, points)  # [N, P, 3]
+    levels = []
+    for chunk in np.array_split(candidates, max(1, len(candidates) // 32)):
+        pred = np.einsum("cij,pj->cpi", chunk, points)  # [C, P, 3]
+        levels.append(np.linalg.norm(true_points[None] - pred[:, None], axis=-1).mean(axis=(1, 2)) / diameter_mm)
+    levels = np.concatenate(levels)
+    best, best_R = levels.min(), candidates[int(np.argmin(levels))]
+    return float(best), best_R
+
+
 def projection_loss_term(points_mm, R_pred, t_pred_mm, R_true, t_true_mm, K_crop, input_size: int, scale: float):
     """LPL: 1 - IoU of the model's points drawn under the true and the predicted pose in the network's crop.
 

@@ -162,24 +162,41 @@ def make_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def validate(estimator, dataset, points_mm, diameter_mm, symmetric, max_images):
-    """ADD, ADD-S recall (10% of the diameter) and mean errors on a validation dataset."""
+def validate(estimator, dataset, points_mm, diameter_mm, symmetric, max_images, loss_points=None):
+    """ADD, ADD-S recall (10% of the diameter) and mean errors on a validation dataset; for the direct head with
+    ``loss_points`` also the mean rotation term (``rotation_term``, the training loss' Lq on these images) and the
+    targets' allocentric rotations (``R_allo_true``, not JSON: popped by the caller)."""
     from pose_core import metrics
+    from pose_net import losses
+    from pose_net import parametrization as param
 
-    adds, add_ss, n = [], [], 0
+    adds, add_ss, n, rot_terms, R_allo = [], [], 0, [], []
     for batch in dataset:
         R, t = estimator.estimate_batch(batch)
         R_gt, t_gt = batch["R"].numpy(), batch["t_mm"].numpy()
         adds += list(metrics.add_batch(R, t, R_gt, t_gt, points_mm))
         add_ss += list(metrics.add_s_batch(R, t, R_gt, t_gt, points_mm))
+        if loss_points is not None and estimator.head == "direct":
+            true_allo = param.egocentric_to_allocentric(batch["R"], batch["t_mm"])
+            pred_allo = param.rotation_matrix(estimator._run(batch["image"])["rotation"])
+            rot_fn = (losses.rotation_point_matching_loss_symmetric if symmetric
+                      else losses.rotation_point_matching_loss)
+            rot_terms += list(rot_fn(pred_allo, true_allo, loss_points, diameter_mm).numpy())
+            R_allo.append(true_allo.numpy())
         n += len(R)
         if n >= max_images:
             break
-    return {
+    out = {
         "add_recall": metrics.recall(adds, diameter_mm), "add_s_recall": metrics.recall(add_ss, diameter_mm),
         "add_mean_mm": float(np.mean(adds)) if adds else 0.0, "add_s_mean_mm": float(np.mean(add_ss)) if adds else 0.0,
+        "add_median_mm": float(np.median(adds)) if adds else 0.0,
+        "add_s_median_mm": float(np.median(add_ss)) if adds else 0.0,
         "num_images": n,
     }
+    if rot_terms:
+        out["rotation_term"] = float(np.mean(rot_terms))
+        out["R_allo_true"] = np.concatenate(R_allo)
+    return out
 
 
 def train(flag_values: dict) -> dict:
@@ -323,6 +340,7 @@ def train(flag_values: dict) -> dict:
     last_val = {}
     shown_terms = ("total", "coords", "mask") if coords_head else ("total", "rotation", "translation", "projection")
     out_of_time = False
+    constant_level = None
     for epoch in range(int(epoch_var.numpy()), f["epochs"]):
         if out_of_time or (budget_s > 0 and float(train_seconds.numpy()) + cache_seconds >= budget_s):
             break
@@ -365,7 +383,12 @@ def train(flag_values: dict) -> dict:
         means = {k: v / max(n, 1) for k, v in sums.items()}
         val_ds = pdata.make_dataset(val_dir, cfg, f["batch_size"], val_split, training=False,
                                     limit=f["max_val_images"], drop_remainder=False, coordinate_spec=coordinate_spec)
-        last_val = validate(estimator, val_ds, points_all, diameter, symmetric, f["max_val_images"])
+        last_val = validate(estimator, val_ds, points_all, diameter, symmetric, f["max_val_images"], loss_points)
+        R_allo_val = last_val.pop("R_allo_true", None)
+        if R_allo_val is not None and not symmetric:
+            if constant_level is None:  # what a network that ignores its input reaches on these images
+                constant_level = losses.constant_rotation_level(R_allo_val, loss_points, diameter)[0]
+            last_val["rotation_constant_level"] = constant_level
         global_step = (epoch + 1) * max(steps_per_epoch, 1)
         with writer.as_default(step=global_step):
             for k, v in means.items():
@@ -377,8 +400,10 @@ def train(flag_values: dict) -> dict:
                   "train_seconds": float(train_seconds.numpy()) + cache_seconds, **means, **last_val}
         with open(history_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
+        rotation_note = (f"  rotation term {last_val['rotation_term']:.3f} (constant guess "
+                         f"{last_val['rotation_constant_level']:.3f})" if "rotation_constant_level" in last_val else "")
         print(f"epoch {epoch + 1}: loss {means.get('total', 0):.4f}  val ADD {100 * last_val['add_recall']:.1f}%  "
-              f"ADD-S {100 * last_val['add_s_recall']:.1f}%  ({epoch_time:.0f} s)", flush=True)
+              f"ADD-S {100 * last_val['add_s_recall']:.1f}%{rotation_note}  ({epoch_time:.0f} s)", flush=True)
         if out_of_time:
             print(f"time budget of {f['time_budget_min']:g} min spent after {n} steps of epoch {epoch + 1}",
                   flush=True)
