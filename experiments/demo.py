@@ -30,16 +30,29 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("object", "toy", "a built-in object (toy, box, symmetric), a real set of ../shared/data "
                     "(ycbv_banana, ycbv_box, ycbv_can: its mesh, and its photos for evaluation), or a mesh file in mm")
 flags.DEFINE_string("out", "runs/demo", "output folder")
-flags.DEFINE_integer("num_train", 3000, "training renderings")
+flags.DEFINE_integer("num_train", 0, "training renderings (0: the head's default, 16,000 direct, 3,000 coords)")
 flags.DEFINE_integer("num_test", 200, "test renderings")
-flags.DEFINE_integer("epochs", 12, "training epochs")
+flags.DEFINE_integer("epochs", 0, "training epochs (0: the head's default: 16 passes over the cached features "
+                     "for direct, 12 epochs for coords)")
 flags.DEFINE_enum("head", "direct", ["direct", "coords"], "direct: the thesis' network; coords: dense object "
                   "coordinates + RANSAC-PnP (docs/coordinates.md)")
 flags.DEFINE_float("learning_rate", 0.0, "peak learning rate (0: the head's default, 1e-3 direct, 3e-3 coords)")
-flags.DEFINE_string("backbone", "small", "network backbone (small is fastest on a CPU)")
+flags.DEFINE_string("backbone", "", "network backbone (empty: the head's default, the frozen ImageNet "
+                    "efficientnet_lite0 with cached features for direct, small for coords)")
 flags.DEFINE_string("randomization", "complete", "render.generate's randomization mode of the training set")
 flags.DEFINE_bool("distractors", False, "distractor objects and occluders in the training set")
 flags.DEFINE_float("lambda_projection", 0.1, "weight of the Projection Loss")
+flags.DEFINE_enum("rotation_repr", "6d", ["quaternion", "6d"], "direct head: rotation output")
+
+# What each head trains with by default. The direct head on a CPU: the frozen ImageNet EfficientNet-Lite0, its
+# features of the training crops computed once (pose_net/feature_cache.py), so the heads get thousands of cheap
+# steps on many renderings; the small network from scratch leaves rotation at the level of a constant guess in a
+# demo's budget (docs/results/README.md, "Why rotation did not train").
+HEAD_RECIPES = {
+    "direct": dict(num_train=16000, epochs=16, backbone="efficientnet_lite0",
+                   train_flags=["--freeze_backbone", "--feature_cache"]),
+    "coords": dict(num_train=3000, epochs=12, backbone="small", train_flags=[]),
+}
 flags.DEFINE_integer("workers", 2, "render processes")
 flags.DEFINE_integer("seed", 0, "seed of the training set (the test set uses seed + 1000)")
 
@@ -49,6 +62,17 @@ def main(argv):
     t_start = time.time()
     out = Path(FLAGS.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    recipe = HEAD_RECIPES[FLAGS.head]
+    num_train = FLAGS.num_train or recipe["num_train"]
+    epochs = FLAGS.epochs or recipe["epochs"]
+    backbone = FLAGS.backbone or recipe["backbone"]
+    train_flags = list(recipe["train_flags"]) if backbone == recipe["backbone"] else []
+    if backbone == "efficientnet_lite0":
+        from pose_net.backbones.efficientnet_lite import pretrained_weights_path
+
+        if pretrained_weights_path() is None:
+            raise SystemExit("the demo's direct head uses the ImageNet weights of EfficientNet-Lite0: convert them "
+                             "once with `make pretrained` (docs/pretrained_backbone.md), or pass --backbone small")
     obj = common.resolve_object(FLAGS.object)
     mesh, obj_id, diameter, symmetric = obj.mesh, obj.obj_id, obj.diameter_mm, obj.symmetric
     print(f"object {FLAGS.object}: {mesh} (obj_id {obj_id}, diameter {diameter:.1f} mm, "
@@ -58,8 +82,8 @@ def main(argv):
 
     print("[1/4] rendering the training set", flush=True)
     train_dir = out / "data" / "train"
-    common.render_dataset(mesh, train_dir, FLAGS.num_train, FLAGS.seed, FLAGS.randomization, workers=FLAGS.workers,
-                          num_shards=max(2, FLAGS.num_train // 1000), extra=train_extra)
+    common.render_dataset(mesh, train_dir, num_train, FLAGS.seed, FLAGS.randomization, workers=FLAGS.workers,
+                          num_shards=max(2, num_train // 1000), extra=train_extra)
     common.run([sys.executable, "-m", "render.preview", str(train_dir), f"--out={out / 'training_samples.png'}"])
 
     print("[2/4] rendering the test set (another seed)", flush=True)
@@ -71,9 +95,10 @@ def main(argv):
     print("[3/4] training", flush=True)
     model_dir = out / "model"
     common.run([sys.executable, "-m", "pose_net.train", f"--dataset={train_dir}", f"--model_dir={model_dir}",
-                f"--backbone={FLAGS.backbone}", f"--epochs={FLAGS.epochs}", f"--seed={FLAGS.seed}",
-                f"--lambda_projection={FLAGS.lambda_projection}", "--max_val_images=128", f"--head={FLAGS.head}",
-                f"--learning_rate={FLAGS.learning_rate or (3e-3 if FLAGS.head == 'coords' else 1e-3)}"])
+                f"--backbone={backbone}", f"--epochs={epochs}", f"--seed={FLAGS.seed}",
+                f"--lambda_projection={FLAGS.lambda_projection}", "--max_val_images=256", f"--head={FLAGS.head}",
+                f"--rotation_repr={FLAGS.rotation_repr}",
+                f"--learning_rate={FLAGS.learning_rate or (3e-3 if FLAGS.head == 'coords' else 1e-3)}"] + train_flags)
 
     print("[4/4] evaluating", flush=True)
     from pose_net.evaluate import evaluate
@@ -85,25 +110,32 @@ def main(argv):
         for boxes in ("gt", "predicted"):
             results.append(evaluate(model_dir, obj.real_root, obj_id, boxes,
                                     report_dir=out / f"report_real_{boxes}", csv_path=out / f"results_real_{boxes}.csv"))
-    write_report(out, results, time.time() - t_start)
+    write_report(out, results, time.time() - t_start, backbone)
 
 
-def write_report(out: Path, results: list[dict], wall_s: float):
+def write_report(out: Path, results: list[dict], wall_s: float, backbone: str):
     from pose_net.evaluate import format_table
 
     history = [json.loads(line) for line in (out / "model" / "history.jsonl").read_text().splitlines()]
     lines = [f"# Demo report: {FLAGS.object}", "",
              f"Machine: {common.machine_description()}. Wall time: {wall_s / 60:.1f} min.",
              f"Command: `python -m experiments.demo --object {FLAGS.object} --out {FLAGS.out} --head {FLAGS.head}`",
-             f"Network: `{FLAGS.head}` head ({'dense object coordinates + RANSAC-PnP, docs/coordinates.md' if FLAGS.head == 'coords' else 'the thesis direct regression'}), backbone `{FLAGS.backbone}`.", "",
+             f"Network: `{FLAGS.head}` head ({'dense object coordinates + RANSAC-PnP, docs/coordinates.md' if FLAGS.head == 'coords' else 'the thesis direct regression'}), backbone `{backbone}`.", "",
              "## Test results (recall at 10% of the diameter)", ""]
     lines.append(format_table(results))
     lines += ["Rendered test set: same object, other seed (other poses, backgrounds, lights). `gt` boxes crop around "
               "the true 2D box; `predicted` boxes come from the network's own box head (the coordinate head: its mask on the whole image). Real photos (a set of "
-              "../shared/data) appear when the object is that set's own mesh.", "", "## Training", "", "| epoch | loss | val ADD % | val ADD-S % | s |", "|---|---|---|---|---|"]
+              "../shared/data) appear when the object is that set's own mesh.", "", "## Training", "",
+              "Validation images (held-out renderings). The rotation term is the training loss' Lq (mean point "
+              "distance / diameter); a network that learnt nothing about rotation stays at the constant guess's "
+              "level.", "",
+              "| epoch | loss | val rotation term (constant guess) | val ADD % | val ADD-S % | s |",
+              "|---|---|---|---|---|---|"]
     for h in history:
-        lines.append(f"| {h['epoch']} | {h['total']:.3f} | {100 * h['add_recall']:.1f} | {100 * h['add_s_recall']:.1f} "
-                     f"| {h['epoch_time_s']:.0f} |")
+        rotation = (f"{h['rotation_term']:.3f} ({h['rotation_constant_level']:.3f})"
+                    if "rotation_constant_level" in h else f"{h.get('rotation_term', float('nan')):.3f}")
+        lines.append(f"| {h['epoch']} | {h['total']:.3f} | {rotation} | {100 * h['add_recall']:.1f} "
+                     f"| {100 * h['add_s_recall']:.1f} | {h['epoch_time_s']:.0f} |")
     lines += ["", "## Pictures", "", "Training samples (box and pose axes from the stored labels):", "",
               "![training samples](training_samples.png)", "",
               "Rendered test set, true outline green, predicted red:", "",

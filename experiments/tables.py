@@ -50,11 +50,13 @@ BUDGETS = {
     "quick": dict(num_train=48, num_test=16, image_size=64, input_size=64, backbone="small", backbone_weights="none",
                   freeze_backbone=False, epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=1,
                   num_pictures=4),
-    # The frozen ImageNet backbone trains at about 180 images/s on 2 cores (fine-tuning: about 60), see
-    # docs/results.md for what freezing costs and gains on real photos.
-    "cpu": dict(num_train=3000, num_test=200, image_size=128, input_size=128, backbone="efficientnet_lite0",
-                backbone_weights="imagenet", freeze_backbone=True, epochs=12, steps_per_epoch=0, batch_size=32,
-                num_shards=4, workers=2, num_pictures=12),
+    # The frozen ImageNet backbone's features of each training crop are computed once (about 160 crops/s on 2
+    # cores) and the heads train on them (thousands of steps a minute): many renderings and steps instead of 12
+    # epochs over 3,000 (with which rotation stayed at the level of a constant guess; docs/results/README.md,
+    # "Why rotation did not train"). About 6 minutes a cell once its renderings exist.
+    "cpu": dict(num_train=16000, num_test=200, image_size=128, input_size=128, backbone="efficientnet_lite0",
+                backbone_weights="imagenet", freeze_backbone=True, feature_cache=True, rotation_repr="6d",
+                epochs=16, steps_per_epoch=0, batch_size=32, num_shards=8, workers=2, num_pictures=12),
     "gpu": dict(num_train=20000, num_test=500, image_size=256, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=False, epochs=30, steps_per_epoch=0, batch_size=64,
                 num_shards=10, workers=8, num_pictures=12),
@@ -119,8 +121,12 @@ class Cell:
         s = sizes()
         if self.variant:
             s.update(BACKBONE_VARIANTS[self.variant])
+        if not s["freeze_backbone"]:  # features change while training: nothing to cache
+            s["feature_cache"] = False
         if self.head:  # the wall clock decides, not the epochs (the quick budget's smoke test keeps its steps)
             s.update(head=self.head, time_budget_min=self.minutes, **HEAD_SETTINGS[self.head])
+            s.pop("feature_cache", None)  # head cells train end to end (experiments.method_table)
+            s.pop("rotation_repr", None)
             if FLAGS.budget != "quick":
                 s["epochs"] = 10_000
         return s
@@ -197,7 +203,18 @@ def render_jobs(cells: list[Cell]) -> list[dict]:
         test_render = test_set_dir(c.obj) / "render"
         jobs[str(test_render)] = dict(Cell(c.obj).render_opts(), out=str(test_render), num_images=s["num_test"],
                                       seed=FLAGS.train_seed + 1000, num_shards=1, **common_opts)
-    return [j for j in jobs.values() if not common.dataset_complete(Path(j["out"]))]
+    todo = []
+    for job in jobs.values():
+        out = Path(job["out"])
+        if not common.dataset_complete(out):
+            todo.append(job)
+            continue
+        have = json.loads((out / "dataset.json").read_text())
+        if (have.get("num_images"), have.get("num_shards")) != (job["num_images"], job["num_shards"]):
+            raise SystemExit(f"{out} holds {have.get('num_images')} renderings in {have.get('num_shards')} shards, "
+                             f"this budget wants {job['num_images']} in {job['num_shards']}: remove that folder "
+                             f"(or the budget's cells folder) or use another --runs_dir")
+    return todo
 
 
 # One process renders all datasets (TensorFlow, which render.generate's writer needs, is imported once, not once per
@@ -242,7 +259,10 @@ def run_cell(cell: Cell) -> dict:
         epochs=s["epochs"],
         steps_per_epoch=s["steps_per_epoch"], batch_size=s["batch_size"], seed=FLAGS.train_seed,
         lambda_projection=cell.lambda_projection, progress=False, head=s.get("head", "direct"),
-        learning_rate=s.get("learning_rate", 1e-3),
+        learning_rate=s.get("learning_rate", 1e-3), rotation_repr=s.get("rotation_repr", "quaternion"),
+        feature_cache=s.get("feature_cache", False),
+        # cells on the same renderings (with and without Projection Loss) share the features of their crops
+        feature_cache_dir=str(cell.data_dir().parent / f"feature_cache_{s['backbone']}_{s['input_size']}"),
         time_budget_min=s.get("time_budget_min", 0.0)))
     import keras
 
