@@ -47,6 +47,12 @@ flags.DEFINE_bool("feature_cache", False, "direct head with --freeze_backbone: c
                   "(pose_net/feature_cache.py); --epochs then count passes over the cache", flag_values=TRAIN_FLAGS)
 flags.DEFINE_integer("feature_cache_passes", 1, "--feature_cache: augmented passes over the training renderings "
                      "whose features are cached", flag_values=TRAIN_FLAGS)
+flags.DEFINE_string("feature_cache_layer", "", "--feature_cache: the backbone layer whose output is cached (default: "
+                    "the backbone's output, everything frozen); the layers after it train, batch norms frozen, at "
+                    "--top_learning_rate_scale times the heads' rate (efficientnet_lite0: block10_add trains the "
+                    "last stage)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("top_learning_rate_scale", 0.3, "--feature_cache_layer: learning rate of the trained backbone "
+                   "layers relative to --learning_rate (1e-3 wipes out pretrained features)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_string("feature_cache_dir", None, "--feature_cache: folder of the cached features (default "
                     "MODEL_DIR/feature_cache); runs with the same data, backbone and crops can share one",
                     flag_values=TRAIN_FLAGS)
@@ -87,8 +93,8 @@ flags.DEFINE_integer("stop_after_steps", 0, "testing aid: exit (as if killed) af
 
 
 CONFIG_KEYS = ("head", "backbone", "input_size", "input_mode", "roi_enlarge", "seed", "freeze_backbone",
-               "rotation_repr")
-CONFIG_DEFAULTS = {"head": "direct", "rotation_repr": "quaternion"}  # for config.json files written before the key
+               "rotation_repr", "feature_cache_layer")
+CONFIG_DEFAULTS = {"head": "direct", "rotation_repr": "quaternion", "feature_cache_layer": ""}  # for config.json files written before the key
 
 
 def make_config(flag_values, info: dict) -> dict:
@@ -119,6 +125,7 @@ def make_config(flag_values, info: dict) -> dict:
         "roi_enlarge": flag_values["roi_enlarge"],
         "freeze_backbone": flag_values["freeze_backbone"],
         "rotation_repr": flag_values.get("rotation_repr", "quaternion"),
+        "feature_cache_layer": flag_values.get("feature_cache_layer", "") if flag_values.get("feature_cache") else "",
         "seed": flag_values["seed"],
         "dataset": flag_values["dataset"],
         **extra,
@@ -258,6 +265,13 @@ def train(flag_values: dict) -> dict:
         weights_arg = resolve_backbone_weights(f["backbone"], f["backbone_weights"])
         model = build_model(config["head"], f["backbone"], f["input_size"], weights_arg, f["freeze_backbone"],
                             rotation_repr=config["rotation_repr"])
+        head_model = backbone_lower = backbone_top = None
+        if use_cache:
+            from pose_net.feature_cache import split_backbone
+
+            head_model = model.get_layer("direct_head")
+            backbone_model = next(l for l in model.layers if isinstance(l, keras.Model) and l is not head_model)
+            backbone_lower, backbone_top = split_backbone(backbone_model, config["feature_cache_layer"])
         budget_s = 60.0 * f["time_budget_min"]
         if budget_s > 0:  # the learning rate follows the wall clock (set every step below)
             schedule = f["learning_rate"]
@@ -265,12 +279,22 @@ def train(flag_values: dict) -> dict:
             schedule = keras.optimizers.schedules.CosineDecay(f["learning_rate"], total_steps, alpha=0.05,
                                                               warmup_target=None)
         optimizer = keras.optimizers.Adam(schedule, clipnorm=5.0)
-        optimizer.build(model.trainable_variables)
+        head_vars = head_model.trainable_variables if backbone_top is not None else model.trainable_variables
+        optimizer.build(head_vars)
+        # the trained backbone layers (--feature_cache_layer) get their own, smaller learning rate
+        top_vars = backbone_top.trainable_variables if backbone_top is not None else []
+        top_scale = f["top_learning_rate_scale"]
+        top_schedule = (schedule * top_scale if isinstance(schedule, float) else
+                        keras.optimizers.schedules.CosineDecay(f["learning_rate"] * top_scale, total_steps,
+                                                               alpha=0.05))
+        top_optimizer = keras.optimizers.Adam(top_schedule, clipnorm=5.0)
+        top_optimizer.build(top_vars)
         epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
         step_in_epoch = tf.Variable(0, dtype=tf.int64, name="step_in_epoch")
         train_seconds = tf.Variable(0.0, dtype=tf.float64, name="train_seconds")
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_in_epoch,
-                               train_seconds=train_seconds)
+                               train_seconds=train_seconds,
+                               **({"top_optimizer": top_optimizer} if top_vars else {}))
     manager = tf.train.CheckpointManager(ckpt, str(model_dir / "checkpoints"), max_to_keep=3)
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint)
@@ -282,17 +306,15 @@ def train(flag_values: dict) -> dict:
     if use_cache:
         from pose_net.feature_cache import CACHE_DIR, build_feature_cache
 
-        head_model = model.get_layer("direct_head")
-        backbone_model = next(l for l in model.layers if isinstance(l, keras.Model) and l is not head_model)
         cache = build_feature_cache(
-            backbone_model,
+            backbone_lower,
             lambda k: pdata.make_dataset(f["dataset"], cfg, 64, "train", True, f["seed"], 10_000 + k,
                                          drop_remainder=False),
             f["feature_cache_dir"] or model_dir / CACHE_DIR,
             {"dataset": str(Path(f["dataset"]).resolve()), "backbone": f["backbone"],
              "backbone_weights": f["backbone_weights"], "input_size": f["input_size"],
              "input_mode": f["input_mode"], "roi_enlarge": f["roi_enlarge"], "augment": f["augment"],
-             "seed": f["seed"]},
+             "seed": f["seed"], "layer": config["feature_cache_layer"] or "output"},
             f["feature_cache_passes"], f["progress"])
         steps_per_epoch = max(1, len(cache) // f["batch_size"])
         if f["steps_per_epoch"]:
@@ -303,11 +325,16 @@ def train(flag_values: dict) -> dict:
         @tf.function
         def head_step(batch):
             with tf.GradientTape() as tape:
-                outputs = head_model(batch["features"], training=True)
+                features = batch["features"]
+                if backbone_top is not None:
+                    features = backbone_top(features, training=True)
+                outputs = head_model(features, training=True)
                 total, terms = losses.total_loss(outputs, batch, model, weights, loss_points, diameter, symmetric,
                                                  f["input_size"])
-            grads = tape.gradient(total, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            grads = tape.gradient(total, head_vars + top_vars)
+            optimizer.apply_gradients(zip(grads[:len(head_vars)], head_vars))
+            if top_vars:
+                top_optimizer.apply_gradients(zip(grads[len(head_vars):], top_vars))
             return total, terms
     # the features' time counts against the budget too
     cache_seconds = cache.seconds if cache is not None else 0.0
@@ -359,7 +386,10 @@ def train(flag_values: dict) -> dict:
             t_step = time.time()
             if budget_s > 0:
                 frac = min(float(train_seconds.numpy()) / max(budget_s - cache_seconds, 1.0), 1.0)
-                optimizer.learning_rate.assign(f["learning_rate"] * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac))))
+                lr_now = f["learning_rate"] * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
+                optimizer.learning_rate.assign(lr_now)
+                if top_vars:
+                    top_optimizer.learning_rate.assign(lr_now * top_scale)
             total, terms = head_step(batch) if cache is not None else train_step(batch)
             n += 1
             steps_this_run += 1

@@ -180,3 +180,31 @@ def test_short_training_learns_rotation(plain_renderings, tmp_path):
     assert history[0]["rotation_term"] > 0.8 * constant  # it starts at the constant guess ...
     assert result["rotation_term"] < 0.8 * constant  # ... and ends well below it (measured: 0.27 against 0.40)
     assert result["add_s_median_mm"] < history[0]["add_s_median_mm"]
+
+
+def test_feature_cache_layer_trains_the_backbone_top_only(tiny_dataset, tmp_path):
+    """--feature_cache_layer: features cached at a middle layer, the layers after it trained (batch norms frozen),
+    the layers before it untouched; an unknown layer is named in the error."""
+    import keras
+
+    from pose_net.model import build_pose_model
+    from pose_net.train import train
+
+    keras.utils.set_random_seed(0)  # the same initialisation as the run below (seed 0)
+    initial = build_pose_model("small", INPUT, rotation_repr="6d").get_layer("backbone_small")
+    train(_flags(tiny_dataset, tmp_path / "m", feature_cache_layer="small_stage3_relu2", epochs=2,
+                 feature_cache_passes=1, top_learning_rate_scale=1.0))
+    trained = keras.models.load_model(tmp_path / "m" / "model.keras", compile=False).get_layer("backbone_small")
+    cache = np.load(tmp_path / "m" / "feature_cache" / "pass_0" / "features.npy")
+    assert cache.shape == (64, 4, 4, 96)  # stride 16 at 64 pixels, stage 3's width
+    changed = {}
+    for a, b in zip(initial.layers, trained.layers):
+        if a.weights:
+            changed[b.name] = any(not np.allclose(x.numpy(), y.numpy()) for x, y in zip(a.weights, b.weights))
+    bns = [n for n in changed if "batch_normalization" in n]
+    assert bns and not any(changed[n] for n in bns)  # batch norms frozen everywhere
+    stage4 = [l.name for l in trained.layers if l.weights and not isinstance(l, keras.layers.BatchNormalization)][-2:]
+    lower = [l.name for l in trained.layers if l.weights and not isinstance(l, keras.layers.BatchNormalization)][:-2]
+    assert all(changed[n] for n in stage4) and not any(changed[n] for n in lower)
+    with pytest.raises(PoseInputError, match="not a layer of"):
+        train(_flags(tiny_dataset, tmp_path / "x", feature_cache_layer="block99_add"))
