@@ -43,6 +43,8 @@ flags.DEFINE_string("randomization", "complete", "render.generate's randomizatio
 flags.DEFINE_bool("distractors", False, "distractor objects and occluders in the training set")
 flags.DEFINE_float("lambda_projection", 0.1, "weight of the Projection Loss")
 flags.DEFINE_enum("rotation_repr", "6d", ["quaternion", "6d"], "direct head: rotation output")
+flags.DEFINE_string("feature_cache_layer", "", "direct head: cache this backbone layer's features and train the "
+                    "layers after it too (block10_add: Lite0's last stage; slower, see pose_net.train)")
 
 # What each head trains with by default. The direct head on a CPU: the frozen ImageNet EfficientNet-Lite0, its
 # features of the training crops computed once (pose_net/feature_cache.py), so the heads get thousands of cheap
@@ -67,6 +69,8 @@ def main(argv):
     epochs = FLAGS.epochs or recipe["epochs"]
     backbone = FLAGS.backbone or recipe["backbone"]
     train_flags = list(recipe["train_flags"]) if backbone == recipe["backbone"] else []
+    if FLAGS.feature_cache_layer:
+        train_flags.append(f"--feature_cache_layer={FLAGS.feature_cache_layer}")
     if backbone == "efficientnet_lite0":
         from pose_net.backbones.efficientnet_lite import pretrained_weights_path
 

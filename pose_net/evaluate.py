@@ -111,12 +111,12 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     add_errors = np.array([r["add_mm"] for r in rows])
     adds_errors = np.array([r["add_s_mm"] for r in rows])
     result = {
-        "bop_root": str(bop_root), "obj_id": obj_id, "boxes": boxes, "instances": len(rows),
+        "bop_root": report_path(bop_root), "obj_id": obj_id, "boxes": boxes, "instances": len(rows),
         "diameter_mm": diameter, "symmetric": symmetric,
         "add_recall": metrics.recall(add_errors, diameter), "add_s_recall": metrics.recall(adds_errors, diameter),
         "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),
         "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])),
-        "model_dir": str(model_dir), "head": estimator.head,
+        "model_dir": report_path(model_dir), "head": estimator.head,
         "pnp_failures": int(sum(1 for r in rows if not r.get("ok", True))),
     }
     if csv_path:
@@ -125,6 +125,16 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     if report_dir:
         write_report(Path(report_dir), result, rows, add_errors, adds_errors, diameter, pictures, contact_sheet)
     return result
+
+
+def report_path(path) -> str:
+    """How a report names a path: relative to the repository when inside it (so a generated file does not carry
+    the machine's folders), else as given."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(path).resolve().relative_to(repo))
+    except ValueError:
+        return str(path)
 
 
 def format_table(results) -> str:
