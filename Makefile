@@ -49,10 +49,10 @@ demo: build-ops pretrained
 	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/demo_$(OBJ)_$(HEAD) --head $(HEAD)
 
 # A longer run: OBJ is a built-in object or a real set of ../shared/data (ycbv_banana, ycbv_box, ycbv_can),
-# whose photos are then evaluated too. About 20 minutes on 2 CPU cores; started again, it resumes.
+# whose photos are then evaluated too. About 40 minutes on 2 CPU cores; started again, it resumes.
 train: build-ops pretrained
 	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/train_$(OBJ) --num_train 40000 --num_test 500 \
-	    --epochs 30 --distractors
+	    --epochs 12 --distractors
 
 bench-ops: build-ops
 	$(PY) -m tf_ops.bench

@@ -32,7 +32,7 @@ flags.DEFINE_string("object", "toy", "a built-in object (toy, box, symmetric), a
 flags.DEFINE_string("out", "runs/demo", "output folder")
 flags.DEFINE_integer("num_train", 0, "training renderings (0: the head's default, 16,000 direct, 3,000 coords)")
 flags.DEFINE_integer("num_test", 200, "test renderings")
-flags.DEFINE_integer("epochs", 0, "training epochs (0: the head's default: 16 passes over the cached features "
+flags.DEFINE_integer("epochs", 0, "training epochs (0: the head's default: 8 passes over the cached features "
                      "for direct, 12 epochs for coords)")
 flags.DEFINE_enum("head", "direct", ["direct", "coords"], "direct: the thesis' network; coords: dense object "
                   "coordinates + RANSAC-PnP (docs/coordinates.md)")
@@ -44,15 +44,16 @@ flags.DEFINE_bool("distractors", False, "distractor objects and occluders in the
 flags.DEFINE_float("lambda_projection", 0.1, "weight of the Projection Loss")
 flags.DEFINE_enum("rotation_repr", "6d", ["quaternion", "6d"], "direct head: rotation output")
 flags.DEFINE_string("feature_cache_layer", "", "direct head: cache this backbone layer's features and train the "
-                    "layers after it too (block10_add: Lite0's last stage; slower, see pose_net.train)")
+                    "layers after it too (default: the recipe's block10_add, Lite0's last stage; 'output': heads "
+                    "only, about 7x faster per step)")
 
-# What each head trains with by default. The direct head on a CPU: the frozen ImageNet EfficientNet-Lite0, its
-# features of the training crops computed once (pose_net/feature_cache.py), so the heads get thousands of cheap
-# steps on many renderings; the small network from scratch leaves rotation at the level of a constant guess in a
-# demo's budget (docs/results/README.md, "Why rotation did not train").
+# What each head trains with by default. The direct head on a CPU: the ImageNet EfficientNet-Lite0, its features
+# of the training crops at stride 16 computed once (pose_net/feature_cache.py), its last stage and the heads trained
+# on them (3,750 steps); the small network from scratch leaves rotation at the level of a constant guess in a demo's
+# budget (docs/results/README.md, "Why rotation did not train").
 HEAD_RECIPES = {
-    "direct": dict(num_train=16000, epochs=16, backbone="efficientnet_lite0",
-                   train_flags=["--freeze_backbone", "--feature_cache"]),
+    "direct": dict(num_train=16000, epochs=8, backbone="efficientnet_lite0",
+                   train_flags=["--freeze_backbone", "--feature_cache", "--feature_cache_layer=block10_add"]),
     "coords": dict(num_train=3000, epochs=12, backbone="small", train_flags=[]),
 }
 flags.DEFINE_integer("workers", 2, "render processes")
@@ -69,8 +70,10 @@ def main(argv):
     epochs = FLAGS.epochs or recipe["epochs"]
     backbone = FLAGS.backbone or recipe["backbone"]
     train_flags = list(recipe["train_flags"]) if backbone == recipe["backbone"] else []
-    if FLAGS.feature_cache_layer:
-        train_flags.append(f"--feature_cache_layer={FLAGS.feature_cache_layer}")
+    if FLAGS.feature_cache_layer and train_flags:
+        train_flags = [x for x in train_flags if not x.startswith("--feature_cache_layer")]
+        if FLAGS.feature_cache_layer != "output":
+            train_flags.append(f"--feature_cache_layer={FLAGS.feature_cache_layer}")
     if backbone == "efficientnet_lite0":
         from pose_net.backbones.efficientnet_lite import pretrained_weights_path
 

@@ -52,6 +52,7 @@ VARIANTS = {  # name -> settings
     "6d": dict(repr="6d"),
     "6d wide": dict(repr="6d", head_width=1024, dropout=0.0),
     "6d lr 3e-3": dict(repr="6d", lr=3e-3),
+    "6d + top blocks at lr x0.03": dict(repr="6d", split=TOP_SPLIT, top_lr_scale=0.03),
     "6d + top blocks at lr x0.1": dict(repr="6d", split=TOP_SPLIT, top_lr_scale=0.1),
     "6d + top blocks at lr x0.3": dict(repr="6d", split=TOP_SPLIT, top_lr_scale=0.3),
     "6d + top blocks at lr x1": dict(repr="6d", split=TOP_SPLIT, top_lr_scale=1.0),

@@ -50,13 +50,14 @@ BUDGETS = {
     "quick": dict(num_train=48, num_test=16, image_size=64, input_size=64, backbone="small", backbone_weights="none",
                   freeze_backbone=False, epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=1,
                   num_pictures=4),
-    # The frozen ImageNet backbone's features of each training crop are computed once (about 160 crops/s on 2
-    # cores) and the heads train on them (thousands of steps a minute): many renderings and steps instead of 12
-    # epochs over 3,000 (with which rotation stayed at the level of a constant guess; docs/results/README.md,
-    # "Why rotation did not train"). About 6 minutes a cell once its renderings exist.
+    # The ImageNet backbone's stride-16 features of each training crop are computed once (about 170 crops/s on 2
+    # cores); Lite0's last stage and the heads train on them (about 10 steps/s): many renderings and steps instead
+    # of 12 epochs over 3,000 with the whole backbone frozen (with which rotation stayed at the level of a constant
+    # guess; docs/results/README.md, "Why rotation did not train"). About 10 minutes a cell.
     "cpu": dict(num_train=16000, num_test=200, image_size=128, input_size=128, backbone="efficientnet_lite0",
-                backbone_weights="imagenet", freeze_backbone=True, feature_cache=True, rotation_repr="6d",
-                epochs=16, steps_per_epoch=0, batch_size=32, num_shards=8, workers=2, num_pictures=12),
+                backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
+                feature_cache_layer="block10_add", rotation_repr="6d", epochs=6, steps_per_epoch=0, batch_size=32,
+                num_shards=8, workers=2, num_pictures=12),
     "gpu": dict(num_train=20000, num_test=500, image_size=256, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=False, epochs=30, steps_per_epoch=0, batch_size=64,
                 num_shards=10, workers=8, num_pictures=12),
@@ -123,10 +124,11 @@ class Cell:
             s.update(BACKBONE_VARIANTS[self.variant])
         if not s["freeze_backbone"]:  # features change while training: nothing to cache
             s["feature_cache"] = False
+            s.pop("feature_cache_layer", None)
         if self.head:  # the wall clock decides, not the epochs (the quick budget's smoke test keeps its steps)
             s.update(head=self.head, time_budget_min=self.minutes, **HEAD_SETTINGS[self.head])
-            s.pop("feature_cache", None)  # head cells train end to end (experiments.method_table)
-            s.pop("rotation_repr", None)
+            for key in ("feature_cache", "feature_cache_layer", "rotation_repr"):  # head cells train end to end
+                s.pop(key, None)
             if FLAGS.budget != "quick":
                 s["epochs"] = 10_000
         return s
@@ -260,7 +262,7 @@ def run_cell(cell: Cell) -> dict:
         steps_per_epoch=s["steps_per_epoch"], batch_size=s["batch_size"], seed=FLAGS.train_seed,
         lambda_projection=cell.lambda_projection, progress=False, head=s.get("head", "direct"),
         learning_rate=s.get("learning_rate", 1e-3), rotation_repr=s.get("rotation_repr", "quaternion"),
-        feature_cache=s.get("feature_cache", False),
+        feature_cache=s.get("feature_cache", False), feature_cache_layer=s.get("feature_cache_layer", ""),
         # cells on the same renderings (with and without Projection Loss) share the features of their crops
         feature_cache_dir=str(cell.data_dir().parent / f"feature_cache_{s['backbone']}_{s['input_size']}"),
         time_budget_min=s.get("time_budget_min", 0.0)))

@@ -51,7 +51,7 @@ flags.DEFINE_string("feature_cache_layer", "", "--feature_cache: the backbone la
                     "the backbone's output, everything frozen); the layers after it train, batch norms frozen, at "
                     "--top_learning_rate_scale times the heads' rate (efficientnet_lite0: block10_add trains the "
                     "last stage)", flag_values=TRAIN_FLAGS)
-flags.DEFINE_float("top_learning_rate_scale", 0.3, "--feature_cache_layer: learning rate of the trained backbone "
+flags.DEFINE_float("top_learning_rate_scale", 0.1, "--feature_cache_layer: learning rate of the trained backbone "
                    "layers relative to --learning_rate (1e-3 wipes out pretrained features)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_string("feature_cache_dir", None, "--feature_cache: folder of the cached features (default "
                     "MODEL_DIR/feature_cache); runs with the same data, backbone and crops can share one",
