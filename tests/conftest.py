@@ -27,3 +27,18 @@ def builtin_models(tmp_path_factory) -> Path:
     from pose_core.objects import write_builtin_models
 
     return write_builtin_models(tmp_path_factory.mktemp("builtin_models"))
+
+
+TINY_INPUT = 64  # the side of the tiny dataset's images, and the network input of the tests that train on it
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """96 renderings of the built-in toy at 64x64, in 3 shards (the last is the validation split); read-only for
+    the tests that share it (copy it to change it)."""
+    from render.testing import run_generate
+
+    out = tmp_path_factory.mktemp("tiny") / "toy"
+    proc = run_generate(out, mesh="toy", num_images=96, num_shards=3, seed=3, image_size=TINY_INPUT, workers=1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out

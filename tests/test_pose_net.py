@@ -8,18 +8,8 @@ import pytest
 
 from pose_core import PoseInputError, bop, metrics
 from render.dataset import load_dataset_info
-from render.testing import run_generate
 
-INPUT = 64
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    """96 renderings of the built-in toy at 64x64, in 3 shards (the last is the validation split)."""
-    out = tmp_path_factory.mktemp("tiny") / "toy"
-    proc = run_generate(out, mesh="toy", num_images=96, num_shards=3, seed=3, image_size=INPUT, workers=1)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+INPUT = 64  # conftest.TINY_INPUT: the tiny dataset's images
 
 
 def _fixed_batch(dataset_dir, n=64):

@@ -9,16 +9,7 @@ from pose_core import PoseInputError
 from pose_core.geometry import random_rotations
 from render.testing import run_generate
 
-INPUT = 64
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    """96 renderings of the built-in toy at 64x64, in 3 shards (the last is the validation split)."""
-    out = tmp_path_factory.mktemp("tiny_rot") / "toy"
-    proc = run_generate(out, mesh="toy", num_images=96, num_shards=3, seed=5, image_size=INPUT, workers=1)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+INPUT = 64  # conftest.TINY_INPUT: the tiny dataset's images
 
 
 def test_six_d_representation_gives_rotations_and_round_trips():
