@@ -62,7 +62,13 @@ def load_model(model_dir, config: dict):
     latest = tf.train.latest_checkpoint(str(ckpt_dir))
     if latest is None:
         raise PoseInputError(f"model folder {model_dir} has no checkpoint in {ckpt_dir} and no {EXPORT_FILE}")
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    try:  # every weight of the network must come from the checkpoint (the optimizer's state may stay behind)
+        status = tf.train.Checkpoint(model=model).restore(latest)
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError) as e:
+        raise PoseInputError(f"checkpoint {latest} does not hold this network's weights (written by another "
+                             f"version of the network?): {str(e)[:300]}") from None
+    status.expect_partial()
     return model
 
 

@@ -199,3 +199,23 @@ def test_feature_cache_layer_trains_the_backbone_top_only(tiny_dataset, tmp_path
     assert all(changed[n] for n in stage4) and not any(changed[n] for n in lower)
     with pytest.raises(PoseInputError, match="not a layer of"):
         train(_flags(tiny_dataset, tmp_path / "x", feature_cache_layer="block99_add"))
+
+
+def test_a_killed_run_is_evaluated_from_its_checkpoint_and_a_mismatch_is_named(tiny_dataset, tmp_path):
+    from pose_net.inference import PoseEstimator
+    from pose_net.train import train
+
+    model_dir = tmp_path / "m"
+    assert train(_flags(tiny_dataset, model_dir, feature_cache=False, freeze_backbone=False, stop_after_steps=3,
+                        checkpoint_every_steps=2)) == {}
+    assert not (model_dir / "model.keras").exists()
+    image = np.zeros((INPUT, INPUT, 3), np.uint8)
+    K = np.array([[64.0, 0, 31.5], [0, 64.0, 31.5], [0, 0, 1]])
+    pose = PoseEstimator(model_dir).estimate(image, K, bbox_xywh=[10, 10, 30, 30])
+    np.testing.assert_allclose(pose.R @ pose.R.T, np.eye(3), atol=1e-5)
+    # a config that describes another network than the checkpoint's: a clear error, not random weights
+    config = json.loads((model_dir / "config.json").read_text())
+    config["rotation_repr"] = "quaternion"
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PoseInputError, match="does not hold this network's weights"):
+        PoseEstimator(model_dir)
