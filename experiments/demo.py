@@ -25,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags
 
 from experiments import common
+from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("object", "toy", "a built-in object (toy, box, symmetric), a real set of ../shared/data "
@@ -53,7 +54,7 @@ flags.DEFINE_string("feature_cache_layer", "", "direct head: cache this backbone
 # budget (docs/results/README.md, "Why rotation did not train").
 HEAD_RECIPES = {
     "direct": dict(num_train=16000, epochs=8, backbone="efficientnet_lite0",
-                   train_flags=["--freeze_backbone", "--feature_cache", "--feature_cache_layer=block10_add"]),
+                   train_flags=["--freeze_backbone", "--feature_cache", f"--feature_cache_layer={LITE0_TOP_STAGE_INPUT}"]),
     "coords": dict(num_train=3000, epochs=12, backbone="small", train_flags=[]),
 }
 flags.DEFINE_integer("workers", 2, "render processes")
@@ -75,9 +76,9 @@ def main(argv):
         if FLAGS.feature_cache_layer != "output":
             train_flags.append(f"--feature_cache_layer={FLAGS.feature_cache_layer}")
     if backbone == "efficientnet_lite0":
-        from pose_net.backbones.efficientnet_lite import pretrained_weights_path
+        from pose_net.backbones.efficientnet_lite import ensure_pretrained_weights
 
-        if pretrained_weights_path() is None:
+        if ensure_pretrained_weights(verbose=False) is None:
             raise SystemExit("the demo's direct head uses the ImageNet weights of EfficientNet-Lite0: convert them "
                              "once with `make pretrained` (docs/pretrained_backbone.md), or pass --backbone small")
     obj = common.resolve_object(FLAGS.object)

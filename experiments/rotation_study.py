@@ -34,6 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common
+from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT as TOP_SPLIT
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "docs/results", "folder of rotation_study.md")
@@ -46,7 +47,6 @@ flags.DEFINE_integer("num_train_224", 8000, "training crops of the 224-pixel var
 flags.DEFINE_string("only", "", "comma-separated variant names to run (default: all)")
 
 BATCH = 32
-TOP_SPLIT = "block10_add"  # Lite0's stride-16 output: the top blocks (11-15) and the head conv come after it
 VARIANTS = {  # name -> settings
     "quaternion": dict(repr="quaternion"),
     "6d": dict(repr="6d"),
@@ -64,14 +64,12 @@ def _features(backbone_layer: str, input_size: int, dataset: Path, cache_dir: Pa
               training: bool):
     """Cached features of ``dataset``'s crops at ``backbone_layer`` (training: the jittered, augmented crops of
     pass 0; test: the ground-truth-box crops)."""
-    import keras
-
     from pose_net import data as pdata
-    from pose_net.feature_cache import build_feature_cache
+    from pose_net.feature_cache import build_feature_cache, split_backbone
     from pose_net.model import build_backbone
 
-    full = build_backbone("efficientnet_lite0", input_size, "imagenet", freeze=True)
-    lower = keras.Model(full.input, full.get_layer(backbone_layer).output)
+    lower, _ = split_backbone(build_backbone("efficientnet_lite0", input_size, "imagenet", freeze=True),
+                              backbone_layer)
     cfg = pdata.PipelineConfig(input_size=input_size, augment=training)
     split = "train" if training else "all"
     cache = build_feature_cache(
@@ -86,9 +84,8 @@ def run_variant(name: str, settings: dict, work: Path, info: dict) -> dict:
     import keras
     import tensorflow as tf
 
-    from pose_core import metrics
     from pose_net import losses
-    from pose_net import parametrization as param
+    from pose_net.feature_cache import split_backbone
     from pose_net.model import build_backbone, build_direct_head
 
     input_size = settings.get("input_size", 128)
@@ -102,17 +99,14 @@ def run_variant(name: str, settings: dict, work: Path, info: dict) -> dict:
     loss_points = points[np.random.default_rng(0).permutation(len(points))[:512]]
 
     keras.utils.set_random_seed(0)
-    full = build_backbone("efficientnet_lite0", input_size, "imagenet", freeze=False)
+    full = build_backbone("efficientnet_lite0", input_size, "imagenet", freeze=True)
     head = build_direct_head(full.output.shape[1:], settings.get("head_width", 256), settings.get("dropout", 0.1),
                              settings["repr"])
     steps = FLAGS.top_block_steps if "split" in settings else FLAGS.steps
     lr = settings.get("lr", 1e-3)
     head_vars = head.trainable_variables
     if "split" in settings:  # the top blocks, from the cached stride-16 features (batch norms stay frozen)
-        from pose_net.backbones.efficientnet_lite import freeze_batch_norm
-
-        freeze_batch_norm(full)
-        top = keras.Model(full.get_layer(layer).output, full.output)
+        _, top = split_backbone(full, layer)
         net = lambda x, training: head(top(x, training=training), training=training)  # noqa: E731
         top_vars = top.trainable_variables
     else:
@@ -207,11 +201,9 @@ def write_table(out: Path, rows: list[dict], constant_level: float, info: dict):
 
 def main(argv):
     del argv
-    from pose_core.geometry import random_rotations  # noqa: F401  (numpy only)
+    from pose_net.backbones.efficientnet_lite import ensure_pretrained_weights
 
-    from pose_net.backbones.efficientnet_lite import pretrained_weights_path
-
-    if pretrained_weights_path() is None:
+    if ensure_pretrained_weights(verbose=False) is None:
         raise SystemExit("the rotation study uses the ImageNet weights of EfficientNet-Lite0: `make pretrained`")
     work = Path(FLAGS.work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags
 
 from experiments import common
+from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT
 
 FLAGS = flags.FLAGS
 # Names differ from pose_net.train's and render.generate's flags (train is imported into this process).
@@ -56,7 +57,7 @@ BUDGETS = {
     # guess; docs/results/README.md, "Why rotation did not train"). About 10 minutes a cell.
     "cpu": dict(num_train=16000, num_test=200, image_size=128, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
-                feature_cache_layer="block10_add", rotation_repr="6d", epochs=6, steps_per_epoch=0, batch_size=32,
+                feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", epochs=6, steps_per_epoch=0, batch_size=32,
                 num_shards=8, workers=2, num_pictures=12),
     "gpu": dict(num_train=20000, num_test=500, image_size=256, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=False, epochs=30, steps_per_epoch=0, batch_size=64,

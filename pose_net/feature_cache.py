@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 # Lite0's stride-16 output: what ``--feature_cache_layer`` names to train the last stage (blocks 11-15 and the
-# 1280-channel head convolution) on cached features (about 7x the cost of a heads-only step).
+# 1280-channel head convolution) on cached features (about 13x the cost of a heads-only step, docs/benchmarks.md).
 LITE0_TOP_STAGE_INPUT = "block10_add"
 
 # What the loss and its projection term read from a batch, besides the features.
@@ -56,10 +56,9 @@ class FeatureCache:
 
 def _compute_pass(backbone, make_pass_dataset, out_dir: Path, progress: bool) -> tuple[dict[str, np.ndarray], float]:
     import tensorflow as tf
-
-    t0 = time.time()
     from tqdm import tqdm
 
+    t0 = time.time()
     features_of = tf.function(lambda x: backbone(x, training=False))
     parts: dict[str, list] = {"features": [], **{k: [] for k in TARGET_KEYS}}
     bar = tqdm(desc=f"features {out_dir.name}", unit="crop", disable=not progress, file=sys.stdout,

@@ -154,9 +154,14 @@ class PoseEstimator:
         return PoseResult(R.numpy()[0].astype(np.float64), t.numpy()[0].astype(np.float64),
                           np.asarray(box, np.float64), predicted_box)
 
-    def estimate_batch(self, batch) -> tuple[np.ndarray, np.ndarray]:
-        """Poses for a batch from :func:`pose_net.data.make_dataset` (its crops): ``(R [B, 3, 3], t_mm [B, 3])``."""
-        out = self._run(batch["image"])
+    def network_outputs(self, images):
+        """The network's raw outputs (a dict of tensors) for crops ``[B, S, S, 3]`` (0..255)."""
+        return self._run(images)
+
+    def estimate_batch(self, batch, outputs=None) -> tuple[np.ndarray, np.ndarray]:
+        """Poses for a batch from :func:`pose_net.data.make_dataset` (its crops): ``(R [B, 3, 3], t_mm [B, 3])``.
+        ``outputs``: the network's outputs on these crops when the caller already has them."""
+        out = self._run(batch["image"]) if outputs is None else outputs
         if self.head == "coords":
             from pose_net.coordinates import solve_pose
 

@@ -65,8 +65,8 @@ def constant_rotation_level(R_true, points_mm, diameter_mm: float, num_candidate
     :func:`rotation_point_matching_loss` over a set of rotations that one *constant* prediction reaches.
 
     The constant is the best of ``num_candidates`` random rotations, the identity and the set's own rotations,
-    scored on 256 of the points (numpy; a training whose rotation term stays at this level has learnt nothing
-    about rotation).
+    scored on 256 of the points (a training whose rotation term stays at this level has learnt nothing about
+    rotation).
 
     Args:
       R_true: ``[N, 3, 3]`` target (allocentric) rotations. points_mm: ``[P, 3]``. diameter_mm: scalar.
@@ -82,11 +82,13 @@ def constant_rotation_level(R_true, points_mm, diameter_mm: float, num_candidate
     candidates = np.concatenate([np.eye(3)[None], R_true[:256],
                                  random_rotations(num_candidates, np.random.default_rng(seed))])
     points = points[np.random.default_rng(seed).permutation(len(points))[:256]]
-    true_points = np.einsum("nij,pj->npi", R_true, points)  # [N, P, 3]
+    n = len(R_true)
     levels = []
-    for chunk in np.array_split(candidates, max(1, len(candidates) // 32)):
-        pred = np.einsum("cij,pj->cpi", chunk, points)  # [C, P, 3]
-        levels.append(np.linalg.norm(true_points[None] - pred[:, None], axis=-1).mean(axis=(1, 2)) / diameter_mm)
+    for chunk in np.array_split(candidates, max(1, len(candidates) // 32)):  # every (candidate, target) pair
+        R_pred = tf.constant(np.repeat(chunk, n, axis=0), tf.float32)
+        R_target = tf.constant(np.tile(R_true, (len(chunk), 1, 1)), tf.float32)
+        term = rotation_point_matching_loss(R_pred, R_target, points, diameter_mm)
+        levels.append(tf.reduce_mean(tf.reshape(term, [len(chunk), n]), axis=1).numpy())
     levels = np.concatenate(levels)
     best, best_R = levels.min(), candidates[int(np.argmin(levels))]
     return float(best), best_R

@@ -178,16 +178,17 @@ def validate(estimator, dataset, points_mm, diameter_mm, symmetric, max_images, 
     from pose_net import parametrization as param
 
     adds, add_ss, n, rot_terms, R_allo = [], [], 0, [], []
+    with_rotation_term = loss_points is not None and estimator.head == "direct"
+    rot_fn = losses.rotation_point_matching_loss_symmetric if symmetric else losses.rotation_point_matching_loss
     for batch in dataset:
-        R, t = estimator.estimate_batch(batch)
+        outputs = estimator.network_outputs(batch["image"])
+        R, t = estimator.estimate_batch(batch, outputs)
         R_gt, t_gt = batch["R"].numpy(), batch["t_mm"].numpy()
         adds += list(metrics.add_batch(R, t, R_gt, t_gt, points_mm))
         add_ss += list(metrics.add_s_batch(R, t, R_gt, t_gt, points_mm))
-        if loss_points is not None and estimator.head == "direct":
+        if with_rotation_term:
             true_allo = param.egocentric_to_allocentric(batch["R"], batch["t_mm"])
-            pred_allo = param.rotation_matrix(estimator._run(batch["image"])["rotation"])
-            rot_fn = (losses.rotation_point_matching_loss_symmetric if symmetric
-                      else losses.rotation_point_matching_loss)
+            pred_allo = param.rotation_matrix(outputs["rotation"])
             rot_terms += list(rot_fn(pred_allo, true_allo, loss_points, diameter_mm).numpy())
             R_allo.append(true_allo.numpy())
         n += len(R)
@@ -282,19 +283,20 @@ def train(flag_values: dict) -> dict:
         head_vars = head_model.trainable_variables if backbone_top is not None else model.trainable_variables
         optimizer.build(head_vars)
         # the trained backbone layers (--feature_cache_layer) get their own, smaller learning rate
-        top_vars = backbone_top.trainable_variables if backbone_top is not None else []
-        top_scale = f["top_learning_rate_scale"]
-        top_schedule = (schedule * top_scale if isinstance(schedule, float) else
-                        keras.optimizers.schedules.CosineDecay(f["learning_rate"] * top_scale, total_steps,
-                                                               alpha=0.05))
-        top_optimizer = keras.optimizers.Adam(top_schedule, clipnorm=5.0)
-        top_optimizer.build(top_vars)
+        top_vars, top_optimizer, top_scale = [], None, f["top_learning_rate_scale"]
+        if backbone_top is not None:
+            top_vars = backbone_top.trainable_variables
+            top_schedule = (schedule * top_scale if isinstance(schedule, float) else
+                            keras.optimizers.schedules.CosineDecay(f["learning_rate"] * top_scale, total_steps,
+                                                                   alpha=0.05))
+            top_optimizer = keras.optimizers.Adam(top_schedule, clipnorm=5.0)
+            top_optimizer.build(top_vars)
         epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch")
         step_in_epoch = tf.Variable(0, dtype=tf.int64, name="step_in_epoch")
         train_seconds = tf.Variable(0.0, dtype=tf.float64, name="train_seconds")
     ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, step_in_epoch=step_in_epoch,
                                train_seconds=train_seconds,
-                               **({"top_optimizer": top_optimizer} if top_vars else {}))
+                               **({"top_optimizer": top_optimizer} if top_optimizer is not None else {}))
     manager = tf.train.CheckpointManager(ckpt, str(model_dir / "checkpoints"), max_to_keep=3)
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint)
@@ -333,7 +335,7 @@ def train(flag_values: dict) -> dict:
                                                  f["input_size"])
             grads = tape.gradient(total, head_vars + top_vars)
             optimizer.apply_gradients(zip(grads[:len(head_vars)], head_vars))
-            if top_vars:
+            if top_optimizer is not None:
                 top_optimizer.apply_gradients(zip(grads[len(head_vars):], top_vars))
             return total, terms
     # the features' time counts against the budget too
@@ -388,7 +390,7 @@ def train(flag_values: dict) -> dict:
                 frac = min(float(train_seconds.numpy()) / max(budget_s - cache_seconds, 1.0), 1.0)
                 lr_now = f["learning_rate"] * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
                 optimizer.learning_rate.assign(lr_now)
-                if top_vars:
+                if top_optimizer is not None:
                     top_optimizer.learning_rate.assign(lr_now * top_scale)
             total, terms = head_step(batch) if cache is not None else train_step(batch)
             n += 1
