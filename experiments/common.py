@@ -92,8 +92,14 @@ def dataset_complete(out: Path) -> bool:
 
 def render_dataset(mesh: str, out: Path, num_images: int, seed: int, mode: str = "complete", image_size: int = 128,
                    workers: int = 2, num_shards: int = 4, extra: list[str] | None = None, log: Path | None = None):
-    """``python -m render.generate`` unless ``out`` already holds the finished dataset."""
+    """``python -m render.generate`` unless ``out`` already holds the finished dataset; a finished dataset of
+    another size or resolution is refused (``SystemExit`` naming the folder), never silently reused."""
     if dataset_complete(out):
+        have = json.loads((out / "dataset.json").read_text())
+        if (have.get("num_images"), have.get("image_size")) != (num_images, image_size):
+            raise SystemExit(f"{out} holds {have.get('num_images')} renderings of {have.get('image_size')} pixels, "
+                             f"this run wants {num_images} of {image_size}: remove that folder or choose another "
+                             "output folder")
         print(f"dataset {out} is complete, skipping", flush=True)
         return
     cmd = [sys.executable, "-m", "render.generate", f"--mesh={mesh}", f"--out={out}", f"--num_images={num_images}",

@@ -15,6 +15,9 @@ term on the test images against the level of the best constant rotation
 * ``6d + top blocks at lr x``: Lite0's last stage (blocks 11-15 and the 1280-channel head conv) trained too, on
   cached stride-16 features, with its own learning rate (``x`` times the heads');
 * ``6d input 224``: the same crops at 224 pixels (7x7 features; fewer renderings: the cache costs 3x more).
+* ``6d 8k crops`` / ``6d 8k crops rendered at 256``: the first 8,000 renderings at 128 pixels, against the same
+  renderings (same seeds: same poses, backgrounds and lights) rendered at 256 pixels with the same field of view;
+  the network sees 128-pixel crops in both, so the second puts twice the pixels across the object.
 
 Rendering, features and finished variants are kept under ``--work_dir`` (resumable: a variant's row is written to
 ``results.jsonl`` when it ends). The table goes to ``OUT/rotation_study.md``.
@@ -44,6 +47,7 @@ flags.DEFINE_integer("num_test", 500, "test renderings")
 flags.DEFINE_integer("steps", 6000, "training steps per variant (batch 32)")
 flags.DEFINE_integer("top_block_steps", 3000, "steps of the variants that train Lite0's top blocks (7x slower)")
 flags.DEFINE_integer("num_train_224", 8000, "training crops of the 224-pixel variant")
+flags.DEFINE_integer("num_train_small", 8000, "training crops of the variants that compare render sizes")
 flags.DEFINE_string("only", "", "comma-separated variant names to run (default: all)")
 
 BATCH = 32
@@ -57,6 +61,8 @@ VARIANTS = {  # name -> settings
     "6d + top blocks at lr x0.3": dict(repr="6d", split=TOP_SPLIT, top_lr_scale=0.3),
     "6d + top blocks at lr x1": dict(repr="6d", split=TOP_SPLIT, top_lr_scale=1.0),
     "6d input 224": dict(repr="6d", input_size=224),
+    "6d 8k crops": dict(repr="6d", limit="small"),
+    "6d 8k crops rendered at 256": dict(repr="6d", limit="small", render_size=256),
 }
 
 
@@ -91,9 +97,14 @@ def run_variant(name: str, settings: dict, work: Path, info: dict) -> dict:
     input_size = settings.get("input_size", 128)
     layer = settings.get("split", "head_relu6")
     limit = FLAGS.num_train_224 if input_size != 128 else None
-    tag = f"{layer}_{input_size}"
-    train, train_s = _features(layer, input_size, work / "toy_train", work / f"cache_{tag}_train", limit, True)
-    test, _ = _features(layer, input_size, work / "toy_test", work / f"cache_{tag}_test", None, False)
+    if settings.get("limit") == "small":
+        limit = FLAGS.num_train_small
+    render_size = settings.get("render_size", 128)
+    suffix = "" if render_size == 128 else f"_{render_size}"
+    tag = f"{layer}_{input_size}{suffix}"
+    train, train_s = _features(layer, input_size, work / f"toy_train{suffix}", work / f"cache_{tag}_train{'_small' if settings.get('limit') else ''}",
+                               limit, True)
+    test, _ = _features(layer, input_size, work / f"toy_test{suffix}", work / f"cache_{tag}_test", None, False)
     diameter = float(info["diameter_mm"])
     points = np.asarray(info["model_points_mm"], np.float32)
     loss_points = points[np.random.default_rng(0).permutation(len(points))[:512]]
@@ -212,6 +223,14 @@ def main(argv):
                           num_shards=max(2, FLAGS.num_train // 2000), extra=[f"--obj_id={obj.obj_id}"])
     common.render_dataset(obj.mesh, work / "toy_test", FLAGS.num_test, 1000, "complete", num_shards=1,
                           extra=[f"--obj_id={obj.obj_id}"])
+    wanted = [v for v in VARIANTS if not FLAGS.only or v in FLAGS.only.split(",")]
+    for size in sorted({VARIANTS[v].get("render_size", 128) for v in wanted} - {128}):
+        # the same seeds, so the same poses, backgrounds and lights, at a higher resolution (the same field of view)
+        num_small = FLAGS.num_train_small + 2000  # the last shard of 2,000 is the validation split
+        common.render_dataset(obj.mesh, work / f"toy_train_{size}", num_small, 0, "complete", image_size=size,
+                              num_shards=num_small // 2000, extra=[f"--obj_id={obj.obj_id}"])
+        common.render_dataset(obj.mesh, work / f"toy_test_{size}", FLAGS.num_test, 1000, "complete",
+                              image_size=size, num_shards=1, extra=[f"--obj_id={obj.obj_id}"])
     from render.dataset import load_dataset_info
 
     info = load_dataset_info(work / "toy_test")
@@ -221,7 +240,6 @@ def main(argv):
         for line in results_path.read_text().splitlines():
             row = json.loads(line)
             done[row["variant"]] = row
-    wanted = [v for v in VARIANTS if not FLAGS.only or v in FLAGS.only.split(",")]
     for name in wanted:
         if name in done:
             print(f"{name}: done", flush=True)

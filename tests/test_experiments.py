@@ -140,3 +140,21 @@ def test_method_table_heads_train_on_the_same_renderings(quick_results):
     md = (tmp / "results" / "method_table.md").read_text()
     assert "| ycbv_can direct |" in md and "| ycbv_can coords |" in md and "| not run |" not in md
     assert str(REPO_ROOT) not in md  # paths relative to the repository
+
+
+def test_render_dataset_refuses_a_finished_dataset_of_another_size(tmp_path):
+    """A finished dataset is reused only when it holds what the run asks for; otherwise a clear error, and the
+    folder is left as it was."""
+    from experiments import common
+
+    out = tmp_path / "train"
+    out.mkdir()
+    (out / "train-00000-of-00001.tfrecord").write_bytes(b"")
+    info = {"num_images": 10, "image_size": 128, "shards": [{"file": "train-00000-of-00001.tfrecord"}]}
+    (out / "dataset.json").write_text(json.dumps(info))
+    common.render_dataset("toy", out, 10, 0, image_size=128)  # the same: reused, nothing rendered
+    with pytest.raises(SystemExit, match="holds 10 renderings of 128 pixels, this run wants 10 of 256"):
+        common.render_dataset("toy", out, 10, 0, image_size=256)
+    with pytest.raises(SystemExit, match="this run wants 20 of 128"):
+        common.render_dataset("toy", out, 20, 0, image_size=128)
+    assert json.loads((out / "dataset.json").read_text()) == info
