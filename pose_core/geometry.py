@@ -111,6 +111,62 @@ def bbox_from_points(uv: np.ndarray, image_size_hw: tuple[int, int] | None = Non
     return np.array([x0, y0, max(x1 - x0, 0.0), max(y1 - y0, 0.0)])
 
 
+def translation_from_box(points_mm: np.ndarray, R: np.ndarray, bbox_xywh, K: np.ndarray, t_init_mm: np.ndarray,
+                         image_hw: tuple[int, int] | None = None, iterations: int = 20, border_px: float = 1.0):
+    """The translation under which the model, turned by ``R``, projects exactly into the 2D box ``bbox_xywh``.
+
+    Gauss-Newton over ``t`` on the four box sides (pixels): the side ``x0`` is matched by the model point that
+    projects leftmost at the current ``t``, and so on. With the true rotation and a tight box of the model (a
+    rendered or annotated ``bbox_obj``) this recovers the translation up to the box's pixel rounding; with a
+    rotation error the box is explained by a slightly wrong depth, so use it where the rotation is good.
+
+    Args:
+      points_mm: ``[N, 3]`` model points (mm); their extremes should reach the silhouette's, so several hundred.
+      R: ``[3, 3]`` model-to-camera rotation. bbox_xywh: ``[4]`` the object's box (pixels). K: ``[3, 3]``.
+      t_init_mm: ``[3]`` the starting translation (the network's), in front of the camera.
+      image_hw: ``(height, width)``: box sides within ``border_px`` of the image border are left out (a truncated
+        object's box ends there, not at the model's extreme).
+    Returns:
+      ``(t_mm [3], ok)``. ``ok`` is False, and ``t_init_mm`` returned, when fewer than three sides are usable, the
+      box is empty, or the iterations leave the camera's front or do not stay finite.
+    """
+    X = np.asarray(points_mm, np.float64) @ np.asarray(R, np.float64).T
+    K = np.asarray(K, np.float64)
+    t0 = np.asarray(t_init_mm, np.float64).reshape(3)
+    x, y, w, h = (float(v) for v in np.asarray(bbox_xywh, np.float64).reshape(4))
+    target = np.array([x, y, x + w, y + h])
+    use = np.ones(4, bool)
+    if image_hw is not None:
+        H, W = image_hw
+        use = np.array([x > border_px, y > border_px, x + w < W - border_px, y + h < H - border_px])
+    if w <= 0 or h <= 0 or use.sum() < 3 or not np.all(np.isfinite(t0)) or not np.all(np.isfinite(target)):
+        return t0, False
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    t = t0.copy()
+    for _ in range(iterations):
+        P = X + t
+        Z = P[:, 2]
+        if np.any(Z <= 1e-6):
+            return t0, False
+        u = fx * P[:, 0] / Z + cx
+        v = fy * P[:, 1] / Z + cy
+        i0, j0, i1, j1 = np.argmin(u), np.argmin(v), np.argmax(u), np.argmax(v)
+        r = np.array([u[i0], v[j0], u[i1], v[j1]]) - target
+        J = np.array([[fx / Z[i0], 0.0, -fx * P[i0, 0] / Z[i0] ** 2],
+                      [0.0, fy / Z[j0], -fy * P[j0, 1] / Z[j0] ** 2],
+                      [fx / Z[i1], 0.0, -fx * P[i1, 0] / Z[i1] ** 2],
+                      [0.0, fy / Z[j1], -fy * P[j1, 1] / Z[j1] ** 2]])
+        step = np.linalg.lstsq(J[use], -r[use], rcond=None)[0]
+        t = t + step
+        if not np.all(np.isfinite(t)):
+            return t0, False
+        if np.linalg.norm(step) < 1e-4:
+            break
+    if t[2] <= 0:
+        return t0, False
+    return t, True
+
+
 def bbox_from_mask(mask: np.ndarray) -> np.ndarray:
     """``[x, y, w, h]`` of the nonzero pixels of a ``[H, W]`` mask, in pixel-edge coordinates (a single pixel at
     column c, row r gives ``[c, r, 1, 1]``). Zeros for an empty mask."""

@@ -19,6 +19,11 @@ from pose_net import parametrization as param
 
 CONFIG_FILE = "config.json"
 EXPORT_FILE = "model.keras"
+# Where the direct head's translation comes from at inference: ``regressed`` (the thesis: its translation head) or
+# ``box`` (the translation that fits the model, turned by the predicted rotation, into the 2D box the crop was made
+# from: :func:`pose_core.geometry.translation_from_box`; the regressed one where that cannot be solved).
+TRANSLATION_SOURCES = ("regressed", "box")
+DEFAULT_TRANSLATION = "regressed"
 
 
 @dataclass
@@ -75,7 +80,12 @@ def load_model(model_dir, config: dict):
 class PoseEstimator:
     """Pose of one object in images, from a trained model folder (or an in-memory model and its config)."""
 
-    def __init__(self, model_dir=None, model=None, config: dict | None = None):
+    def __init__(self, model_dir=None, model=None, config: dict | None = None, translation: str | None = None):
+        """``translation``: one of :data:`TRANSLATION_SOURCES` for the direct head in ``roi`` mode (default
+        :data:`DEFAULT_TRANSLATION`); the coordinate head's translation always comes from RANSAC-PnP."""
+        self.translation = translation or DEFAULT_TRANSLATION
+        if self.translation not in TRANSLATION_SOURCES:
+            raise PoseInputError(f"unknown translation source {self.translation!r}: choose one of {TRANSLATION_SOURCES}")
         self.config = config if config is not None else load_config(model_dir)
         self.model = model if model is not None else load_model(model_dir, self.config)
         self.input_size = int(self.config["input_size"])
@@ -151,8 +161,13 @@ class PoseEstimator:
         else:
             box = predicted_box
         R, t = param.decode_pose(out, Kb, c, s, self.diameter_mm)
-        return PoseResult(R.numpy()[0].astype(np.float64), t.numpy()[0].astype(np.float64),
-                          np.asarray(box, np.float64), predicted_box)
+        R, t = R.numpy()[0].astype(np.float64), t.numpy()[0].astype(np.float64)
+        ok = True
+        if self.translation == "box" and self.config.get("input_mode", "roi") == "roi":
+            from pose_core.geometry import translation_from_box
+
+            t, ok = translation_from_box(self.points_mm, R, box, K, t, image.shape[:2])
+        return PoseResult(R, t, np.asarray(box, np.float64), predicted_box, ok=ok)
 
     def network_outputs(self, images):
         """The network's raw outputs (a dict of tensors) for crops ``[B, S, S, 3]`` (0..255)."""

@@ -30,6 +30,9 @@ def define_flags():
     flags.DEFINE_string("camera", None, "JSON file with the intrinsics: {\"K\": 3x3} or {\"cam_K\": [9 numbers]}")
     flags.DEFINE_string("box", None, "optional 2D box x,y,w,h (pixels) around the object; default: the network's own")
     flags.DEFINE_string("out", None, "overlay picture to write")
+    flags.DEFINE_enum("translation", None, ["regressed", "box"], "direct head: the translation head's output, or "
+                      "the translation that fits the model, turned by the predicted rotation, into the 2D box "
+                      "(default: pose_net.inference.DEFAULT_TRANSLATION)")
 
 
 def load_camera(path) -> np.ndarray:
@@ -61,13 +64,13 @@ def load_image(path) -> np.ndarray:
         raise PoseInputError(f"image {path} cannot be read ({type(e).__name__}: {e})") from None
 
 
-def predict(model_dir, image_path, camera_path, box=None, out=None) -> dict:
+def predict(model_dir, image_path, camera_path, box=None, out=None, translation: str | None = None) -> dict:
     from pose_net.draw import beside, draw_pose_overlay, zoom_to_box
     from pose_net.inference import PoseEstimator
 
     image = load_image(image_path)
     K = load_camera(camera_path)
-    estimator = PoseEstimator(model_dir)
+    estimator = PoseEstimator(model_dir, translation=translation)
     est = estimator.estimate(image, K, box)
     result = {"R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "bbox_xywh": est.bbox_xywh.tolist(),
               "obj_id": estimator.config.get("obj_id")}
@@ -96,7 +99,7 @@ def main(argv):
         except (ValueError, AssertionError):
             raise app.UsageError(f"--box must be x,y,w,h (4 numbers), got {FLAGS.box!r}")
     try:
-        result = predict(FLAGS.model_dir, FLAGS.image, FLAGS.camera, box, FLAGS.out)
+        result = predict(FLAGS.model_dir, FLAGS.image, FLAGS.camera, box, FLAGS.out, FLAGS.translation)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
     print(json.dumps(result))

@@ -109,3 +109,46 @@ def test_sample_model_points_deterministic():
     b = g.sample_model_points(mesh, 300, seed=3)
     assert a.shape == (300, 3) and np.array_equal(a, b)
     assert np.all(np.abs(a) <= np.array([5, 10, 15]) + 1e-9)
+
+
+def _box_scene(rng):
+    points = rng.normal(size=(600, 3)) * np.array([30.0, 15.0, 10.0])  # a box of about 100 px at 600 mm
+    R = g.random_rotations(1, rng)[0]
+    t = np.array([25.0, -15.0, 600.0])
+    K = g.intrinsics(500.0, 500.0, 320.0, 240.0)
+    uv, _ = g.project_points(points, R, t, K)
+    return points, R, t, K, g.bbox_from_points(uv)
+
+
+def test_translation_from_box_recovers_the_translation(rng):
+    for _ in range(5):
+        points, R, t, K, box = _box_scene(rng)
+        start = t * np.array([1.1, 0.9, 1.25]) + np.array([10.0, -8.0, 0.0])
+        t_box, ok = g.translation_from_box(points, R, box, K, start, (480, 640))
+        assert ok
+        np.testing.assert_allclose(t_box, t, atol=1e-3)
+
+
+def test_translation_from_box_leaves_out_sides_at_the_image_border(rng):
+    points, R, t, K, box = _box_scene(rng)
+    uv, _ = g.project_points(points, R, t, K)
+    # an image that ends inside the object on the right: the clipped box's right side is the border
+    hw = (480, int(box[0] + 0.7 * box[2]))
+    clipped = g.bbox_from_points(uv, hw)
+    assert clipped[0] + clipped[2] == hw[1]
+    t_box, ok = g.translation_from_box(points, R, clipped, K, t * 1.1, hw)
+    assert ok  # three sides left: still determined
+    np.testing.assert_allclose(t_box, t, atol=1e-3)
+    # cut at the bottom as well: two sides left, the start is returned untouched
+    hw2 = (int(box[1] + 0.7 * box[3]), hw[1])
+    t_box, ok = g.translation_from_box(points, R, g.bbox_from_points(uv, hw2), K, t * 1.1, hw2)
+    assert not ok
+    np.testing.assert_array_equal(t_box, t * 1.1)
+
+
+def test_translation_from_box_refuses_what_it_cannot_solve(rng):
+    points, R, t, K, box = _box_scene(rng)
+    for bad_box, start in [(np.zeros(4), t), (box, np.array([0.0, 0.0, np.nan])), (np.full(4, np.nan), t)]:
+        t_box, ok = g.translation_from_box(points, R, bad_box, K, start)
+        assert not ok
+        np.testing.assert_array_equal(t_box, start)
