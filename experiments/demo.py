@@ -33,9 +33,9 @@ flags.DEFINE_string("object", "toy", "a built-in object (toy, box, symmetric), a
 flags.DEFINE_string("out", "runs/demo", "output folder")
 flags.DEFINE_integer("num_train", 0, "training renderings (0: the head's default, 16,000 direct, 3,000 coords)")
 flags.DEFINE_integer("num_test", 200, "test renderings")
-flags.DEFINE_integer("image_size", 0, "side of the rendered images in pixels (0: the head's default, 256 direct, "
-                     "128 coords); the network still sees 128-pixel crops, so larger renderings put more pixels on "
-                     "the object (docs/results/rotation_study.md)")
+flags.DEFINE_integer("image_size", 0, "side of the rendered images in pixels (0: the head's default, 128); the "
+                     "network still sees 128-pixel crops, so 256 puts twice the pixels across the object (better "
+                     "rotations, docs/results/rotation_study.md) for 2.5x the rendering time: make train uses it")
 flags.DEFINE_integer("epochs", 0, "training epochs (0: the head's default: 8 passes over the cached features "
                      "for direct, 12 epochs for coords)")
 flags.DEFINE_enum("head", "direct", ["direct", "coords"], "direct: the thesis' network; coords: dense object "
@@ -56,7 +56,7 @@ flags.DEFINE_string("feature_cache_layer", "", "direct head: cache this backbone
 # on them (3,750 steps); the small network from scratch leaves rotation at the level of a constant guess in a demo's
 # budget (docs/results/README.md, "Why rotation did not train").
 HEAD_RECIPES = {
-    "direct": dict(num_train=16000, epochs=8, backbone="efficientnet_lite0", image_size=256,
+    "direct": dict(num_train=16000, epochs=8, backbone="efficientnet_lite0", image_size=128,
                    train_flags=["--freeze_backbone", "--feature_cache", f"--feature_cache_layer={LITE0_TOP_STAGE_INPUT}"]),
     "coords": dict(num_train=3000, epochs=12, backbone="small", image_size=128, train_flags=[]),
 }

@@ -18,6 +18,8 @@ term on the test images against the level of the best constant rotation
 * ``6d 8k crops`` / ``6d 8k crops rendered at 256``: the first 8,000 renderings at 128 pixels, against the same
   renderings (same seeds: same poses, backgrounds and lights) rendered at 256 pixels with the same field of view;
   the network sees 128-pixel crops in both, so the second puts twice the pixels across the object.
+* ``... + top blocks`` / ``... + blocks 5-15``: the 256-pixel renderings with Lite0's last stage trained (cached
+  at ``block10_add``, stride 16), or its last two stages (cached at ``block4_add``, stride 8).
 
 Rendering, features and finished variants are kept under ``--work_dir`` (resumable: a variant's row is written to
 ``results.jsonl`` when it ends). The table goes to ``OUT/rotation_study.md``.
@@ -63,6 +65,10 @@ VARIANTS = {  # name -> settings
     "6d input 224": dict(repr="6d", input_size=224),
     "6d 8k crops": dict(repr="6d", limit="small"),
     "6d 8k crops rendered at 256": dict(repr="6d", limit="small", render_size=256),
+    "6d 8k crops rendered at 256 + top blocks at lr x0.1": dict(repr="6d", limit="small", render_size=256,
+                                                                split=TOP_SPLIT, top_lr_scale=0.1),
+    "6d 8k crops rendered at 256 + blocks 5-15 at lr x0.1": dict(repr="6d", limit="small", render_size=256,
+                                                                 split="block4_add", top_lr_scale=0.1),
 }
 
 

@@ -41,9 +41,9 @@ def define_flags():
     flags.DEFINE_string("report", None, "folder for the report: metrics.json, table.md, overlays, accuracy plot")
     flags.DEFINE_integer("num_pictures", 12, "overlay pictures in the report")
     flags.DEFINE_bool("allow_object_mismatch", False, "evaluate even if the model was trained on another mesh")
-    flags.DEFINE_enum("translation", None, ["regressed", "box"], "direct head: the translation head's output, or "
-                      "the translation that fits the model, turned by the predicted rotation, into the 2D box "
-                      "(default: pose_net.inference.DEFAULT_TRANSLATION)")
+    flags.DEFINE_enum("translation", None, ["auto", "regressed", "box"], "direct head: the translation head's "
+                      "output, or the translation that fits the model, turned by the predicted rotation, into the "
+                      "2D box; auto (the default): box with --boxes gt, regressed with the network's own boxes")
 
 
 def load_test_object(bop_root, obj_id: int, models_dir=None):
@@ -100,7 +100,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": e_add, "add_s_mm": e_adds,
                          "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"])), "ok": est.ok,
-                         "num_inliers": est.num_inliers})
+                         "num_inliers": est.num_inliers, "translation": est.translation})
             estimates.append(bop.PoseEstimate(im.scene_id, im.im_id, obj_id, 1.0, est.R, est.t_mm, elapsed))
             if k in pick and report_dir:
                 ok = metrics.is_correct(e_adds if symmetric else e_add, diameter)
@@ -121,13 +121,13 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),
         "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])),
         "model_dir": report_path(model_dir), "head": estimator.head,
-        "translation": "ransac_pnp" if estimator.head == "coords" else estimator.translation,
+        "translation": "+".join(sorted({r["translation"] for r in rows})),
     }
     failures = int(sum(1 for r in rows if not r.get("ok", True)))
     if estimator.head == "coords":
         result["pnp_failures"] = failures
-    elif estimator.translation == "box":
-        result["box_translation_fallbacks"] = failures  # no box solve: the regressed translation was kept
+    elif "box" in result["translation"]:
+        result["box_translation_fallbacks"] = failures  # no box fit: the regressed translation was kept
     if csv_path:
         Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
         bop.write_results_csv(csv_path, estimates)

@@ -19,11 +19,14 @@ from pose_net import parametrization as param
 
 CONFIG_FILE = "config.json"
 EXPORT_FILE = "model.keras"
-# Where the direct head's translation comes from at inference: ``regressed`` (the thesis: its translation head) or
+# Where the direct head's translation comes from at inference: ``regressed`` (the thesis: its translation head),
 # ``box`` (the translation that fits the model, turned by the predicted rotation, into the 2D box the crop was made
-# from: :func:`pose_core.geometry.translation_from_box`; the regressed one where that cannot be solved).
-TRANSLATION_SOURCES = ("regressed", "box")
-DEFAULT_TRANSLATION = "regressed"
+# from: :func:`pose_core.geometry.translation_from_box`; the regressed one where that cannot be solved), or ``auto``:
+# ``box`` when the caller gives the box, ``regressed`` when the network's own box head found it. Measured on the
+# built-in toy's renderings (docs/results/README.md): with given boxes the fit adds 4.5-6 points of ADD, with the
+# box head's boxes it loses 9 (that box is not tight enough to fix a depth).
+TRANSLATION_SOURCES = ("auto", "regressed", "box")
+DEFAULT_TRANSLATION = "auto"
 
 
 @dataclass
@@ -32,7 +35,8 @@ class PoseResult:
 
     The coordinate head also gives ``coordinate_picture`` (uint8 RGB: the predicted coordinate map beside the mask
     probability, :func:`pose_net.coordinates.coordinate_picture`), ``ok`` (RANSAC-PnP found a pose) and
-    ``num_inliers``."""
+    ``num_inliers``. ``translation`` says where ``t_mm`` came from; for the direct head with ``translation="box"``,
+    ``ok`` is False where the box fit could not be solved and the regressed translation was kept."""
     R: np.ndarray
     t_mm: np.ndarray
     bbox_xywh: np.ndarray
@@ -40,6 +44,7 @@ class PoseResult:
     coordinate_picture: np.ndarray | None = None
     ok: bool = True
     num_inliers: int = 0
+    translation: str = "regressed"  # where t_mm came from: regressed, box (TRANSLATION_SOURCES) or ransac_pnp
 
 
 def load_config(model_dir) -> dict:
@@ -152,7 +157,7 @@ class PoseEstimator:
             R, t, ok, inliers = solve_pose(out, Kb, c, s, self.frame, self.diameter_mm, self.pnp)
             picture = coordinate_picture(out["coords"][0].numpy(), out["mask"][0].numpy())
             return PoseResult(R[0], t[0], np.asarray(box, np.float64), predicted_box, picture, bool(ok[0]),
-                              int(inliers[0]))
+                              int(inliers[0]), "ransac_pnp")
         if self.config.get("input_mode", "roi") == "roi":
             box = predicted_box if bbox_xywh is None else np.asarray(bbox_xywh, np.float64)
             center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
@@ -162,12 +167,16 @@ class PoseEstimator:
             box = predicted_box
         R, t = param.decode_pose(out, Kb, c, s, self.diameter_mm)
         R, t = R.numpy()[0].astype(np.float64), t.numpy()[0].astype(np.float64)
-        ok = True
-        if self.translation == "box" and self.config.get("input_mode", "roi") == "roi":
+        ok, source = True, self.translation
+        if source == "auto":
+            source = "box" if bbox_xywh is not None else "regressed"
+        if source == "box" and self.config.get("input_mode", "roi") == "roi":
             from pose_core.geometry import translation_from_box
 
             t, ok = translation_from_box(self.points_mm, R, box, K, t, image.shape[:2])
-        return PoseResult(R, t, np.asarray(box, np.float64), predicted_box, ok=ok)
+        else:
+            source = "regressed"
+        return PoseResult(R, t, np.asarray(box, np.float64), predicted_box, ok=ok, translation=source)
 
     def network_outputs(self, images):
         """The network's raw outputs (a dict of tensors) for crops ``[B, S, S, 3]`` (0..255)."""

@@ -30,9 +30,9 @@ def define_flags():
     flags.DEFINE_string("camera", None, "JSON file with the intrinsics: {\"K\": 3x3} or {\"cam_K\": [9 numbers]}")
     flags.DEFINE_string("box", None, "optional 2D box x,y,w,h (pixels) around the object; default: the network's own")
     flags.DEFINE_string("out", None, "overlay picture to write")
-    flags.DEFINE_enum("translation", None, ["regressed", "box"], "direct head: the translation head's output, or "
-                      "the translation that fits the model, turned by the predicted rotation, into the 2D box "
-                      "(default: pose_net.inference.DEFAULT_TRANSLATION)")
+    flags.DEFINE_enum("translation", None, ["auto", "regressed", "box"], "direct head: the translation head's "
+                      "output, or the translation that fits the model, turned by the predicted rotation, into the "
+                      "2D box; auto (the default): box when --box is given, regressed otherwise")
 
 
 def load_camera(path) -> np.ndarray:
@@ -73,7 +73,7 @@ def predict(model_dir, image_path, camera_path, box=None, out=None, translation:
     estimator = PoseEstimator(model_dir, translation=translation)
     est = estimator.estimate(image, K, box)
     result = {"R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "bbox_xywh": est.bbox_xywh.tolist(),
-              "obj_id": estimator.config.get("obj_id")}
+              "obj_id": estimator.config.get("obj_id"), "translation": est.translation}
     if estimator.head == "coords":
         result.update(ok=est.ok, num_inliers=est.num_inliers)
     if out:

@@ -180,7 +180,7 @@ def test_clear_errors_for_predict_inputs(tmp_path):
 def test_translation_from_the_box_fits_the_model_into_the_box():
     """``translation="box"``: the returned translation is :func:`translation_from_box`'s for the network's own
     rotation, the box the crop was made from and the regressed translation as the start; the rotation is the
-    network's either way; an unknown source is named."""
+    network's either way; ``auto`` fits given boxes only; an unknown source is named."""
     import keras
 
     from pose_core.geometry import translation_from_box
@@ -194,9 +194,13 @@ def test_translation_from_the_box_fits_the_model_into_the_box():
     image = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
     K = np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]])
     box = np.array([50.0, 30.0, 40.0, 36.0])
-    regressed = PoseEstimator(model=model, config=config).estimate(image, K, box)
+    regressed = PoseEstimator(model=model, config=config, translation="regressed").estimate(image, K, box)
     fitted = PoseEstimator(model=model, config=config, translation="box").estimate(image, K, box)
-    assert fitted.ok
+    assert fitted.ok and (fitted.translation, regressed.translation) == ("box", "regressed")
+    # the default fits the box when one is given, and keeps the regressed translation behind the network's own box
+    auto = PoseEstimator(model=model, config=config)
+    np.testing.assert_allclose(auto.estimate(image, K, box).t_mm, fitted.t_mm)
+    assert auto.estimate(image, K).translation == "regressed"
     np.testing.assert_allclose(fitted.R, regressed.R)
     expected, ok = translation_from_box(np.float32(points), regressed.R, box, K, regressed.t_mm, image.shape[:2])
     assert ok
