@@ -137,7 +137,9 @@ def write_report(out: Path, results: list[dict], wall_s: float, backbone: str):
     lines.append(format_table(results))
     lines += ["Rendered test set: same object, other seed (other poses, backgrounds, lights). `gt` boxes crop around "
               "the true 2D box; `predicted` boxes come from the network's own box head (the coordinate head: its mask on the whole image). Real photos (a set of "
-              "../shared/data) appear when the object is that set's own mesh.", "", "## Training", "",
+              "../shared/data) appear when the object is that set's own mesh. Translation: `box` fits the model, "
+              "turned by the predicted rotation, into the given box (`pose_net.inference.TRANSLATION_SOURCES`); "
+              "`regressed` is the translation head's; `ransac_pnp` the coordinate head's.", "", "## Training", "",
               "Validation images (held-out renderings). The rotation term is the training loss' Lq (mean point "
               "distance / diameter); a network that learnt nothing about rotation stays at the constant guess's "
               "level.", "",
