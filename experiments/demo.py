@@ -60,6 +60,8 @@ HEAD_RECIPES = {
                    train_flags=["--freeze_backbone", "--feature_cache", f"--feature_cache_layer={LITE0_TOP_STAGE_INPUT}"]),
     "coords": dict(num_train=3000, epochs=12, backbone="small", image_size=128, train_flags=[]),
 }
+flags.DEFINE_float("time_budget_min", 0.0, "stop training after this many minutes of wall time, the feature cache "
+                   "included (0: no limit; pose_net.train --time_budget_min)")
 flags.DEFINE_integer("workers", 2, "render processes")
 flags.DEFINE_integer("seed", 0, "seed of the training set (the test set uses seed + 1000)")
 
@@ -110,7 +112,8 @@ def main(argv):
                 f"--backbone={backbone}", f"--epochs={epochs}", f"--seed={FLAGS.seed}",
                 f"--lambda_projection={FLAGS.lambda_projection}", "--max_val_images=256", f"--head={FLAGS.head}",
                 f"--rotation_repr={FLAGS.rotation_repr}",
-                f"--learning_rate={FLAGS.learning_rate or (3e-3 if FLAGS.head == 'coords' else 1e-3)}"] + train_flags)
+                f"--learning_rate={FLAGS.learning_rate or (3e-3 if FLAGS.head == 'coords' else 1e-3)}",
+                f"--time_budget_min={FLAGS.time_budget_min}"] + train_flags)
 
     print("[4/4] evaluating", flush=True)
     from pose_net.evaluate import evaluate
@@ -131,7 +134,7 @@ def write_report(out: Path, results: list[dict], wall_s: float, backbone: str):
     history = [json.loads(line) for line in (out / "model" / "history.jsonl").read_text().splitlines()]
     lines = [f"# Demo report: {FLAGS.object}", "",
              f"Machine: {common.machine_description()}. Wall time: {wall_s / 60:.1f} min.",
-             f"Command: `python -m experiments.demo --object {FLAGS.object} --out {FLAGS.out} --head {FLAGS.head}`",
+             f"Command: `python -m experiments.demo {' '.join(sys.argv[1:])}`",
              f"Network: `{FLAGS.head}` head ({'dense object coordinates + RANSAC-PnP, docs/coordinates.md' if FLAGS.head == 'coords' else 'the thesis direct regression'}), backbone `{backbone}`.", "",
              "## Test results (recall at 10% of the diameter)", ""]
     lines.append(format_table(results))
