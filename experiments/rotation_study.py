@@ -19,7 +19,8 @@ term on the test images against the level of the best constant rotation
   renderings (same seeds: same poses, backgrounds and lights) rendered at 256 pixels with the same field of view;
   the network sees 128-pixel crops in both, so the second puts twice the pixels across the object.
 * ``... + top blocks`` / ``... + blocks 5-15``: the 256-pixel renderings with Lite0's last stage trained (cached
-  at ``block10_add``, stride 16), or its last two stages (cached at ``block4_add``, stride 8).
+  at ``block10_add``, stride 16), its last two stages (cached at ``block4_add``, stride 8) or three (``block2_add``,
+  stride 4).
 
 Rendering, features and finished variants are kept under ``--work_dir`` (resumable: a variant's row is written to
 ``results.jsonl`` when it ends). The table goes to ``OUT/rotation_study.md``.
@@ -69,6 +70,8 @@ VARIANTS = {  # name -> settings
                                                                 split=TOP_SPLIT, top_lr_scale=0.1),
     "6d 8k crops rendered at 256 + blocks 5-15 at lr x0.1": dict(repr="6d", limit="small", render_size=256,
                                                                  split="block4_add", top_lr_scale=0.1),
+    "6d 8k crops rendered at 256 + blocks 3-15 at lr x0.1": dict(repr="6d", limit="small", render_size=256,
+                                                                 split="block2_add", top_lr_scale=0.1),
 }
 
 

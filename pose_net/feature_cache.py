@@ -25,6 +25,9 @@ import numpy as np
 # Lite0's stride-16 output: what ``--feature_cache_layer`` names to train the last stage (blocks 11-15 and the
 # 1280-channel head convolution) on cached features (about 13x the cost of a heads-only step, docs/benchmarks.md).
 LITE0_TOP_STAGE_INPUT = "block10_add"
+# Lite0's stride-8 output: the last two stages (blocks 5-15 and the head convolution) train on cached features, at
+# about twice the cost of a last-stage step, and learn rotation much better (docs/results/README.md).
+LITE0_TOP_TWO_STAGES_INPUT = "block4_add"
 
 # What the loss and its projection term read from a batch, besides the features.
 TARGET_KEYS = ("box_target", "translation_target", "R", "t_mm", "K", "crop_center", "crop_size", "K_crop")

@@ -45,6 +45,7 @@ class PoseResult:
     ok: bool = True
     num_inliers: int = 0
     translation: str = "regressed"  # where t_mm came from: regressed, box (TRANSLATION_SOURCES) or ransac_pnp
+    t_regressed_mm: np.ndarray | None = None  # the direct head's translation head, whatever t_mm came from
 
 
 def load_config(model_dir) -> dict:
@@ -167,7 +168,7 @@ class PoseEstimator:
             box = predicted_box
         R, t = param.decode_pose(out, Kb, c, s, self.diameter_mm)
         R, t = R.numpy()[0].astype(np.float64), t.numpy()[0].astype(np.float64)
-        ok, source = True, self.translation
+        ok, source, t_regressed = True, self.translation, t
         if source == "auto":
             source = "box" if bbox_xywh is not None else "regressed"
         if source == "box" and self.config.get("input_mode", "roi") == "roi":
@@ -176,7 +177,8 @@ class PoseEstimator:
             t, ok = translation_from_box(self.points_mm, R, box, K, t, image.shape[:2])
         else:
             source = "regressed"
-        return PoseResult(R, t, np.asarray(box, np.float64), predicted_box, ok=ok, translation=source)
+        return PoseResult(R, t, np.asarray(box, np.float64), predicted_box, ok=ok, translation=source,
+                          t_regressed_mm=t_regressed)
 
     def network_outputs(self, images):
         """The network's raw outputs (a dict of tensors) for crops ``[B, S, S, 3]`` (0..255)."""

@@ -205,6 +205,7 @@ def test_translation_from_the_box_fits_the_model_into_the_box():
     expected, ok = translation_from_box(np.float32(points), regressed.R, box, K, regressed.t_mm, image.shape[:2])
     assert ok
     np.testing.assert_allclose(fitted.t_mm, expected)
+    np.testing.assert_allclose(fitted.t_regressed_mm, regressed.t_mm)  # kept beside it, for the thesis' figure
     assert np.linalg.norm(fitted.t_mm - regressed.t_mm) > 1.0  # an untrained head's translation is not the box's
     with pytest.raises(PoseInputError, match="unknown translation source"):
         PoseEstimator(model=model, config=config, translation="depth")
