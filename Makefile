@@ -50,7 +50,7 @@ demo: build-ops pretrained
 
 # A longer run: OBJ is a built-in object or a real set of ../shared/data (ycbv_banana, ycbv_box, ycbv_can),
 # whose photos are then evaluated too: 40,000 renderings at 256 pixels (about 13 minutes), Lite0 trained from its
-# stride-8 features for at most 45 minutes (docs/results/README.md); started again, it resumes.
+# stride-8 features (block4_add) for at most 45 minutes (docs/results/README.md); started again, it resumes.
 train: build-ops pretrained
 	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/train_$(OBJ) --num_train 40000 --num_test 500 \
 	    --image_size 256 --feature_cache_layer block4_add --epochs 10 --time_budget_min 45

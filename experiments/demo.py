@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags
 
 from experiments import common
-from pose_net.feature_cache import LITE0_TOP_TWO_STAGES_INPUT
+from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("object", "toy", "a built-in object (toy, box, symmetric), a real set of ../shared/data "
@@ -36,7 +36,7 @@ flags.DEFINE_integer("num_test", 200, "test renderings")
 flags.DEFINE_integer("image_size", 0, "side of the rendered images in pixels (0: the head's default, 128); the "
                      "network still sees 128-pixel crops, so 256 puts twice the pixels across the object (better "
                      "rotations, docs/results/rotation_study.md) for 2.5x the rendering time: make train uses it")
-flags.DEFINE_integer("epochs", 0, "training epochs (0: the head's default: 6 passes over the cached features "
+flags.DEFINE_integer("epochs", 0, "training epochs (0: the head's default: 8 passes over the cached features "
                      "for direct, 12 epochs for coords)")
 flags.DEFINE_enum("head", "direct", ["direct", "coords"], "direct: the thesis' network; coords: dense object "
                   "coordinates + RANSAC-PnP (docs/coordinates.md)")
@@ -48,17 +48,16 @@ flags.DEFINE_bool("distractors", False, "distractor objects and occluders in the
 flags.DEFINE_float("lambda_projection", 0.1, "weight of the Projection Loss")
 flags.DEFINE_enum("rotation_repr", "6d", ["quaternion", "6d"], "direct head: rotation output")
 flags.DEFINE_string("feature_cache_layer", "", "direct head: cache this backbone layer's features and train the "
-                    "layers after it too (default: the recipe's block4_add, Lite0's last two stages; 'output': heads "
+                    "layers after it too (default: the recipe's block10_add, Lite0's last stage; 'output': heads "
                     "only, about 7x faster per step)")
 
 # What each head trains with by default. The direct head on a CPU: the ImageNet EfficientNet-Lite0, its features
-# of the training crops at stride 8 computed once (pose_net/feature_cache.py), its last two stages and the heads
-# trained on them (2,800 steps); the small network from scratch leaves rotation at the level of a constant guess in
-# a demo's budget (docs/results/README.md, "Why rotation did not train").
+# of the training crops at stride 16 computed once (pose_net/feature_cache.py), its last stage and the heads trained
+# on them (3,750 steps); the small network from scratch leaves rotation at the level of a constant guess in a demo's
+# budget (docs/results/README.md, "Why rotation did not train").
 HEAD_RECIPES = {
-    "direct": dict(num_train=16000, epochs=6, backbone="efficientnet_lite0", image_size=128,
-                   train_flags=["--freeze_backbone", "--feature_cache",
-                                f"--feature_cache_layer={LITE0_TOP_TWO_STAGES_INPUT}"]),
+    "direct": dict(num_train=16000, epochs=8, backbone="efficientnet_lite0", image_size=128,
+                   train_flags=["--freeze_backbone", "--feature_cache", f"--feature_cache_layer={LITE0_TOP_STAGE_INPUT}"]),
     "coords": dict(num_train=3000, epochs=12, backbone="small", image_size=128, train_flags=[]),
 }
 flags.DEFINE_float("time_budget_min", 0.0, "stop training after this many minutes of wall time, the feature cache "

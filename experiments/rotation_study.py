@@ -41,6 +41,7 @@ from absl import app, flags
 
 from experiments import common
 from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT as TOP_SPLIT
+from pose_net.feature_cache import LITE0_TOP_TWO_STAGES_INPUT as TOP_TWO_SPLIT
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "docs/results", "folder of rotation_study.md")
@@ -69,7 +70,7 @@ VARIANTS = {  # name -> settings
     "6d 8k crops rendered at 256 + top blocks at lr x0.1": dict(repr="6d", limit="small", render_size=256,
                                                                 split=TOP_SPLIT, top_lr_scale=0.1),
     "6d 8k crops rendered at 256 + blocks 5-15 at lr x0.1": dict(repr="6d", limit="small", render_size=256,
-                                                                 split="block4_add", top_lr_scale=0.1),
+                                                                 split=TOP_TWO_SPLIT, top_lr_scale=0.1),
     "6d 8k crops rendered at 256 + blocks 3-15 at lr x0.1": dict(repr="6d", limit="small", render_size=256,
                                                                  split="block2_add", top_lr_scale=0.1),
 }
