@@ -33,7 +33,7 @@ flags.DEFINE_string("object", "toy", "a built-in object (toy, box, symmetric), a
 flags.DEFINE_string("out", "runs/demo", "output folder")
 flags.DEFINE_integer("num_train", 0, "training renderings (0: the head's default, 16,000 direct, 3,000 coords)")
 flags.DEFINE_integer("num_test", 200, "test renderings")
-flags.DEFINE_integer("image_size", 0, "side of the rendered images in pixels (0: the head's default, 128); the "
+flags.DEFINE_integer("image_size", 128, "side of the rendered images in pixels; the "
                      "network still sees 128-pixel crops, so 256 puts twice the pixels across the object (better "
                      "rotations, docs/results/rotation_study.md) for 2.5x the rendering time: make train uses it")
 flags.DEFINE_integer("epochs", 0, "training epochs (0: the head's default: 8 passes over the cached features "
@@ -56,9 +56,10 @@ flags.DEFINE_string("feature_cache_layer", "", "direct head: cache this backbone
 # on them (3,750 steps); the small network from scratch leaves rotation at the level of a constant guess in a demo's
 # budget (docs/results/README.md, "Why rotation did not train").
 HEAD_RECIPES = {
-    "direct": dict(num_train=16000, epochs=8, backbone="efficientnet_lite0", image_size=128,
-                   train_flags=["--freeze_backbone", "--feature_cache", f"--feature_cache_layer={LITE0_TOP_STAGE_INPUT}"]),
-    "coords": dict(num_train=3000, epochs=12, backbone="small", image_size=128, train_flags=[]),
+    "direct": dict(num_train=16000, epochs=8, backbone="efficientnet_lite0",
+                   train_flags=["--freeze_backbone", "--feature_cache",
+                                f"--feature_cache_layer={LITE0_TOP_STAGE_INPUT}"]),
+    "coords": dict(num_train=3000, epochs=12, backbone="small", train_flags=[]),
 }
 flags.DEFINE_float("time_budget_min", 0.0, "stop training after this many minutes of wall time, the feature cache "
                    "included (0: no limit; pose_net.train --time_budget_min)")
@@ -74,7 +75,6 @@ def main(argv):
     recipe = HEAD_RECIPES[FLAGS.head]
     num_train = FLAGS.num_train or recipe["num_train"]
     epochs = FLAGS.epochs or recipe["epochs"]
-    image_size = FLAGS.image_size or recipe["image_size"]
     backbone = FLAGS.backbone or recipe["backbone"]
     train_flags = list(recipe["train_flags"]) if backbone == recipe["backbone"] else []
     if FLAGS.feature_cache_layer and train_flags:
@@ -96,14 +96,14 @@ def main(argv):
 
     print("[1/4] rendering the training set", flush=True)
     train_dir = out / "data" / "train"
-    common.render_dataset(mesh, train_dir, num_train, FLAGS.seed, FLAGS.randomization, image_size, FLAGS.workers,
-                          num_shards=max(2, num_train // 1000), extra=train_extra)
+    common.render_dataset(mesh, train_dir, num_train, FLAGS.seed, FLAGS.randomization, FLAGS.image_size,
+                          FLAGS.workers, num_shards=max(2, num_train // 1000), extra=train_extra)
     common.run([sys.executable, "-m", "render.preview", str(train_dir), f"--out={out / 'training_samples.png'}"])
 
     print("[2/4] rendering the test set (another seed)", flush=True)
     test_dir = out / "data" / "test_render"
-    common.render_dataset(mesh, test_dir, FLAGS.num_test, FLAGS.seed + 1000, "complete", image_size, FLAGS.workers,
-                          num_shards=1, extra=extra)
+    common.render_dataset(mesh, test_dir, FLAGS.num_test, FLAGS.seed + 1000, "complete", FLAGS.image_size,
+                          FLAGS.workers, num_shards=1, extra=extra)
     bop_test = common.export_bop_test_set(test_dir, out / "data" / "test_bop", obj_id, mesh, diameter, symmetric)
 
     print("[3/4] training", flush=True)

@@ -106,14 +106,13 @@ def run_variant(name: str, settings: dict, work: Path, info: dict) -> dict:
 
     input_size = settings.get("input_size", 128)
     layer = settings.get("split", "head_relu6")
-    limit = FLAGS.num_train_224 if input_size != 128 else None
-    if settings.get("limit") == "small":
-        limit = FLAGS.num_train_small
+    small = settings.get("limit") == "small"
+    limit = FLAGS.num_train_small if small else (FLAGS.num_train_224 if input_size != 128 else None)
     render_size = settings.get("render_size", 128)
     suffix = "" if render_size == 128 else f"_{render_size}"
     tag = f"{layer}_{input_size}{suffix}"
-    train, train_s = _features(layer, input_size, work / f"toy_train{suffix}", work / f"cache_{tag}_train{'_small' if settings.get('limit') else ''}",
-                               limit, True)
+    train, train_s = _features(layer, input_size, work / f"toy_train{suffix}",
+                               work / f"cache_{tag}_train{'_small' if small else ''}", limit, True)
     test, _ = _features(layer, input_size, work / f"toy_test{suffix}", work / f"cache_{tag}_test", None, False)
     diameter = float(info["diameter_mm"])
     points = np.asarray(info["model_points_mm"], np.float32)

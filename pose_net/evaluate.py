@@ -84,7 +84,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     images = bop.list_test_images(bop_root, obj_id, split)
     if not images:
         raise PoseInputError(f"{bop_root}/{split}: no image shows object {obj_id}")
-    rows, estimates, pictures, rows_regressed = [], [], [], []
+    rows, estimates, pictures = [], [], []
     pick = set(np.linspace(0, len(images) - 1, min(num_pictures, len(images))).round().astype(int).tolist())
     for k, im in enumerate(images):
         try:
@@ -98,11 +98,12 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             elapsed = time.time() - t0
             e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
-            if est.t_regressed_mm is not None:  # the thesis' figure beside it: the translation head's own output
-                rows_regressed.append(metrics.add(est.R, est.t_regressed_mm, inst["R"], inst["t_mm"], points))
             rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": e_add, "add_s_mm": e_adds,
                          "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"])), "ok": est.ok,
                          "num_inliers": est.num_inliers, "translation": est.translation})
+            if est.t_regressed_mm is not None:  # the thesis' figure beside it: the translation head's own output
+                rows[-1]["add_mm_regressed_translation"] = metrics.add(est.R, est.t_regressed_mm, inst["R"],
+                                                                       inst["t_mm"], points)
             estimates.append(bop.PoseEstimate(im.scene_id, im.im_id, obj_id, 1.0, est.R, est.t_mm, elapsed))
             if k in pick and report_dir:
                 ok = metrics.is_correct(e_adds if symmetric else e_add, diameter)
@@ -130,8 +131,9 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         result["pnp_failures"] = failures
     elif "box" in result["translation"]:
         result["box_translation_fallbacks"] = failures  # no box fit: the regressed translation was kept
-        result["add_recall_regressed_translation"] = metrics.recall(np.array(rows_regressed), diameter)
-        result["add_median_mm_regressed_translation"] = float(np.median(rows_regressed))
+        regressed = np.array([r["add_mm_regressed_translation"] for r in rows])
+        result["add_recall_regressed_translation"] = metrics.recall(regressed, diameter)
+        result["add_median_mm_regressed_translation"] = float(np.median(regressed))
     if csv_path:
         Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
         bop.write_results_csv(csv_path, estimates)
