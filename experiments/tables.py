@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags
 
 from experiments import common
-from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT
+from pose_net.feature_cache import LITE0_TOP_TWO_STAGES_INPUT
 
 FLAGS = flags.FLAGS
 # Names differ from pose_net.train's and render.generate's flags (train is imported into this process).
@@ -51,14 +51,16 @@ BUDGETS = {
     "quick": dict(num_train=48, num_test=16, image_size=64, input_size=64, backbone="small", backbone_weights="none",
                   freeze_backbone=False, epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=1,
                   num_pictures=4),
-    # The ImageNet backbone's stride-16 features of each training crop are computed once (about 170 crops/s on 2
-    # cores); Lite0's last stage and the heads train on them (about 10 steps/s): many renderings and steps instead
-    # of 12 epochs over 3,000 with the whole backbone frozen (with which rotation stayed at the level of a constant
-    # guess; docs/results/README.md, "Why rotation did not train"). About 10 minutes a cell.
-    "cpu": dict(num_train=16000, num_test=200, image_size=128, input_size=128, backbone="efficientnet_lite0",
+    # Renderings at 256 pixels (the 128-pixel crops then carry twice the detail across the object), the ImageNet
+    # backbone's stride-8 features of each crop computed once (block4_add), Lite0's last two stages and the heads
+    # trained on them for 2,000 steps (8 epochs of 250, cosine decay): about 3 minutes of rendering, 8 of features
+    # and training and 1 of evaluation on 2 quiet cores, 12 minutes a cell. Steps, not a wall-clock budget, so that a
+    # busy machine makes a cell slower but not different. This is the 45-minute recipe of `make train` cut to the
+    # issue's 12 minutes (docs/results/README.md, "Why rotation did not train").
+    "cpu": dict(num_train=8000, num_test=200, image_size=256, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
-                feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", epochs=6, steps_per_epoch=0, batch_size=32,
-                num_shards=8, workers=2, num_pictures=12),
+                feature_cache_layer=LITE0_TOP_TWO_STAGES_INPUT, rotation_repr="6d", epochs=8, steps_per_epoch=0,
+                batch_size=32, num_shards=4, workers=2, num_pictures=12),
     "gpu": dict(num_train=20000, num_test=500, image_size=256, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=False, epochs=30, steps_per_epoch=0, batch_size=64,
                 num_shards=10, workers=8, num_pictures=12),
@@ -91,6 +93,9 @@ BACKBONE_VARIANTS = {
 # backbone) learns faster at 3e-3 (4-minute runs on the banana: loss 0.215 against 0.242 at 1e-3); the direct head
 # keeps the learning rate every other table uses.
 HEAD_SETTINGS = {"direct": dict(learning_rate=1e-3), "coords": dict(learning_rate=3e-3)}
+# The second stage of the coordinate head (experiments.dsac_table) fine-tunes a trained model: a tenth of the first
+# stage's rate, the same for all three variants (coordinate loss continued, DSAC, NG-DSAC).
+SECOND_STAGE_LEARNING_RATE = 3e-4
 
 
 @dataclass
@@ -101,6 +106,10 @@ class Cell:
     variant: str = ""  # a key of BACKBONE_VARIANTS ("": the budget's backbone)
     head: str = ""  # "direct" or "coords" with a wall-clock training budget (experiments.method_table); "": epochs
     minutes: float = 0.0  # the training budget of a head cell, minutes of wall time
+    # A second training stage of the coordinate head (experiments.dsac_table): "coords" (the coordinate loss
+    # alone, continued), "dsac" or "ngdsac" (through RANSAC-PnP, pose_net/dsac.py), starting from `init`'s model.
+    stage: str = ""
+    init: "Cell | None" = None
 
     @property
     def base_name(self) -> str:
@@ -108,6 +117,8 @@ class Cell:
 
     @property
     def name(self) -> str:
+        if self.init is not None:
+            return f"{self.init.name}-then-{self.stage}-{self.minutes:g}min"
         return (self.base_name + (f"-{self.variant}" if self.variant else "")
                 + (f"-{self.head}-{self.minutes:g}min" if self.head else ""))
 
@@ -132,6 +143,8 @@ class Cell:
                 s.pop(key, None)
             if FLAGS.budget != "quick":
                 s["epochs"] = 10_000
+        if self.init is not None:
+            s.update(stage=self.stage, learning_rate=SECOND_STAGE_LEARNING_RATE)
         return s
 
     def config(self) -> dict:
@@ -140,6 +153,8 @@ class Cell:
              **{k: v for k, v in self.training().items() if k not in ("workers", "num_pictures")}}
         if self.variant:
             c["variant"] = self.variant
+        if self.init is not None:
+            c["init"] = self.init.name
         return c
 
     def result(self) -> dict | None:
@@ -250,6 +265,8 @@ def run_cell(cell: Cell) -> dict:
     if done is not None:
         print(f"cell {cell.name}: finished, skipping", flush=True)
         return done
+    if cell.init is not None and cell.init.result() is None:  # a second stage starts from its first's model
+        run_cell(cell.init)
     s, folder, obj = cell.training(), cell.folder(), cell.obj
     print(f"cell {cell.name}: running in {folder}", flush=True)
     t0 = time.time()
@@ -266,19 +283,21 @@ def run_cell(cell: Cell) -> dict:
         feature_cache=s.get("feature_cache", False), feature_cache_layer=s.get("feature_cache_layer", ""),
         # cells on the same renderings (with and without Projection Loss) share the features of their crops
         feature_cache_dir=str(cell.data_dir().parent / f"feature_cache_{s['backbone']}_{s['input_size']}"),
-        time_budget_min=s.get("time_budget_min", 0.0)))
+        time_budget_min=s.get("time_budget_min", 0.0), stage=s.get("stage", "coords"),
+        init_from=str(cell.init.folder() / "model") if cell.init is not None else None))
     import keras
 
     keras.backend.clear_session()
-    keep = ("instances", "add_recall", "add_s_recall", "add_median_mm", "add_s_median_mm", "diameter_mm")
+    keep = ("instances", "add_recall", "add_s_recall", "add_median_mm", "add_s_median_mm", "diameter_mm",
+            "inlier_error_median_px")
     r = evaluate(folder / "model", bop_test, obj.obj_id, "gt", report_dir=folder / "eval_rendered",
                  num_pictures=s["num_pictures"])
-    result = {"name": cell.name, "config": cell.config(), "rendered": {k: r[k] for k in keep}, "real": None,
+    result = {"name": cell.name, "config": cell.config(), "rendered": {k: r[k] for k in keep if k in r}, "real": None,
               "note": obj.note}
     if obj.real_root is not None:
         r = evaluate(folder / "model", obj.real_root, obj.obj_id, "gt", report_dir=folder / "eval_real",
                      num_pictures=s["num_pictures"])
-        result["real"] = {k: r[k] for k in keep}
+        result["real"] = {k: r[k] for k in keep if k in r}
     result["wall_s"] = time.time() - t0
     history = folder / "model" / "history.jsonl"
     if history.is_file():  # what the training bought: its steps and its own wall time (evaluation excluded)
@@ -339,17 +358,23 @@ def row_values(row: Row) -> list[str]:
 
 
 def write_outputs(table: str, title: str, rows: list[Row], intro: str, wall_s: float, extra_notes: list[str],
-                  verbose: bool = False):
-    """``OUT/<table>.md``, ``.csv``, ``_bars.png`` and ``_curves_<real|rendered>.png``."""
+                  verbose: bool = False, extra_columns=()):
+    """``OUT/<table>.md``, ``.csv``, ``_bars.png`` and ``_curves_<real|rendered>.png``. ``extra_columns``:
+    ``(name, fn(row) -> str)`` pairs appended to :data:`COLUMNS`."""
+    columns = COLUMNS + [name for name, _ in extra_columns]
+
+    def values(row: Row) -> list[str]:
+        return row_values(row) + [fn(row) for _, fn in extra_columns]
+
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     collect(rows)
     s = sizes()
     with open(out / f"{table}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["row"] + COLUMNS + ["real cell", "rendered cell"])
+        w.writerow(["row"] + columns + ["real cell", "rendered cell"])
         for row in rows:
-            w.writerow([row.label] + row_values(row) + [row.real_cell.name if row.real_cell else "",
+            w.writerow([row.label] + values(row) + [row.real_cell.name if row.real_cell else "",
                                                         row.rendered_cell.name if row.rendered_cell else ""])
     plots = [plot_bars(out / f"{table}_bars.png", title, rows)]
     plots += [p for kind in ("real", "rendered") if (p := plot_curves(out / f"{table}_curves_{kind}.png", title, rows,
@@ -362,8 +387,8 @@ def write_outputs(table: str, title: str, rows: list[Row], intro: str, wall_s: f
              "photos of ../shared/data (a few distinct viewpoints each: a check of sim-to-real transfer, not a "
              "benchmark); \"rendered\": a test set rendered in `complete` mode with another seed. "
              "\"not run\": the cell has not been run yet.", "",
-             "| row | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += [f"| {row.label} | " + " | ".join(row_values(row)) + " |" for row in rows]
+             "| row | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {row.label} | " + " | ".join(values(row)) + " |" for row in rows]
     lines += ["", "## How this was made", "",
               f"- Command: `python -m experiments.{table} {' '.join(shlex.quote(a) for a in sys.argv[1:])}`",
               f"- Budget `{FLAGS.budget}`: {json.dumps(s)}",
@@ -472,11 +497,11 @@ def require_backbone_weights(cells: list[Cell]):
                          f"`make pretrained` (converted once, then cached), or use --budget quick")
 
 
-def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[str] = ()):
+def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[str] = (), extra_columns=()):
     """Runs the rows' unfinished cells (rendering all first), rewriting the table after each cell."""
     t0 = time.time()
     cells = {c.name: c for row in rows for c in (row.real_cell, row.rendered_cell) if c is not None}
-    write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
+    write_outputs(table, title, rows, intro, time.time() - t0, list(notes), extra_columns=extra_columns)
     todo = [c for c in cells.values() if c.result() is None]
     require_backbone_weights(todo)
     print(f"{table}: {len(cells) - len(todo)} of {len(cells)} cells already finished (skipped)", flush=True)
@@ -490,5 +515,5 @@ def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[s
         render_all(todo)
     for c in todo:
         run_cell(c)
-        write_outputs(table, title, rows, intro, time.time() - t0, list(notes))
-    write_outputs(table, title, rows, intro, time.time() - t0, list(notes), verbose=True)
+        write_outputs(table, title, rows, intro, time.time() - t0, list(notes), extra_columns=extra_columns)
+    write_outputs(table, title, rows, intro, time.time() - t0, list(notes), verbose=True, extra_columns=extra_columns)

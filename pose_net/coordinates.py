@@ -191,19 +191,26 @@ def solve_pose(outputs, K, crop_center, crop_size, frame: CoordinateFrame, diame
     """Poses from coordinate-head outputs by RANSAC-PnP.
 
     Args:
-      outputs: ``{"coords": [B, s, s, 3], "mask": [B, s, s, 1]}``. K: ``[B, 3, 3]`` camera intrinsics.
+      outputs: ``{"coords": [B, s, s, 3], "mask": [B, s, s, 1]}`` (and ``sampling [B, s, s, 1]``, NG-DSAC's
+        sampling logits, when the network has them). K: ``[B, 3, 3]`` camera intrinsics.
       crop_center ``[B, 2]``, crop_size ``[B]``: the crops the network saw.
     Returns:
-      ``(R [B, 3, 3], t_mm [B, 3], ok [B] bool, inlier_count [B])`` as numpy. Where PnP fails (fewer than 4
-      correspondences, no consensus), ``ok`` is False and the pose is a fallback: identity allocentric rotation at
-      the crop centre, at the distance where the object's diameter would fill 70% of the crop.
+      ``(R [B, 3, 3], t_mm [B, 3], ok [B] bool, inlier_count [B], inlier_error_px [B])`` as numpy;
+      ``inlier_error_px`` is the mean reprojection error of the inliers under the returned pose, in output-grid
+      pixels (NaN without inliers). Where PnP fails (fewer than 4 correspondences, no consensus), ``ok`` is False
+      and the pose is a fallback: identity allocentric rotation at the crop centre, at the distance where the
+      object's diameter would fill 70% of the crop.
     """
     from tf_ops import ransac_pnp
 
     output_size = int(outputs["coords"].shape[1])
     K_out = param.crop_intrinsics(K, crop_center, crop_size, output_size)
     pixels, coords_mm, valid, _ = correspondences(outputs, frame)
-    res = ransac_pnp(pixels, coords_mm, K_out, valid=valid, num_hypotheses=pnp.num_hypotheses,
+    weights = None
+    if "sampling" in outputs:  # NG-DSAC: minimal sets drawn where the network says (pose_net.dsac)
+        weights = tf.sigmoid(tf.reshape(tf.convert_to_tensor(outputs["sampling"], tf.float32),
+                                        tf.shape(valid)))
+    res = ransac_pnp(pixels, coords_mm, K_out, weights=weights, valid=valid, num_hypotheses=pnp.num_hypotheses,
                      threshold_px=pnp.threshold_px, seed=pnp.seed)
     ok = res["ok"].numpy()
     R, t = res["R"].numpy().astype(np.float64), res["t_mm"].numpy().astype(np.float64)
@@ -214,18 +221,41 @@ def solve_pose(outputs, K, crop_center, crop_size, frame: CoordinateFrame, diame
         R_fb = param.allocentric_to_egocentric(tf.eye(3, batch_shape=[b]), t_fb)
         R = np.where(ok[:, None, None], R, R_fb.numpy())
         t = np.where(ok[:, None], t, t_fb.numpy())
-    inliers = np.sum(res["inliers"].numpy(), axis=1)
-    return R, t, ok, inliers
+    inlier_mask = res["inliers"].numpy()
+    return R, t, ok, np.sum(inlier_mask, axis=1), inlier_reprojection_error_px(
+        pixels.numpy(), coords_mm.numpy(), K_out.numpy(), res["R"].numpy(), res["t_mm"].numpy(), inlier_mask)
 
 
-def coordinate_picture(coords, mask_logit, size: int | None = None) -> np.ndarray:
+def inlier_reprojection_error_px(pixels, coords_mm, K, R, t_mm, inliers) -> np.ndarray:
+    """Mean reprojection error ``[B]`` (px) of the inlier correspondences under each pose (NaN without inliers).
+
+    ``pixels [B, N, 2]``, ``coords_mm [B, N, 3]``, ``K [B, 3, 3]``, ``R [B, 3, 3]``, ``t_mm [B, 3]``,
+    ``inliers [B, N]`` bool. DSAC's claim is that end-to-end training lowers it (docs/results/dsac_table.md)."""
+    X = np.einsum("bij,bnj->bni", R.astype(np.float64), np.nan_to_num(coords_mm.astype(np.float64)))
+    p = np.einsum("bij,bnj->bni", K.astype(np.float64), X + t_mm[:, None, :])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        err = np.linalg.norm(p[..., :2] / p[..., 2:] - pixels, axis=-1)
+        total = np.sum(np.where(inliers, err, 0.0), axis=1)
+        return total / np.where(inliers.sum(axis=1) > 0, inliers.sum(axis=1), np.nan)
+
+
+def coordinate_picture(coords, mask_logit, size: int | None = None, sampling_logit=None) -> np.ndarray:
     """An RGB uint8 picture of one predicted coordinate map ``[s, s, 3]`` (normalised coordinates as colours,
-    black where the mask probability is below :data:`MASK_THRESHOLD`) beside its mask probability (grey)."""
+    black where the mask probability is below :data:`MASK_THRESHOLD`) beside its mask probability (grey) and, for
+    an NG-DSAC network (``sampling_logit [s, s, 1]``), its sampling weights over the object pixels (heat: the
+    share of minimal sets drawn there, scaled to the largest)."""
     c = np.clip(np.asarray(coords) + 0.5, 0.0, 1.0)
     prob = 1.0 / (1.0 + np.exp(-np.asarray(mask_logit)[..., 0]))
     rgb = (c * (prob > MASK_THRESHOLD)[..., None] * 255).astype(np.uint8)
     grey = np.repeat((prob * 255).astype(np.uint8)[..., None], 3, axis=-1)
-    pic = np.concatenate([rgb, np.full((rgb.shape[0], 2, 3), 255, np.uint8), grey], axis=1)
+    gap = np.full((rgb.shape[0], 2, 3), 255, np.uint8)
+    panels = [rgb, gap, grey]
+    if sampling_logit is not None:
+        w = 1.0 / (1.0 + np.exp(-np.asarray(sampling_logit, np.float64)[..., 0])) * (prob > MASK_THRESHOLD)
+        w = w / max(w.max(), 1e-12)
+        heat = np.stack([w, w ** 2, 0.2 * (1 - w) * (prob > MASK_THRESHOLD)], axis=-1)
+        panels += [gap, (heat * 255).astype(np.uint8)]
+    pic = np.concatenate(panels, axis=1)
     if size:
         from PIL import Image
 

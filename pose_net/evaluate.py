@@ -101,6 +101,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": e_add, "add_s_mm": e_adds,
                          "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"])), "ok": est.ok,
                          "num_inliers": est.num_inliers, "translation": est.translation})
+            if est.inlier_error_px is not None:
+                rows[-1]["inlier_error_px"] = est.inlier_error_px
             if est.t_regressed_mm is not None:  # the thesis' figure beside it: the translation head's own output
                 rows[-1]["add_mm_regressed_translation"] = metrics.add(est.R, est.t_regressed_mm, inst["R"],
                                                                        inst["t_mm"], points)
@@ -129,6 +131,9 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     failures = int(sum(1 for r in rows if not r.get("ok", True)))
     if estimator.head == "coords":
         result["pnp_failures"] = failures
+        errors = [r["inlier_error_px"] for r in rows if np.isfinite(r.get("inlier_error_px", np.nan))]
+        # DSAC's measure of the correspondences (docs/results/dsac_table.md), in pixels of the coordinate grid
+        result["inlier_error_median_px"] = float(np.median(errors)) if errors else None
     elif "box" in result["translation"]:
         result["box_translation_fallbacks"] = failures  # no box fit: the regressed translation was kept
         regressed = np.array([r["add_mm_regressed_translation"] for r in rows])

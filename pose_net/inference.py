@@ -35,7 +35,8 @@ class PoseResult:
 
     The coordinate head also gives ``coordinate_picture`` (uint8 RGB: the predicted coordinate map beside the mask
     probability, :func:`pose_net.coordinates.coordinate_picture`), ``ok`` (RANSAC-PnP found a pose) and
-    ``num_inliers``. ``translation`` says where ``t_mm`` came from; for the direct head with ``translation="box"``,
+    ``num_inliers`` (and ``inlier_error_px``, their mean reprojection error in pixels of the coordinate grid).
+    ``translation`` says where ``t_mm`` came from; for the direct head with ``translation="box"``,
     ``ok`` is False where the box fit could not be solved and the regressed translation was kept."""
     R: np.ndarray
     t_mm: np.ndarray
@@ -46,6 +47,7 @@ class PoseResult:
     num_inliers: int = 0
     translation: str = "regressed"  # where t_mm came from: regressed, box (TRANSLATION_SOURCES) or ransac_pnp
     t_regressed_mm: np.ndarray | None = None  # the direct head's translation head, whatever t_mm came from
+    inlier_error_px: float | None = None  # coordinate head: mean reprojection error of the inliers (grid px)
 
 
 def load_config(model_dir) -> dict:
@@ -155,10 +157,11 @@ class PoseEstimator:
             center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
             crops, c, s = self._crops(image, K, center.numpy(), size.numpy())
             out = self._run(crops)
-            R, t, ok, inliers = solve_pose(out, Kb, c, s, self.frame, self.diameter_mm, self.pnp)
-            picture = coordinate_picture(out["coords"][0].numpy(), out["mask"][0].numpy())
+            R, t, ok, inliers, inlier_error = solve_pose(out, Kb, c, s, self.frame, self.diameter_mm, self.pnp)
+            sampling = out["sampling"][0].numpy() if "sampling" in out else None
+            picture = coordinate_picture(out["coords"][0].numpy(), out["mask"][0].numpy(), sampling_logit=sampling)
             return PoseResult(R[0], t[0], np.asarray(box, np.float64), predicted_box, picture, bool(ok[0]),
-                              int(inliers[0]), "ransac_pnp")
+                              int(inliers[0]), "ransac_pnp", inlier_error_px=float(inlier_error[0]))
         if self.config.get("input_mode", "roi") == "roi":
             box = predicted_box if bbox_xywh is None else np.asarray(bbox_xywh, np.float64)
             center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
@@ -191,8 +194,8 @@ class PoseEstimator:
         if self.head == "coords":
             from pose_net.coordinates import solve_pose
 
-            R, t, _, _ = solve_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.frame,
-                                    self.diameter_mm, self.pnp)
+            R, t, _, _, _ = solve_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.frame,
+                                       self.diameter_mm, self.pnp)
             return R, t
         R, t = param.decode_pose(out, batch["K"], batch["crop_center"], batch["crop_size"], self.diameter_mm)
         return R.numpy().astype(np.float64), t.numpy().astype(np.float64)

@@ -75,11 +75,12 @@ def test_perfect_coordinates_give_the_true_pose(datasets):
 
     info, spec, batch = _spec_and_batch(datasets / "toy")
     outputs = {"coords": batch["coords_target"], "mask": tf.where(batch["mask_target"][..., None] > 0, 10.0, -10.0)}
-    R, t, ok, inliers = solve_pose(outputs, batch["K"], batch["crop_center"], batch["crop_size"], spec.frame,
-                                   info["diameter_mm"], PnPSettings(threshold_px=1.5))
+    R, t, ok, inliers, inlier_error = solve_pose(outputs, batch["K"], batch["crop_center"], batch["crop_size"],
+                                                 spec.frame, info["diameter_mm"], PnPSettings(threshold_px=1.5))
     points = np.asarray(info["model_points_mm"])
     errors = metrics.add_batch(R, t, batch["R"].numpy(), batch["t_mm"].numpy(), points)
     assert ok.all() and np.all(inliers > 10)
+    assert np.all(inlier_error < 1.5), inlier_error  # inliers are within the threshold by definition
     assert np.median(errors) < 0.02 * info["diameter_mm"], np.median(errors)
     assert metrics.recall(errors, info["diameter_mm"]) >= 0.9
 
