@@ -143,7 +143,8 @@ def build_feature_pyramid(backbone: str, input_size: int, weights=None, freeze: 
 
 
 def build_coordinate_model(backbone: str = "efficientnet_lite0", input_size: int = 128, backbone_weights=None,
-                           freeze_backbone: bool = False, decoder_widths=(128, 96, 64, 32)) -> keras.Model:
+                           freeze_backbone: bool = False, decoder_widths=(128, 96, 64, 32),
+                           sampling_head: bool = False) -> keras.Model:
     """The dense correspondence network: a U-Net decoder over the backbone's feature pyramid.
 
     Input: ``[B, S, S, 3]`` float32 RGB in [0, 255]. Outputs (a dict), at stride 2 (``S/2 x S/2``, 64x64 for a
@@ -157,6 +158,10 @@ def build_coordinate_model(backbone: str = "efficientnet_lite0", input_size: int
     concatenated, and a 3x3 conv; every conv with batch norm and ReLU (without the norms, the frozen backbone's
     large activations kill the ReLUs in the first steps and the maps collapse to a constant);
     ``decoder_widths`` are the channels at strides 16, 8, 4, 2.
+
+    ``sampling_head`` (NG-DSAC, :mod:`pose_net.dsac`) adds ``sampling [B, S/2, S/2, 1]``: a logit per pixel of how
+    much a minimal set should draw on it, a 1x1 conv on the decoder's last features with their gradient stopped
+    (as NG-DSAC++ does), so its policy gradient does not reach the coordinates.
     """
     inputs = keras.Input((input_size, input_size, 3), name="image")
     s2, s4, s8, s16, s32 = build_feature_pyramid(backbone, input_size, backbone_weights, freeze_backbone)(inputs)
@@ -173,19 +178,32 @@ def build_coordinate_model(backbone: str = "efficientnet_lite0", input_size: int
         x = conv_bn_relu(x, width, 3, f"decoder_conv{k}")
     coords = keras.layers.Conv2D(3, 1, name="coords")(x)
     mask = keras.layers.Conv2D(1, 1, name="mask", bias_initializer=keras.initializers.Constant(-2.0))(x)
-    return keras.Model(inputs, {"coords": coords, "mask": mask}, name="coordinate_net")
+    outputs = {"coords": coords, "mask": mask}
+    if sampling_head:
+        outputs["sampling"] = keras.layers.Conv2D(1, 1, name="sampling", kernel_initializer="zeros")(
+            StopGradient(name="sampling_stop_gradient")(x))
+    return keras.Model(inputs, outputs, name="coordinate_net")
 
 
 def build_model(head: str, backbone: str, input_size: int, backbone_weights=None, freeze_backbone: bool = False,
-                rotation_repr: str = "quaternion"):
+                rotation_repr: str = "quaternion", sampling_head: bool = False):
     """``head="direct"``: :func:`build_pose_model` (the thesis' network, with ``rotation_repr``); ``"coords"``:
-    :func:`build_coordinate_model`."""
+    :func:`build_coordinate_model` (``sampling_head``: NG-DSAC's sampling output)."""
     if head == "coords":
-        return build_coordinate_model(backbone, input_size, backbone_weights, freeze_backbone)
+        return build_coordinate_model(backbone, input_size, backbone_weights, freeze_backbone,
+                                      sampling_head=sampling_head)
     if head == "direct":
         return build_pose_model(backbone, input_size, backbone_weights, freeze_backbone=freeze_backbone,
                                 rotation_repr=rotation_repr)
     raise ValueError(f"unknown head {head!r}: choose direct or coords")
+
+
+@keras.saving.register_keras_serializable(package="pose_net")
+class StopGradient(keras.layers.Layer):
+    """The identity whose gradient is zero (NG-DSAC's sampling head reads the decoder without training it)."""
+
+    def call(self, x):
+        return tf.stop_gradient(x)
 
 
 @keras.saving.register_keras_serializable(package="pose_net")

@@ -76,6 +76,25 @@ flags.DEFINE_float("lambda_mask", 1.0, "lm: weight of the coordinate head's mask
 flags.DEFINE_integer("pnp_hypotheses", 64, "coords head: RANSAC-PnP hypotheses per image", flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("pnp_threshold_px", 2.0, "coords head: RANSAC-PnP inlier threshold in pixels of the coordinate "
                    "map (stride 2: one is two crop pixels)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_enum("stage", "coords", ["coords", "dsac", "ngdsac"], "coords head: coords trains on the coordinate "
+                  "and mask losses; dsac adds DSAC's expected pose loss through RANSAC-PnP (pose_net/dsac.py); ngdsac "
+                  "also learns where minimal sets are drawn (NG-RANSAC). dsac and ngdsac start from --init_from",
+                  flag_values=TRAIN_FLAGS)
+flags.DEFINE_string("init_from", None, "model folder (a finished run of the same head, backbone and object) whose "
+                    "weights start this run; layers it lacks (NG-DSAC's sampling head) start fresh",
+                    flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("lambda_dsac", 1.0, "--stage dsac|ngdsac: weight of the expected pose loss", flag_values=TRAIN_FLAGS)
+flags.DEFINE_enum("dsac_pose_loss", "angle_translation", ["reprojection", "add", "add_s", "angle_translation"],
+                  "--stage dsac|ngdsac: the pose loss l of each hypothesis: the seed's mean reprojection error (px), "
+                  "ADD / diameter, ADD-S / diameter, or DSAC*'s angle_deg + w * |dt|", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("dsac_alpha", 100.0, "--stage dsac|ngdsac: selection softmax scale over the inlier share "
+                   "(DSAC*: 100); the inlier threshold is --pnp_threshold_px", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("dsac_translation_weight_per_mm", 0.1, "--dsac_pose_loss angle_translation: w per mm (DSAC*: "
+                   "100 per metre)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("dsac_loss_cut", 0.0, "soft clamp of the pose loss, sqrt(cut * l) above cut (0: the loss' "
+                   "default, pose_net.dsac.DEFAULT_CUTS)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("ng_pools", 2, "--stage ngdsac: hypothesis pools per image (the policy gradient's baseline is "
+                     "their mean loss)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("time_budget_min", 0.0, "train for this many minutes of wall time (resumed runs count the time "
                    "already spent), the learning rate on a cosine over that time; 0: --epochs decide", flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("projection_scale", 0.5, "Projection Loss drawing resolution relative to the input crop", flag_values=TRAIN_FLAGS)
@@ -93,7 +112,7 @@ flags.DEFINE_integer("stop_after_steps", 0, "testing aid: exit (as if killed) af
 
 
 CONFIG_KEYS = ("head", "backbone", "input_size", "input_mode", "roi_enlarge", "seed", "freeze_backbone",
-               "rotation_repr", "feature_cache_layer")
+               "rotation_repr", "feature_cache_layer", "stage")
 CONFIG_DEFAULTS = {"head": "direct", "rotation_repr": "quaternion", "feature_cache_layer": ""}  # for config.json files written before the key
 
 
@@ -126,6 +145,7 @@ def make_config(flag_values, info: dict) -> dict:
         "freeze_backbone": flag_values["freeze_backbone"],
         "rotation_repr": flag_values.get("rotation_repr", "quaternion"),
         "feature_cache_layer": flag_values.get("feature_cache_layer", "") if flag_values.get("feature_cache") else "",
+        "stage": flag_values.get("stage", "coords") if head == "coords" else "",
         "seed": flag_values["seed"],
         "dataset": flag_values["dataset"],
         **extra,
@@ -146,8 +166,10 @@ def check_resume(model_dir: Path, config: dict):
                          f"(diameter {old.get('diameter_mm'):.1f} mm) but --dataset {config['dataset']} renders "
                          f"object {config['obj_id']} (diameter {config['diameter_mm']:.1f} mm): use another "
                          f"--model_dir")
+    # config.json files written before "stage" was a key: a coordinate model then trained its coordinate stage
+    defaults = dict(CONFIG_DEFAULTS, stage="coords" if old.get("head") == "coords" else "")
     for key in CONFIG_KEYS:
-        if old.get(key, CONFIG_DEFAULTS.get(key)) != config[key]:
+        if old.get(key, defaults.get(key)) != config[key]:
             raise PoseInputError(f"{model_dir} was trained with {key}={old.get(key)!r}, now {config[key]!r}: "
                              f"use the same flags to resume, or another --model_dir")
 
@@ -229,6 +251,15 @@ def train(flag_values: dict) -> dict:
                              "of a crop must not change during training)")
     if use_cache and f["strategy"] != "default":
         raise PoseInputError("--feature_cache trains on one device: use --strategy=default")
+    dsac_stage = f.get("stage", "coords") != "coords"
+    if dsac_stage and f["head"] != "coords":
+        raise PoseInputError(f"--stage {f['stage']} trains the coordinate head through RANSAC-PnP: use --head coords")
+    if dsac_stage and f["stage"] == "ngdsac" and f["ng_pools"] < 2:
+        raise PoseInputError(f"--ng_pools must be >= 2 (NG-RANSAC's baseline is the mean over pools), got "
+                             f"{f['ng_pools']}")
+    if f.get("init_from") and not (Path(f["init_from"]) / "model.keras").is_file():
+        raise PoseInputError(f"--init_from {f['init_from']}: no model.keras there (a finished training run's "
+                             f"--model_dir)")
     if f["feature_cache_passes"] < 1:
         raise PoseInputError(f"--feature_cache_passes must be >= 1, got {f['feature_cache_passes']}")
     info = load_dataset_info(f["dataset"])
@@ -265,7 +296,7 @@ def train(flag_values: dict) -> dict:
     with strategy.scope():
         weights_arg = resolve_backbone_weights(f["backbone"], f["backbone_weights"])
         model = build_model(config["head"], f["backbone"], f["input_size"], weights_arg, f["freeze_backbone"],
-                            rotation_repr=config["rotation_repr"])
+                            rotation_repr=config["rotation_repr"], sampling_head=config["stage"] == "ngdsac")
         head_model = backbone_lower = backbone_top = None
         if use_cache:
             from pose_net.feature_cache import split_backbone
@@ -302,6 +333,23 @@ def train(flag_values: dict) -> dict:
         ckpt.restore(manager.latest_checkpoint)
         print(f"resumed from {manager.latest_checkpoint} (epoch {int(epoch_var.numpy())}, "
               f"step {int(step_in_epoch.numpy())} of it)", flush=True)
+    elif f.get("init_from"):
+        init_weights_from(model, config, Path(f["init_from"]))
+
+    dsac_settings = dsac_loss = None
+    if dsac_stage:
+        from pose_net import dsac
+
+        dsac_settings = dsac.DsacSettings(
+            num_hypotheses=f["pnp_hypotheses"], threshold_px=f["pnp_threshold_px"], alpha=f["dsac_alpha"],
+            pose_loss=f["dsac_pose_loss"], translation_weight_per_mm=f["dsac_translation_weight_per_mm"],
+            loss_cut=f["dsac_loss_cut"] or None)
+        frame, symmetries_obj = coordinate_spec.frame, coordinate_spec.symmetries
+        ng_pools = f["ng_pools"] if f["stage"] == "ngdsac" else 0
+
+        def dsac_loss(outputs, batch):
+            return dsac.coordinate_dsac_loss(outputs, batch, frame, symmetries_obj, loss_points, diameter,
+                                             dsac_settings, ng_pools=ng_pools, seed=f["seed"])
 
     replicas = strategy.num_replicas_in_sync
     cache = None
@@ -346,6 +394,10 @@ def train(flag_values: dict) -> dict:
             outputs = model(batch["image"], training=True)
             if coords_head:
                 total, terms = losses.coordinate_head_loss(outputs, batch, model, weights)
+                if dsac_loss is not None:
+                    d_total, d_terms = dsac_loss(outputs, batch)
+                    total = total + f["lambda_dsac"] * d_total
+                    terms.update(d_terms)
             else:
                 total, terms = losses.total_loss(outputs, batch, model, weights, loss_points, diameter, symmetric,
                                                  f["input_size"])
@@ -367,7 +419,8 @@ def train(flag_values: dict) -> dict:
     history_path = model_dir / "history.jsonl"
     steps_this_run = 0
     last_val = {}
-    shown_terms = ("total", "coords", "mask") if coords_head else ("total", "rotation", "translation", "projection")
+    shown_terms = (("total", "coords", "mask") + (("dsac",) if dsac_stage else ()) if coords_head
+                   else ("total", "rotation", "translation", "projection"))
     out_of_time = False
     constant_level = None
     for epoch in range(int(epoch_var.numpy()), f["epochs"]):
@@ -449,6 +502,32 @@ def train(flag_values: dict) -> dict:
     (model_dir / "final_metrics.json").write_text(json.dumps(last_val, indent=1))
     print(f"exported {model_dir / EXPORT_FILE}", flush=True)
     return last_val
+
+
+def init_weights_from(model, config: dict, source: Path):
+    """Copies the weights of the finished run in ``source`` into ``model``, layer by layer (by name); refuses a
+    run of another object, head, backbone or input size. Layers ``source`` lacks keep their initialisation."""
+    import keras
+
+    from pose_net.inference import CONFIG_FILE
+
+    other = json.loads((source / CONFIG_FILE).read_text())
+    for key in ("obj_id", "head", "backbone", "input_size"):
+        if other.get(key) != config[key]:
+            raise PoseInputError(f"--init_from {source} holds a model with {key}={other.get(key)!r}, this run has "
+                                 f"{config[key]!r}")
+    src = {layer.name: layer for layer in keras.models.load_model(source / "model.keras", compile=False).layers}
+    copied, fresh = 0, []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        if layer.name in src and [w.shape for w in src[layer.name].weights] == [w.shape for w in layer.weights]:
+            layer.set_weights(src[layer.name].get_weights())
+            copied += 1
+        else:
+            fresh.append(layer.name)
+    print(f"initialised from {source}: {copied} layers copied" + (f", new: {', '.join(fresh)}" if fresh else ""),
+          flush=True)
 
 
 def _checked(dataset, paths):
