@@ -9,6 +9,8 @@ ctypes harness works on machines without TensorFlow):
 * :func:`projection_iou_loss_reference`: the pure-TF reference of the forward loss.
 * :func:`ransac_pnp` (pixels, coords_mm, K, weights=None, valid=None, num_valid=None, num_hypotheses=64,
   threshold_px=10.0, seed=0, max_refine_iterations=10) -> dict(R, t_mm, inliers, score, ok) (the C++ op)
+* :func:`ransac_pnp_hypotheses` (same arguments) -> dict(R, t_mm, score, minimal_sets, ok, R_init, t_init_mm): the
+  training form (DSAC), every hypothesis, differentiable w.r.t. coords_mm (the C++ op and its gradient op)
 
 Using the op before it is built raises ImportError telling you to run ``make build-ops``.
 
@@ -22,7 +24,8 @@ from __future__ import annotations
 import sys
 import types
 
-__all__ = ["projection_iou_loss", "projection_loss", "projection_iou_loss_reference", "ransac_pnp"]
+__all__ = ["projection_iou_loss", "projection_loss", "projection_iou_loss_reference", "ransac_pnp",
+           "ransac_pnp_hypotheses"]
 
 
 def _load(name: str):
@@ -30,11 +33,11 @@ def _load(name: str):
         from tf_ops.projection_loss.python.ops.reference import projection_iou_loss_reference
 
         return projection_iou_loss_reference
-    if name == "ransac_pnp":
+    if name in ("ransac_pnp", "ransac_pnp_hypotheses"):
         # Raises a clear ImportError ("run `make build-ops`") when the op library is missing.
         from tf_ops.ransac_pnp.python.ops import ransac_pnp_ops
 
-        return ransac_pnp_ops.ransac_pnp
+        return getattr(ransac_pnp_ops, name)
     # Raises a clear ImportError ("run `make build-ops`") when the op library is missing.
     from tf_ops.projection_loss.python.ops import projection_loss_ops
 

@@ -77,7 +77,8 @@ def _projection_loss() -> OpSpec:
 
 def _ransac_pnp() -> OpSpec:
     core = ROOT / "tf_ops" / "ransac_pnp" / "core"
-    sources = tuple(core / f"{stem}.cc" for stem in ("ransac_pnp_core", "p3p", "sampling", "scoring", "refinement"))
+    sources = tuple(core / f"{stem}.cc"
+                    for stem in ("ransac_pnp_core", "p3p", "sampling", "scoring", "refinement", "derivatives"))
     headers = (core / "ransac_pnp_core.h", core / "ransac_pnp_internal.h")
     pkg = core.parent
     # -fno-math-errno -fno-trapping-math: lets g++ vectorize the scoring loop; no result changes (see the header).

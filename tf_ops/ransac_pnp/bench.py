@@ -5,6 +5,10 @@ noise on the inliers, a 100-300 mm object at 300-1500 mm), 64 hypotheses, thresh
 (minimum over repetitions) of the core on one thread (ctypes harness, no TensorFlow) and of the TF op with its
 intra-op thread pool, with one refinement round and with the default (at most 10, stopping when the inlier set
 stops growing). Options: ``--quick``, ``--json PATH``.
+
+``--training``: the training form instead (``ransac_pnp_hypotheses``, every hypothesis refined, and its gradient):
+B = 16, the same N and hypotheses, default refinement; ms per batch of the forward and of the backward (the tape's
+gradient of a loss of R, t_mm and score), TF op with its intra-op pool.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 import numpy as np
 
@@ -92,13 +97,53 @@ def bench(quick: bool = False, with_tf: bool = True) -> list[dict]:
     return rows
 
 
+TRAINING_BATCH = 16
+
+
+def bench_training(quick: bool = False) -> list[dict]:
+    """The training form's forward and backward through TF (see the module docstring); prints and returns rows."""
+    import tensorflow as tf
+
+    from tf_ops import ransac_pnp_hypotheses
+
+    pixels, coords = problem(TRAINING_BATCH)
+    rng = np.random.default_rng(1)
+    shape = (TRAINING_BATCH, NUM_HYPOTHESES)
+    w_R = tf.constant(rng.normal(size=shape + (3, 3)).astype(np.float32))
+    w_t = tf.constant(rng.normal(size=shape + (3,)).astype(np.float32))
+    w_s = tf.constant(rng.normal(size=shape).astype(np.float32))
+    x = tf.Variable(coords)
+    forward_ms, backward_ms = [], []
+    for _ in range(1 if quick else 3):
+        t0 = time.perf_counter()
+        with tf.GradientTape() as tape:
+            res = ransac_pnp_hypotheses(pixels, x, K_BENCH, num_hypotheses=NUM_HYPOTHESES, threshold_px=THRESHOLD_PX)
+            loss = tf.reduce_sum(w_R * res["R"]) + tf.reduce_sum(w_t * res["t_mm"]) + tf.reduce_sum(w_s * res["score"])
+        loss.numpy()
+        t1 = time.perf_counter()
+        tape.gradient(loss, x).numpy()
+        t2 = time.perf_counter()
+        forward_ms.append((t1 - t0) * 1000.0)
+        backward_ms.append((t2 - t1) * 1000.0)
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+    row = dict(impl=f"TF op, intra-op pool ({threads} threads)", B=TRAINING_BATCH, N=NUM_CORRESPONDENCES,
+               hypotheses=NUM_HYPOTHESES, forward_ms=min(forward_ms), backward_ms=min(backward_ms),
+               ok=float(np.mean(res["ok"].numpy())), load_average=os.getloadavg()[0])
+    print(f"  RANSAC-PnP training form {row['impl']}: B={TRAINING_BATCH} N={NUM_CORRESPONDENCES} "
+          f"{NUM_HYPOTHESES} hypotheses: forward {row['forward_ms']:.0f} ms, backward {row['backward_ms']:.0f} ms "
+          f"per batch (min of {len(forward_ms)}; load average {row['load_average']:.1f})", flush=True)
+    return [row]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="RANSAC-PnP op benchmark")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-tf", action="store_true", help="only the core through the ctypes harness")
+    ap.add_argument("--training", action="store_true",
+                    help="the training form (ransac_pnp_hypotheses) forward and backward instead")
     ap.add_argument("--json", type=str, default=None)
     args = ap.parse_args(argv)
-    rows = bench(args.quick, with_tf=not args.no_tf)
+    rows = bench_training(args.quick) if args.training else bench(args.quick, with_tf=not args.no_tf)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(cpus=os.cpu_count(), rows=rows), f, indent=2)

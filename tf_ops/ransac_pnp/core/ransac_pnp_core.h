@@ -31,7 +31,10 @@
 // Determinism: item b draws from its own generator, seeded from (seed, b); results do not depend on how a thread
 // pool splits the batch.
 //
-// Derivatives (DSAC training) are not part of this core yet: see the note in ransac_pnp_internal.h for where they go.
+// Training form (DSAC): rp_cpu_ransac_pnp_hypotheses returns every hypothesis (its refined pose, its score, its minimal
+// set and its minimal-solver pose) instead of the best one, and rp_cpu_ransac_pnp_hypotheses_backward the gradient of
+// a loss of those outputs w.r.t. coords_mm. The derivatives are in derivatives.cc (the math is at its top and in
+// docs/ransac_pnp.md, "Training form (DSAC)"); the hypotheses are the ones the inference call chooses from.
 //
 // Build flags: -fno-math-errno -fno-trapping-math let g++ vectorize the scoring loop (scoring.cc); they change no
 // result (no errno, no FP traps are used). -ffp-contract=off as for the Projection Loss.
@@ -88,6 +91,36 @@ int rp_cpu_ransac_pnp(const float* pixels, const float* coords_mm, const float* 
                       const uint8_t* valid, int batch, int n, int num_hypotheses, float threshold_px,
                       int max_refine_iterations, uint64_t seed, float* R, float* t_mm, uint8_t* inliers, float* score,
                       uint8_t* ok, int32_t* item_status, int batch_begin, int batch_end);
+
+// Training form: every hypothesis. Per item b and hypothesis j < H = num_hypotheses, drawn exactly as
+// rp_cpu_ransac_pnp draws them (same per-item generator): R_init [B, H, 3, 3], t_init_mm [B, H, 3] the minimal
+// solver's pose p0_j; score [B, H] the soft inlier count of p0_j; R [B, H, 3, 3], t_mm [B, H, 3] p0_j refined
+// (at most max_refine_iterations rounds, as rp_cpu_ransac_pnp refines the best one); minimal_sets int32 [B, H, 4]
+// the indices (into N) of the 4 correspondences; ok uint8 [B, H]. Where no hypothesis j could be made, or the item is
+// degenerate (item_status as for rp_cpu_ransac_pnp): ok = 0, R = R_init = identity, t = t_init = 0, score = 0,
+// minimal_sets = -1. The best-scoring hypothesis (first on ties) refined is what rp_cpu_ransac_pnp returns. Same
+// argument checks and return codes as rp_cpu_ransac_pnp.
+int rp_cpu_ransac_pnp_hypotheses(const float* pixels, const float* coords_mm, const float* K, const float* weights,
+                                 const uint8_t* valid, int batch, int n, int num_hypotheses, float threshold_px,
+                                 int max_refine_iterations, uint64_t seed, float* R, float* t_mm, float* score,
+                                 int32_t* minimal_sets, uint8_t* ok, float* R_init, float* t_init_mm,
+                                 int32_t* item_status, int batch_begin, int batch_end);
+
+// Backward of the training form: grad_coords_mm [B, N, 3] = dL/dcoords_mm given the forward's inputs (weights are
+// not needed: they only steer sampling), its outputs, the same parameters, and the upstream gradients grad_R
+// [B, H, 3, 3], grad_t_mm [B, H, 3], grad_score [B, H], grad_R_init [B, H, 3, 3], grad_t_init_mm [B, H, 3] (each may
+// be NULL: zero). Unused correspondences, ok = 0 hypotheses and degenerate items get exactly 0; no entry is ever NaN
+// or inf (a non-finite one is written as 0). RP_ERR_INVALID_ARGUMENT for bad sizes or parameters, NULL arrays, a
+// non-finite K, or a minimal set of an ok hypothesis that is not 4 distinct indices in [0, N) (nothing is written
+// then). Thread-safe, deterministic, items independent (a thread pool may split [batch_begin, batch_end)).
+int rp_cpu_ransac_pnp_hypotheses_backward(const float* pixels, const float* coords_mm, const float* K,
+                                          const uint8_t* valid, int batch, int n, int num_hypotheses,
+                                          float threshold_px, int max_refine_iterations, const float* R,
+                                          const float* t_mm, const float* R_init, const float* t_init_mm,
+                                          const int32_t* minimal_sets, const uint8_t* ok, const float* grad_R,
+                                          const float* grad_t_mm, const float* grad_score, const float* grad_R_init,
+                                          const float* grad_t_init_mm, float* grad_coords_mm, int batch_begin,
+                                          int batch_end);
 
 // The minimal solver alone (for tests): P3P on 3 pixel <-> model point correspondences. pixels [3, 2], coords_mm
 // [3, 3], K [3, 3]; writes up to 4 poses into R_out [4, 3, 3], t_out_mm [4, 3] and returns how many (0..4), or

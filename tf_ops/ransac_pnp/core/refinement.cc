@@ -45,24 +45,15 @@ void NormalEquations(const Correspondences& c, const Camera& cam, const Pose& po
                      double JtJ[36], double Jtr[6]) {
   for (int k = 0; k < 36; ++k) JtJ[k] = 0.0;
   for (int k = 0; k < 6; ++k) Jtr[k] = 0.0;
-  const double* K = cam.K;
   for (int i : positions) {
     const double X[3] = {c.x[i], c.y[i], c.z[i]};
-    double a[3], p[3];  // a = R X (rotated point), p = K (a + t)
-    for (int r = 0; r < 3; ++r) a[r] = pose.R[3 * r] * X[0] + pose.R[3 * r + 1] * X[1] + pose.R[3 * r + 2] * X[2];
-    const double Xc[3] = {a[0] + pose.t[0], a[1] + pose.t[1], a[2] + pose.t[2]};
-    for (int r = 0; r < 3; ++r) p[r] = K[3 * r] * Xc[0] + K[3 * r + 1] * Xc[1] + K[3 * r + 2] * Xc[2];
-    const double u = p[0] / p[2], v = p[1] / p[2];
-    const double res[2] = {u - c.u[i], v - c.v[i]};
-    // d(u, v)/dXc rows: (K_0 - u K_2) / p2 and (K_1 - v K_2) / p2.
-    double g[2][3];
-    for (int k = 0; k < 3; ++k) {
-      g[0][k] = (K[k] - u * K[6 + k]) / p[2];
-      g[1][k] = (K[3 + k] - v * K[6 + k]) / p[2];
-    }
+    ProjectionDerivatives d;  // a = R X, (u, v), G = d(u, v)/dXc
+    ProjectWithDerivatives(cam.K, pose, X, &d);
+    const double* a = d.a;
+    const double res[2] = {d.u - c.u[i], d.v - c.v[i]};
     for (int row = 0; row < 2; ++row) {
       // dXc/dw = -[a]x, so d(res)/dw = g (-[a]x) = a x g; d(res)/dt = g.
-      const double* gr = g[row];
+      const double* gr = d.G[row];
       const double J[6] = {a[1] * gr[2] - a[2] * gr[1], a[2] * gr[0] - a[0] * gr[2], a[0] * gr[1] - a[1] * gr[0],
                            gr[0], gr[1], gr[2]};
       for (int r = 0; r < 6; ++r) {

@@ -71,49 +71,78 @@ bool DrawMinimalSet(const Correspondences& c, Rng* rng, int out[RP_MINIMAL_SET_S
   return have == RP_MINIMAL_SET_SIZE;
 }
 
-bool GenerateHypothesis(const Correspondences& c, const Camera& cam, double threshold_px, Rng* rng, Hypothesis* h) {
-  int set[RP_MINIMAL_SET_SIZE];
-  Pose candidates[4];
-  for (int attempt = 0; attempt < RP_MAX_SAMPLE_TRIES; ++attempt) {
-    if (!DrawMinimalSet(c, rng, set)) continue;
-    double bearings[3][3], points[3][3];
-    for (int i = 0; i < 3; ++i) {
-      const int p = set[i];
+void MinimalSetGeometry(const Correspondences& c, const int set[RP_MINIMAL_SET_SIZE], double bearings[3][3],
+                        double points[RP_MINIMAL_SET_SIZE][3]) {
+  for (int i = 0; i < RP_MINIMAL_SET_SIZE; ++i) {
+    const int p = set[i];
+    if (i < 3) {
       bearings[i][0] = c.bx[p];
       bearings[i][1] = c.by[p];
       bearings[i][2] = c.bz[p];
-      points[i][0] = c.x[p];
-      points[i][1] = c.y[p];
-      points[i][2] = c.z[p];
     }
-    const int n_poses = SolveP3P(bearings, points, candidates);
-    // The 4th point picks the solution that reprojects it best.
-    const int p4 = set[3];
-    const double X4[3] = {c.x[p4], c.y[p4], c.z[p4]};
-    int best = -1;
-    double best_error = std::numeric_limits<double>::infinity();
-    for (int s = 0; s < n_poses; ++s) {
-      const double e = ReprojectionErrorPx(cam, candidates[s], X4, c.u[p4], c.v[p4]);
-      if (e < best_error) {
-        best_error = e;
-        best = s;
-      }
+    points[i][0] = c.x[p];
+    points[i][1] = c.y[p];
+    points[i][2] = c.z[p];
+  }
+}
+
+bool SolveMinimalSet(const Camera& cam, const double bearings[3][3], const double points[RP_MINIMAL_SET_SIZE][3],
+                     double u4, double v4, Pose* pose, double* error4_px) {
+  Pose candidates[4];
+  const int n_poses = SolveP3P(bearings, points, candidates);
+  // The 4th point picks the solution that reprojects it best.
+  int best = -1;
+  double best_error = std::numeric_limits<double>::infinity();
+  for (int s = 0; s < n_poses; ++s) {
+    const double e = ReprojectionErrorPx(cam, candidates[s], points[3], u4, v4);
+    if (e < best_error) {
+      best_error = e;
+      best = s;
     }
-    if (best < 0 || !(best_error < threshold_px)) continue;
+  }
+  if (best < 0) return false;
+  *pose = candidates[best];
+  *error4_px = best_error;
+  return true;
+}
+
+bool GenerateHypothesis(const Correspondences& c, const Camera& cam, double threshold_px, Rng* rng, Hypothesis* h) {
+  int set[RP_MINIMAL_SET_SIZE];
+  for (int attempt = 0; attempt < RP_MAX_SAMPLE_TRIES; ++attempt) {
+    if (!DrawMinimalSet(c, rng, set)) continue;
+    double bearings[3][3], points[RP_MINIMAL_SET_SIZE][3];
+    MinimalSetGeometry(c, set, bearings, points);
+    Pose pose;
+    double error4 = 0.0;
+    if (!SolveMinimalSet(cam, bearings, points, c.u[set[3]], c.v[set[3]], &pose, &error4) ||
+        !(error4 < threshold_px))
+      continue;
     // All four points of the set must agree with the pose (the three P3P points can fail through rounding or a
     // point behind the camera).
     bool consistent = true;
-    for (int i = 0; i < 3 && consistent; ++i) {
-      const int p = set[i];
-      const double X[3] = {c.x[p], c.y[p], c.z[p]};
-      consistent = ReprojectionErrorPx(cam, candidates[best], X, c.u[p], c.v[p]) < threshold_px;
-    }
+    for (int i = 0; i < 3 && consistent; ++i)
+      consistent = ReprojectionErrorPx(cam, pose, points[i], c.u[set[i]], c.v[set[i]]) < threshold_px;
     if (!consistent) continue;
-    h->pose = candidates[best];
+    h->pose = pose;
     for (int i = 0; i < RP_MINIMAL_SET_SIZE; ++i) h->minimal_set[i] = set[i];
     return true;
   }
   return false;
+}
+
+int GenerateHypotheses(const Correspondences& c, const Camera& cam, float threshold_px, int num_hypotheses, Rng* rng,
+                       std::vector<Hypothesis>* hypotheses, std::vector<uint8_t>* made) {
+  hypotheses->assign(static_cast<size_t>(num_hypotheses), Hypothesis());
+  made->assign(static_cast<size_t>(num_hypotheses), 0);
+  int count = 0;
+  for (int j = 0; j < num_hypotheses; ++j) {
+    Hypothesis& h = (*hypotheses)[j];
+    if (!GenerateHypothesis(c, cam, threshold_px, rng, &h)) continue;
+    h.score = ScorePose(c, cam, h.pose, threshold_px);
+    (*made)[j] = 1;
+    ++count;
+  }
+  return count;
 }
 
 bool SampleablePointsCollinear(const Correspondences& c) {

@@ -11,9 +11,7 @@ namespace synthpose {
 namespace ransac_pnp {
 namespace {
 
-// Sigmoid arguments below -kSigmoidCutoff contribute 0 to the soft score (sigmoid(-30) ~ 1e-13, far below float
-// resolution of any score >= 1e-6); skips the exp for points far outside the threshold (e > 7 tau).
-constexpr float kSigmoidCutoff = 30.0f;
+// kSigmoidCutoff (ransac_pnp_internal.h): arguments below -30 contribute 0, above +30 count as sigmoid(30).
 
 // Points per block of the scoring loop (a stack buffer of per-point contributions), and the number of partial sums
 // that add them up (independent lanes, so the sum vectorizes without reassociating floats).

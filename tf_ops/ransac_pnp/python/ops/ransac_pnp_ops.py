@@ -2,7 +2,8 @@
 
 :func:`ransac_pnp` estimates, per batch item, the model-to-camera pose from 2D-3D correspondences as DSAC* does:
 P3P hypotheses from weighted minimal sets of 4, a soft inlier score, Levenberg-Marquardt refinement of the best
-hypothesis on its inliers. The op has no gradient (inference only).
+hypothesis on its inliers. That op has no gradient (inference only). :func:`ransac_pnp_hypotheses` is the training
+form (DSAC): every hypothesis refined, with its score, and a registered gradient w.r.t. the object coordinates.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from tf_ops.loading import load_tf_op_library
 
 _ops = load_tf_op_library("_ransac_pnp_ops.so", "RANSAC-PnP")
 
-# Inference only: no gradient flows through the pose (DSAC's derivatives are a later addition).
+# The inference op has no gradient: a tape gives None for its inputs. Training (DSAC) uses ransac_pnp_hypotheses,
+# whose gradient (registered below) is RansacPnpHypothesesGrad over core/derivatives.cc; the gradient op itself is
+# not differentiated again.
 tf.no_gradient("RansacPnp")
+tf.no_gradient("RansacPnpHypothesesGrad")
 
 # Defaults of the op's attributes (docs/ransac_pnp.md explains the choice).
 DEFAULT_NUM_HYPOTHESES = 64
@@ -64,6 +68,53 @@ def _check_int(value, name: str, lo: int, hi: int) -> int:
     return int(value)
 
 
+def _prepare(pixels, coords_mm, K, weights, valid, num_valid, num_hypotheses, threshold_px, seed,
+             max_refine_iterations):
+    """Checks and converts the arguments shared by both forward ops: (tensors, attributes). Call inside a name
+    scope."""
+    num_hypotheses = _check_int(num_hypotheses, "num_hypotheses", 1, MAX_NUM_HYPOTHESES)
+    max_refine_iterations = _check_int(max_refine_iterations, "max_refine_iterations", 0, MAX_REFINE_ITERATIONS)
+    seed = _check_int(seed, "seed", -(2**63), 2**63 - 1)
+    try:
+        threshold_px = float(threshold_px)
+    except (TypeError, ValueError):
+        raise _invalid(f"threshold_px must be a float > 0, got {threshold_px!r}") from None
+    if not (np.isfinite(threshold_px) and np.float32(threshold_px) > 0):
+        raise _invalid(f"threshold_px must be > 0 and finite, got {threshold_px}")
+    attrs = dict(num_hypotheses=num_hypotheses, threshold_px=threshold_px, seed=seed,
+                 max_refine_iterations=max_refine_iterations)
+
+    pixels = _float_tensor(pixels, "pixels")
+    coords_mm = _float_tensor(coords_mm, "coords_mm")
+    K = _float_tensor(K, "K")
+    _check_rank(pixels, "pixels", 3, "[B, N, 2]", (2,))
+    _check_rank(coords_mm, "coords_mm", 3, "[B, N, 3]", (3,))
+    if K.shape.rank == 2:
+        _check_rank(K, "K", 2, "[3, 3]", (3, 3))
+        K = tf.broadcast_to(K, tf.concat([tf.shape(pixels)[:1], [3, 3]], axis=0))
+    _check_rank(K, "K", 3, "[B, 3, 3]", (3, 3))
+    batch_and_n = tf.shape(pixels)[:2]
+    if weights is None:
+        weights = tf.ones(batch_and_n, tf.float32)
+    else:
+        weights = _float_tensor(weights, "weights")
+        _check_rank(weights, "weights", 2, "[B, N]")
+    if valid is None:
+        valid = tf.ones(batch_and_n, tf.bool)
+    else:
+        valid = tf.convert_to_tensor(valid)
+        if valid.dtype != tf.bool:
+            raise _invalid(f"valid must be bool, got {valid.dtype.name}")
+        _check_rank(valid, "valid", 2, "[B, N]")
+    if num_valid is not None:
+        num_valid = tf.convert_to_tensor(num_valid)
+        if not num_valid.dtype.is_integer:
+            raise _invalid(f"num_valid must be an integer tensor, got {num_valid.dtype.name}")
+        _check_rank(num_valid, "num_valid", 1, "[B]")
+        valid = tf.logical_and(valid, tf.sequence_mask(num_valid, batch_and_n[1]))
+    return (pixels, coords_mm, K, weights, valid), attrs
+
+
 def ransac_pnp(pixels, coords_mm, K, weights=None, valid=None, num_valid=None,
                num_hypotheses: int = DEFAULT_NUM_HYPOTHESES, threshold_px: float = DEFAULT_THRESHOLD_PX,
                seed: int = 0, max_refine_iterations: int = DEFAULT_MAX_REFINE_ITERATIONS,
@@ -98,46 +149,54 @@ def ransac_pnp(pixels, coords_mm, K, weights=None, valid=None, num_valid=None,
       tf.errors.InvalidArgumentError on wrong ranks/shapes/dtypes, mismatched sizes, a non-finite K, negative or
       non-finite weights, or parameters out of range.
     """
-    num_hypotheses = _check_int(num_hypotheses, "num_hypotheses", 1, MAX_NUM_HYPOTHESES)
-    max_refine_iterations = _check_int(max_refine_iterations, "max_refine_iterations", 0, MAX_REFINE_ITERATIONS)
-    seed = _check_int(seed, "seed", -(2**63), 2**63 - 1)
-    try:
-        threshold_px = float(threshold_px)
-    except (TypeError, ValueError):
-        raise _invalid(f"threshold_px must be a float > 0, got {threshold_px!r}") from None
-    if not (np.isfinite(threshold_px) and np.float32(threshold_px) > 0):
-        raise _invalid(f"threshold_px must be > 0 and finite, got {threshold_px}")
-
     with tf.name_scope(name or "ransac_pnp"):
-        pixels = _float_tensor(pixels, "pixels")
-        coords_mm = _float_tensor(coords_mm, "coords_mm")
-        K = _float_tensor(K, "K")
-        _check_rank(pixels, "pixels", 3, "[B, N, 2]", (2,))
-        _check_rank(coords_mm, "coords_mm", 3, "[B, N, 3]", (3,))
-        if K.shape.rank == 2:
-            _check_rank(K, "K", 2, "[3, 3]", (3, 3))
-            K = tf.broadcast_to(K, tf.concat([tf.shape(pixels)[:1], [3, 3]], axis=0))
-        _check_rank(K, "K", 3, "[B, 3, 3]", (3, 3))
-        batch_and_n = tf.shape(pixels)[:2]
-        if weights is None:
-            weights = tf.ones(batch_and_n, tf.float32)
-        else:
-            weights = _float_tensor(weights, "weights")
-            _check_rank(weights, "weights", 2, "[B, N]")
-        if valid is None:
-            valid = tf.ones(batch_and_n, tf.bool)
-        else:
-            valid = tf.convert_to_tensor(valid)
-            if valid.dtype != tf.bool:
-                raise _invalid(f"valid must be bool, got {valid.dtype.name}")
-            _check_rank(valid, "valid", 2, "[B, N]")
-        if num_valid is not None:
-            num_valid = tf.convert_to_tensor(num_valid)
-            if not num_valid.dtype.is_integer:
-                raise _invalid(f"num_valid must be an integer tensor, got {num_valid.dtype.name}")
-            _check_rank(num_valid, "num_valid", 1, "[B]")
-            valid = tf.logical_and(valid, tf.sequence_mask(num_valid, batch_and_n[1]))
-        R, t, inliers, score, ok = _ops.ransac_pnp(
-            pixels, coords_mm, K, weights, valid, num_hypotheses=num_hypotheses, threshold_px=threshold_px,
-            seed=seed, max_refine_iterations=max_refine_iterations)
+        inputs, attrs = _prepare(pixels, coords_mm, K, weights, valid, num_valid, num_hypotheses, threshold_px, seed,
+                                 max_refine_iterations)
+        R, t, inliers, score, ok = _ops.ransac_pnp(*inputs, **attrs)
     return dict(R=R, t_mm=t, inliers=inliers, score=score, ok=ok)
+
+
+def ransac_pnp_hypotheses(pixels, coords_mm, K, weights=None, valid=None, num_valid=None,
+                          num_hypotheses: int = DEFAULT_NUM_HYPOTHESES, threshold_px: float = DEFAULT_THRESHOLD_PX,
+                          seed: int = 0, max_refine_iterations: int = DEFAULT_MAX_REFINE_ITERATIONS,
+                          name: str | None = None) -> dict[str, tf.Tensor]:
+    """Training form of :func:`ransac_pnp` (DSAC): every hypothesis, refined, with a gradient w.r.t. ``coords_mm``.
+
+    Arguments, checks and errors exactly as :func:`ransac_pnp`; hypothesis j of item b is the j-th one
+    :func:`ransac_pnp` draws with the same seed and settings, so the best-scoring one (first on ties) refined equals
+    :func:`ransac_pnp`'s ``R``, ``t_mm``.
+
+    Returns:
+      dict with, for H = num_hypotheses: ``R`` ``[B, H, 3, 3]`` and ``t_mm`` ``[B, H, 3]`` float32 (each hypothesis
+      refined on its inliers, at most ``max_refine_iterations`` rounds); ``score`` ``[B, H]`` float32 (soft inlier
+      count of the *unrefined* hypothesis); ``minimal_sets`` ``[B, H, 4]`` int32 (indices into N of its 4
+      correspondences, -1 where ok is False); ``ok`` ``[B, H]`` bool (False where the hypothesis could not be made
+      or the item is degenerate: R = identity, t = 0, score 0); ``R_init`` ``[B, H, 3, 3]``, ``t_init_mm``
+      ``[B, H, 3]`` float32 (the minimal solver's pose before refinement).
+
+    Gradient: a tape differentiates ``R``, ``t_mm``, ``score``, ``R_init`` and ``t_init_mm`` w.r.t. ``coords_mm``
+    (docs/ransac_pnp.md, "Training form (DSAC)": the refined pose by the implicit function theorem, the score
+    directly and through the minimal solver); ``pixels``, ``K``, ``weights`` get None. Unused correspondences,
+    ok=False hypotheses and degenerate items get exactly 0, and the gradient is never NaN or inf.
+    """
+    with tf.name_scope(name or "ransac_pnp_hypotheses"):
+        inputs, attrs = _prepare(pixels, coords_mm, K, weights, valid, num_valid, num_hypotheses, threshold_px, seed,
+                                 max_refine_iterations)
+        R, t, score, minimal_sets, ok, R_init, t_init = _ops.ransac_pnp_hypotheses(*inputs, **attrs)
+    return dict(R=R, t_mm=t, score=score, minimal_sets=minimal_sets, ok=ok, R_init=R_init, t_init_mm=t_init)
+
+
+@tf.RegisterGradient("RansacPnpHypotheses")
+def _ransac_pnp_hypotheses_grad(op, grad_R, grad_t, grad_score, _grad_sets, _grad_ok, grad_R_init, grad_t_init):
+    """dL/dcoords_mm by RansacPnpHypothesesGrad (core/derivatives.cc); None for pixels, K, weights and valid."""
+    pixels, coords_mm, K, _weights, valid = op.inputs
+    R, t, _score, minimal_sets, ok, R_init, t_init = op.outputs
+    # An output that does not reach the loss comes with a None gradient: it contributes 0.
+    upstream = [g if g is not None else tf.zeros_like(x)
+                for g, x in ((grad_R, R), (grad_t, t), (grad_score, _score), (grad_R_init, R_init),
+                             (grad_t_init, t_init))]
+    grad_coords = _ops.ransac_pnp_hypotheses_grad(
+        pixels, coords_mm, K, valid, R, t, R_init, t_init, minimal_sets, ok, *upstream,
+        num_hypotheses=op.get_attr("num_hypotheses"), threshold_px=op.get_attr("threshold_px"),
+        max_refine_iterations=op.get_attr("max_refine_iterations"))
+    return [None, grad_coords, None, None, None]
