@@ -3,7 +3,9 @@
     python -m pose_net.bench [--dataset DIR] [--backbone mobilenet_v2] [--batch_size 32] [--input_size 128]
 
 Prints, in one run: the input pipeline's rate alone (images/s, with augmentation), the train step rate (images/s,
-all loss terms including the Projection Loss op), and inference images/s (batch 32, CPU). Without ``--dataset`` it
+all loss terms including the Projection Loss op), and inference images/s (batch 32, CPU); then the coordinate
+head's step with its coordinate loss alone against the same step trained through RANSAC-PnP (DSAC and NG-DSAC,
+pose_net/dsac.py: 64 hypotheses, 64x64 outputs, batch 16 by default). Without ``--dataset`` it
 renders a small dataset of the built-in toy first (into build/bench_dataset, reused afterwards).
 """
 
@@ -26,6 +28,8 @@ flags.DEFINE_integer("batch_size", 32, "batch size")
 flags.DEFINE_integer("input_size", 128, "network input size")
 flags.DEFINE_integer("steps", 20, "timed steps per measurement (after warm-up)")
 flags.DEFINE_float("lambda_projection", 0.1, "Projection Loss weight in the timed train step")
+flags.DEFINE_integer("dsac_batch_size", 16, "batch of the coordinate-head steps (0: skip them)")
+flags.DEFINE_integer("dsac_hypotheses", 64, "RANSAC-PnP hypotheses per image in the DSAC steps")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,6 +116,59 @@ def main(argv):
         infer_rate = bs / timed(lambda: infer(batch["image"])["rotation"].numpy(), FLAGS.steps)
         print(f"{name}: train step {step_rate:.0f} images/s; inference {infer_rate:.0f} images/s; "
               f"pipeline / step = {pipeline_rate / step_rate:.1f}x", flush=True)
+    if FLAGS.dsac_batch_size:
+        bench_dsac(dataset, info)
+
+
+def bench_dsac(dataset: str, info: dict):
+    """Seconds per coordinate-head step: coordinate loss only, + DSAC, + NG-DSAC (2 pools), same batch."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pose_core.symmetry import Symmetries
+    from pose_net import data as pdata
+    from pose_net import dsac, losses
+    from pose_net.coordinates import CoordinateFrame
+    from pose_net.model import build_coordinate_model
+
+    bs, size = FLAGS.dsac_batch_size, FLAGS.input_size
+    points = np.asarray(info["model_points_mm"], np.float32)[:512]
+    frame, symmetries = CoordinateFrame.from_points(points), Symmetries()
+    spec = pdata.CoordinateTargetSpec(frame, symmetries)
+    batch = next(iter(pdata.make_dataset(dataset, pdata.PipelineConfig(input_size=size), bs, "all", True, 0, 0,
+                                         coordinate_spec=spec)))
+    weights = losses.LossWeights()
+    settings = dsac.DsacSettings(num_hypotheses=FLAGS.dsac_hypotheses, threshold_px=2.0)
+    rates = {}
+    for stage, pools in (("coords", 0), ("dsac", 0), ("ngdsac", 2)):
+        model = build_coordinate_model("efficientnet_lite0", size, None, freeze_backbone=True,
+                                       sampling_head=stage == "ngdsac")
+        optimizer = keras.optimizers.Adam(1e-4)
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                out = dict(model(batch["image"], training=True))
+                # An untrained network's maps give RANSAC nothing to agree on: the values are those of a trained one
+                # (the targets, 2% noise, the true mask), the gradient path is the network's own.
+                noise = tf.random.normal(tf.shape(out["coords"]), stddev=0.02, seed=0)
+                out["coords"] = (batch["coords_target"] + noise + out["coords"] - tf.stop_gradient(out["coords"]))
+                out["mask"] = (10.0 * (2.0 * batch["mask_target"][..., None] - 1.0) + out["mask"]
+                               - tf.stop_gradient(out["mask"]))
+                total, _ = losses.coordinate_head_loss(out, batch, model, weights)
+                if stage != "coords":
+                    d, _ = dsac.coordinate_dsac_loss(out, batch, frame, symmetries, points,
+                                                     float(info["diameter_mm"]), settings, ng_pools=pools)
+                    total = total + d
+            grads = tape.gradient(total, model.trainable_variables)
+            optimizer.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
+            return total
+
+        rates[stage] = timed(lambda: float(step()), max(FLAGS.steps // 2, 3))
+        note = f" ({rates[stage] / rates['coords']:.2f}x the coordinate-only step)" if stage != "coords" else ""
+        print(f"coordinate head, {stage}: {rates[stage] * 1000:.0f} ms/step (batch {bs}, {size // 2}x{size // 2} "
+              f"outputs{', %d hypotheses' % FLAGS.dsac_hypotheses if stage != 'coords' else ''}){note}", flush=True)
 
 
 if __name__ == "__main__":
