@@ -163,3 +163,66 @@ def test_a_dataset_without_depth_is_refused_with_a_clear_error(datasets, tmp_pat
     _, spec, _ = _spec_and_batch(datasets / "toy", n=2)
     with pytest.raises(DatasetError, match="Re-render it"):
         pdata.make_dataset(old, pdata.PipelineConfig(input_size=INPUT), 2, coordinate_spec=spec)
+
+
+@pytest.mark.parametrize("name", ["toy", "symmetric"])
+def test_dsac_loss_is_near_zero_on_the_targets(datasets, name):
+    """Perfect coordinate maps give hypotheses at the true pose; for the symmetric object the DSAC term compares
+    against the canonical pose the targets were made with (pose_net.dsac.canonical_true_pose)."""
+    import tensorflow as tf
+
+    from pose_net import dsac
+
+    info, spec, batch = _spec_and_batch(datasets / name, n=8)
+    outputs = {"coords": batch["coords_target"], "mask": tf.where(batch["mask_target"][..., None] > 0, 10.0, -10.0)}
+    settings = dsac.DsacSettings(num_hypotheses=16, threshold_px=1.5)
+    loss, terms = dsac.coordinate_dsac_loss(outputs, batch, spec.frame, spec.symmetries,
+                                            np.asarray(info["model_points_mm"], np.float32), info["diameter_mm"],
+                                            settings)
+    assert float(terms["dsac_ok"]) == 1.0
+    # degrees + 0.1 / mm: nearest-pixel targets on a 32-px grid leave a few degrees
+    assert float(loss) < 10.0, float(loss)
+    noisy = dict(outputs, coords=outputs["coords"] + tf.random.normal(tf.shape(outputs["coords"]), stddev=0.1, seed=1))
+    worse, _ = dsac.coordinate_dsac_loss(noisy, batch, spec.frame, spec.symmetries,
+                                         np.asarray(info["model_points_mm"], np.float32), info["diameter_mm"], settings)
+    assert float(worse) > float(loss)
+
+
+def test_dsac_and_ngdsac_stages_start_from_a_coordinate_model(datasets, tmp_path):
+    """--stage dsac / ngdsac: weights from --init_from, the stage recorded, NG-DSAC's sampling output used by
+    evaluation (its weights drawn beside the coordinate maps); wrong combinations are refused."""
+    from pose_core import PoseInputError
+    from experiments.common import export_bop_test_set
+    from pose_net.evaluate import evaluate
+    from pose_net.train import default_flag_values, train
+
+    data = datasets / "toy"
+    base = dict(dataset=str(data), head="coords", backbone="small", backbone_weights="none", input_size=INPUT,
+                batch_size=8, epochs=1, progress=False, max_val_images=8)
+    train(default_flag_values(model_dir=str(tmp_path / "stage1"), **base))
+    info = load_dataset_info(data)
+    root = export_bop_test_set(data, tmp_path / "bop", info["obj_id"], info["mesh"], info["diameter_mm"], False)
+    widths = {}
+    for stage in ("dsac", "ngdsac"):
+        model_dir = tmp_path / stage
+        train(default_flag_values(model_dir=str(model_dir), stage=stage, init_from=str(tmp_path / "stage1"),
+                                  **base))
+        config = json.loads((model_dir / "config.json").read_text())
+        history = [json.loads(line) for line in (model_dir / "history.jsonl").read_text().splitlines()]
+        assert config["stage"] == stage and "dsac" in history[-1] and np.isfinite(history[-1]["total"])
+        result = evaluate(model_dir, root, info["obj_id"], "gt", report_dir=tmp_path / f"rep_{stage}",
+                          num_pictures=2)
+        assert result["instances"] == 48 and "inlier_error_median_px" in result
+        from pose_net.inference import PoseEstimator
+
+        est = PoseEstimator(model_dir)
+        widths[stage] = est.estimate(np.zeros((INPUT, INPUT, 3), np.uint8), np.array(
+            [[INPUT, 0, INPUT / 2], [0, INPUT, INPUT / 2], [0, 0, 1.0]]), [16, 16, 32, 32]).coordinate_picture.shape[1]
+    assert widths["ngdsac"] > widths["dsac"]  # the sampling weights' panel
+    with pytest.raises(PoseInputError, match="head coords"):
+        train(default_flag_values(model_dir=str(tmp_path / "x"), **dict(base, head="direct"), stage="dsac"))
+    with pytest.raises(PoseInputError, match="no model.keras"):
+        train(default_flag_values(model_dir=str(tmp_path / "y"), stage="dsac", init_from=str(tmp_path), **base))
+    with pytest.raises(PoseInputError, match="stage"):  # a dsac model folder does not resume as another stage
+        train(default_flag_values(model_dir=str(tmp_path / "dsac"), stage="ngdsac",
+                                  init_from=str(tmp_path / "stage1"), **base))

@@ -142,6 +142,34 @@ def test_method_table_heads_train_on_the_same_renderings(quick_results):
     assert str(REPO_ROOT) not in md  # paths relative to the repository
 
 
+def test_dsac_table_second_stages_start_from_the_first_stage_model(quick_results):
+    """The DSAC table: one coordinate-loss cell per real set, then three second stages (coordinate loss continued,
+    DSAC, NG-DSAC) each initialised from its model and trained with its stage; the table gets the inlier error and
+    training-time columns."""
+    tmp, _ = quick_results
+    cmd = [sys.executable, "-m", "experiments.dsac_table", "--budget=quick", f"--out={tmp / 'results'}",
+           f"--runs_dir={tmp / 'runs'}", "--real_sets=ycbv_can", "--first_stage_minutes=1",
+           "--second_stage_minutes=1"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    cells = tmp / "runs" / "quick" / "cells"
+    first = cells / "ycbv_can-complete-pl0-coords-1min"
+    assert (first / "cell.json").is_file()
+    for stage in ("coords", "dsac", "ngdsac"):
+        folder = cells / f"ycbv_can-complete-pl0-coords-1min-then-{stage}-1min"
+        done = json.loads((folder / "cell.json").read_text())
+        assert done["config"]["stage"] == stage and done["config"]["init"] == first.name
+        trained = json.loads((folder / "model" / "config.json").read_text())
+        assert trained["stage"] == stage and trained["flags"]["init_from"] == str(first / "model")
+        assert trained["dataset"] == str(cells / "ycbv_can-complete-pl0" / "data" / "train")  # the same renderings
+        assert "inlier_error_median_px" in done["rendered"]
+    md = (tmp / "results" / "dsac_table.md").read_text()
+    for label in ("stage 1 (1 min)", "coordinate loss only", "+ DSAC", "+ NG-DSAC"):
+        assert f"| ycbv_can {label} |" in md
+    assert "rendered inlier px" in md and "| not run |" not in md
+    assert str(REPO_ROOT) not in md
+
+
 def test_render_dataset_refuses_a_finished_dataset_of_another_size(tmp_path):
     """A finished dataset is reused only when it holds what the run asks for; otherwise a clear error, and the
     folder is left as it was."""
