@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags
 
 from experiments import common
-from pose_net.feature_cache import LITE0_TOP_TWO_STAGES_INPUT
+from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT
 
 FLAGS = flags.FLAGS
 # Names differ from pose_net.train's and render.generate's flags (train is imported into this process).
@@ -51,16 +51,16 @@ BUDGETS = {
     "quick": dict(num_train=48, num_test=16, image_size=64, input_size=64, backbone="small", backbone_weights="none",
                   freeze_backbone=False, epochs=1, steps_per_epoch=2, batch_size=16, num_shards=2, workers=1,
                   num_pictures=4),
-    # Renderings at 256 pixels (the 128-pixel crops then carry twice the detail across the object), the ImageNet
-    # backbone's stride-8 features of each crop computed once (block4_add), Lite0's last two stages and the heads
-    # trained on them for 2,000 steps (8 epochs of 250, cosine decay): about 3 minutes of rendering, 8 of features
-    # and training and 1 of evaluation on 2 quiet cores, 12 minutes a cell. Steps, not a wall-clock budget, so that a
-    # busy machine makes a cell slower but not different. This is the 45-minute recipe of `make train` cut to the
-    # issue's 12 minutes (docs/results/README.md, "Why rotation did not train").
-    "cpu": dict(num_train=8000, num_test=200, image_size=256, input_size=128, backbone="efficientnet_lite0",
+    # The demo's recipe (experiments/demo.py): the ImageNet backbone's stride-16 features of each training crop
+    # computed once (block10_add), Lite0's last stage and the heads trained on them for 8 epochs (about 3,500
+    # steps): about 2 minutes of rendering, 7 of features and training and 1 of evaluation, 10-12 minutes a cell on
+    # 2 quiet cores. Deeper recipes learn rotation better per step but not per minute: trained on the last two
+    # stages from 256-pixel renderings, 1,500 steps (12 minutes a cell) reached 3.5% rendered ADD on the toy, the
+    # same 3,000 steps need 20 minutes (docs/results/README.md, "Why rotation did not train").
+    "cpu": dict(num_train=16000, num_test=200, image_size=128, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
-                feature_cache_layer=LITE0_TOP_TWO_STAGES_INPUT, rotation_repr="6d", epochs=8, steps_per_epoch=0,
-                batch_size=32, num_shards=4, workers=2, num_pictures=12),
+                feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", epochs=8, steps_per_epoch=0,
+                batch_size=32, num_shards=8, workers=2, num_pictures=12),
     "gpu": dict(num_train=20000, num_test=500, image_size=256, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=False, epochs=30, steps_per_epoch=0, batch_size=64,
                 num_shards=10, workers=8, num_pictures=12),

@@ -30,6 +30,8 @@ flags.DEFINE_integer("steps", 20, "timed steps per measurement (after warm-up)")
 flags.DEFINE_float("lambda_projection", 0.1, "Projection Loss weight in the timed train step")
 flags.DEFINE_integer("dsac_batch_size", 16, "batch of the coordinate-head steps (0: skip them)")
 flags.DEFINE_integer("dsac_hypotheses", 64, "RANSAC-PnP hypotheses per image in the DSAC steps")
+flags.DEFINE_integer("dsac_refine_iterations", 3, "refinement rounds of each hypothesis in the DSAC steps "
+                     "(pose_net.train --dsac_refine_iterations)")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +99,7 @@ def main(argv):
     batch = next(iter(pdata.make_dataset(dataset, cfg, bs, "all", True, 0, 0)))
     points = np.asarray(info["model_points_mm"], np.float32)[:512]
     weights = losses.LossWeights(projection=FLAGS.lambda_projection)
-    for name in FLAGS.backbones.split(","):
+    for name in [b for b in FLAGS.backbones.split(",") if b]:
         model = build_pose_model(name, size)
         optimizer = keras.optimizers.Adam(1e-4)
 
@@ -139,7 +141,8 @@ def bench_dsac(dataset: str, info: dict):
     batch = next(iter(pdata.make_dataset(dataset, pdata.PipelineConfig(input_size=size), bs, "all", True, 0, 0,
                                          coordinate_spec=spec)))
     weights = losses.LossWeights()
-    settings = dsac.DsacSettings(num_hypotheses=FLAGS.dsac_hypotheses, threshold_px=2.0)
+    settings = dsac.DsacSettings(num_hypotheses=FLAGS.dsac_hypotheses, threshold_px=2.0,
+                                 max_refine_iterations=FLAGS.dsac_refine_iterations)
     rates = {}
     for stage, pools in (("coords", 0), ("dsac", 0), ("ngdsac", 2)):
         model = build_coordinate_model("efficientnet_lite0", size, None, freeze_backbone=True,
@@ -168,7 +171,8 @@ def bench_dsac(dataset: str, info: dict):
         rates[stage] = timed(lambda: float(step()), max(FLAGS.steps // 2, 3))
         note = f" ({rates[stage] / rates['coords']:.2f}x the coordinate-only step)" if stage != "coords" else ""
         print(f"coordinate head, {stage}: {rates[stage] * 1000:.0f} ms/step (batch {bs}, {size // 2}x{size // 2} "
-              f"outputs{', %d hypotheses' % FLAGS.dsac_hypotheses if stage != 'coords' else ''}){note}", flush=True)
+              f"outputs{', %d hypotheses, %d refinement rounds' % (FLAGS.dsac_hypotheses, FLAGS.dsac_refine_iterations) if stage != 'coords' else ''}){note}",
+              flush=True)
 
 
 if __name__ == "__main__":

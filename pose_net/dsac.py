@@ -33,6 +33,7 @@ pixels in the coordinate grid's pixels (the ``K`` given).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -59,7 +60,7 @@ class DsacSettings:
     pose_loss: str = "angle_translation"
     translation_weight_per_mm: float = DEFAULT_TRANSLATION_WEIGHT_PER_MM
     loss_cut: float | None = None  # None: DEFAULT_CUTS[pose_loss]
-    max_refine_iterations: int = 10
+    max_refine_iterations: int = 3  # per hypothesis, in training (pose_net.train --dsac_refine_iterations)
 
     def cut(self) -> float:
         return DEFAULT_CUTS[self.pose_loss] if self.loss_cut is None else float(self.loss_cut)
@@ -310,8 +311,9 @@ def coordinate_dsac_loss(outputs, batch, frame, symmetries, model_points_mm, dia
     Correspondences are the output grid's pixels where the predicted mask says "object" (as at test time,
     :func:`pose_net.coordinates.correspondences`), shuffled each step so the op's per-image random draws do not
     repeat from step to step. With ``ng_pools >= 2`` (NG-DSAC) the minimal sets are drawn in proportion to the
-    network's ``sampling`` output, each image gets ``ng_pools`` pools, the DSAC loss is their mean and the sampling
-    head is trained by :func:`ng_ransac_surrogate`.
+    network's ``sampling`` output, each image gets ``ng_pools`` pools of ``num_hypotheses / ng_pools`` hypotheses
+    (so NG-DSAC draws and refines as many hypotheses as DSAC), the DSAC loss is their mean and the sampling head is
+    trained by :func:`ng_ransac_surrogate`.
 
     Args:
       outputs: the coordinate network's outputs (``coords``, ``mask``, and ``sampling`` for NG-DSAC).
@@ -341,8 +343,9 @@ def coordinate_dsac_loss(outputs, batch, frame, symmetries, model_points_mm, dia
     log_probs = sampling_log_weights(logits, valid)
     weights = tf.stop_gradient(tf.exp(log_probs))
     tile = lambda x: tf.tile(x, [ng_pools] + [1] * (len(x.shape) - 1))  # noqa: E731: pool k = items k*B..(k+1)*B-1
+    pool_settings = dataclasses.replace(settings, num_hypotheses=max(4, settings.num_hypotheses // ng_pools))
     big = hypothesis_pool(tile(coords_mm), tile(pixels), tile(K_out), tile(R_gt), tile(t_gt), model_points_mm,
-                          diameter_mm, settings, seed, tile(valid), tile(weights))
+                          diameter_mm, pool_settings, seed, tile(valid), tile(weights))
     pools = [{key: big[key][k * b:(k + 1) * b] for key in ("loss", "minimal_sets", "ok")} for k in range(ng_pools)]
     ok = tf.cast(tf.stack([p["ok"] for p in pools], 1), tf.float32)  # [B, K]
     losses = tf.stack([p["loss"] for p in pools], 1)

@@ -93,8 +93,12 @@ flags.DEFINE_float("dsac_translation_weight_per_mm", 0.1, "--dsac_pose_loss angl
                    "100 per metre)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("dsac_loss_cut", 0.0, "soft clamp of the pose loss, sqrt(cut * l) above cut (0: the loss' "
                    "default, pose_net.dsac.DEFAULT_CUTS)", flag_values=TRAIN_FLAGS)
-flags.DEFINE_integer("ng_pools", 2, "--stage ngdsac: hypothesis pools per image (the policy gradient's baseline is "
-                     "their mean loss)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("dsac_refine_iterations", 3, "--stage dsac|ngdsac: refinement rounds of every hypothesis in "
+                     "training (3 keeps a DSAC step under 2x a coordinate step, make bench-train; evaluation refines "
+                     "the best hypothesis as pose_net.coordinates does)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("ng_pools", 2, "--stage ngdsac: hypothesis pools per image, each of --pnp_hypotheses / ng_pools "
+                     "hypotheses (the cost of one DSAC pool); the policy gradient's baseline is their mean loss",
+                     flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("time_budget_min", 0.0, "train for this many minutes of wall time (resumed runs count the time "
                    "already spent), the learning rate on a cosine over that time; 0: --epochs decide", flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("projection_scale", 0.5, "Projection Loss drawing resolution relative to the input crop", flag_values=TRAIN_FLAGS)
@@ -343,7 +347,7 @@ def train(flag_values: dict) -> dict:
         dsac_settings = dsac.DsacSettings(
             num_hypotheses=f["pnp_hypotheses"], threshold_px=f["pnp_threshold_px"], alpha=f["dsac_alpha"],
             pose_loss=f["dsac_pose_loss"], translation_weight_per_mm=f["dsac_translation_weight_per_mm"],
-            loss_cut=f["dsac_loss_cut"] or None)
+            loss_cut=f["dsac_loss_cut"] or None, max_refine_iterations=f["dsac_refine_iterations"])
         frame, symmetries_obj = coordinate_spec.frame, coordinate_spec.symmetries
         ng_pools = f["ng_pools"] if f["stage"] == "ngdsac" else 0
 
