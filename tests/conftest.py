@@ -42,3 +42,19 @@ def tiny_dataset(tmp_path_factory):
     proc = run_generate(out, mesh="toy", num_images=96, num_shards=3, seed=3, image_size=TINY_INPUT, workers=1)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def core():
+    """The RANSAC-PnP core through its ctypes harness, no TensorFlow (skips when the core is not built)."""
+    from tf_ops.ransac_pnp.python import harness
+
+    try:
+        return harness.CoreLib()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def tf():
+    return pytest.importorskip("tensorflow")

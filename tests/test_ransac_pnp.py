@@ -72,19 +72,6 @@ def reprojection_errors_px(R, t, coords, pixels, K=K_LM):
 
 
 @pytest.fixture(scope="module")
-def core():
-    try:
-        return harness.CoreLib()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
-def tf():
-    return pytest.importorskip("tensorflow")
-
-
-@pytest.fixture(scope="module")
 def ransac_pnp(tf):
     from tf_ops import ransac_pnp as fn
 

@@ -59,19 +59,6 @@ def soft_score(R, t, coords, pixels, threshold=THRESHOLD_PX):
 
 
 @pytest.fixture(scope="module")
-def core():
-    try:
-        return harness.CoreLib()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
-def tf():
-    return pytest.importorskip("tensorflow")
-
-
-@pytest.fixture(scope="module")
 def ops(tf):
     from tf_ops import ransac_pnp, ransac_pnp_hypotheses
 
