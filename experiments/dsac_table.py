@@ -60,8 +60,9 @@ def _training_minutes(row: tables.Row) -> str:
     if not done or "training" not in done:
         return "-"
     own = done["training"]["train_seconds"] / 60
-    if cell.init is not None and cell.init.result() and "training" in cell.init.result():
-        return f"{cell.init.result()['training']['train_seconds'] / 60:.1f} + {own:.1f}"
+    first = cell.init.result() if cell.init is not None else None
+    if first and "training" in first:
+        return f"{first['training']['train_seconds'] / 60:.1f} + {own:.1f}"
     return f"{own:.1f}"
 
 

@@ -231,12 +231,14 @@ def inlier_reprojection_error_px(pixels, coords_mm, K, R, t_mm, inliers) -> np.n
 
     ``pixels [B, N, 2]``, ``coords_mm [B, N, 3]``, ``K [B, 3, 3]``, ``R [B, 3, 3]``, ``t_mm [B, 3]``,
     ``inliers [B, N]`` bool. DSAC's claim is that end-to-end training lowers it (docs/results/dsac_table.md)."""
-    X = np.einsum("bij,bnj->bni", R.astype(np.float64), np.nan_to_num(coords_mm.astype(np.float64)))
-    p = np.einsum("bij,bnj->bni", K.astype(np.float64), X + t_mm[:, None, :])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        err = np.linalg.norm(p[..., :2] / p[..., 2:] - pixels, axis=-1)
-        total = np.sum(np.where(inliers, err, 0.0), axis=1)
-        return total / np.where(inliers.sum(axis=1) > 0, inliers.sum(axis=1), np.nan)
+    from pose_core.geometry import project_points
+
+    out = np.full(len(R), np.nan)
+    for b in range(len(R)):
+        if inliers[b].any():  # inliers are finite and in front of the camera (tf_ops.ransac_pnp)
+            uv, _ = project_points(coords_mm[b][inliers[b]], R[b], t_mm[b], K[b])
+            out[b] = float(np.mean(np.linalg.norm(uv - pixels[b][inliers[b]], axis=-1)))
+    return out
 
 
 def coordinate_picture(coords, mask_logit, size: int | None = None, sampling_logit=None) -> np.ndarray:

@@ -70,7 +70,8 @@ def load_model(model_dir, config: dict):
     if export.is_file():
         return keras.models.load_model(export, compile=False)
     model = build_model(config.get("head", "direct"), config["backbone"], config["input_size"], None,
-                        rotation_repr=config.get("rotation_repr", "quaternion"))
+                        rotation_repr=config.get("rotation_repr", "quaternion"),
+                        sampling_head=config.get("stage") == "ngdsac")
     ckpt_dir = Path(model_dir) / "checkpoints"
     latest = tf.train.latest_checkpoint(str(ckpt_dir))
     if latest is None:

@@ -261,7 +261,7 @@ def train(flag_values: dict) -> dict:
     if dsac_stage and f["stage"] == "ngdsac" and f["ng_pools"] < 2:
         raise PoseInputError(f"--ng_pools must be >= 2 (NG-RANSAC's baseline is the mean over pools), got "
                              f"{f['ng_pools']}")
-    if f.get("init_from") and not (Path(f["init_from"]) / "model.keras").is_file():
+    if f.get("init_from") and not (Path(f["init_from"]) / EXPORT_FILE).is_file():
         raise PoseInputError(f"--init_from {f['init_from']}: no model.keras there (a finished training run's "
                              f"--model_dir)")
     if f["feature_cache_passes"] < 1:
@@ -511,16 +511,14 @@ def train(flag_values: dict) -> dict:
 def init_weights_from(model, config: dict, source: Path):
     """Copies the weights of the finished run in ``source`` into ``model``, layer by layer (by name); refuses a
     run of another object, head, backbone or input size. Layers ``source`` lacks keep their initialisation."""
-    import keras
+    from pose_net.inference import load_config, load_model
 
-    from pose_net.inference import CONFIG_FILE
-
-    other = json.loads((source / CONFIG_FILE).read_text())
+    other = load_config(source)
     for key in ("obj_id", "head", "backbone", "input_size"):
         if other.get(key) != config[key]:
             raise PoseInputError(f"--init_from {source} holds a model with {key}={other.get(key)!r}, this run has "
                                  f"{config[key]!r}")
-    src = {layer.name: layer for layer in keras.models.load_model(source / "model.keras", compile=False).layers}
+    src = {layer.name: layer for layer in load_model(source, other).layers}
     copied, fresh = 0, []
     for layer in model.layers:
         if not layer.weights:

@@ -219,6 +219,15 @@ def test_dsac_and_ngdsac_stages_start_from_a_coordinate_model(datasets, tmp_path
         widths[stage] = est.estimate(np.zeros((INPUT, INPUT, 3), np.uint8), np.array(
             [[INPUT, 0, INPUT / 2], [0, INPUT, INPUT / 2], [0, 0, 1.0]]), [16, 16, 32, 32]).coordinate_picture.shape[1]
     assert widths["ngdsac"] > widths["dsac"]  # the sampling weights' panel
+    # a killed NG-DSAC run (checkpoints, no export) still loads, sampling head included
+    import shutil
+
+    from pose_net.inference import load_config, load_model
+
+    killed = tmp_path / "ngdsac_killed"
+    shutil.copytree(tmp_path / "ngdsac", killed)
+    (killed / "model.keras").unlink()
+    assert "sampling" in load_model(killed, load_config(killed)).output
     with pytest.raises(PoseInputError, match="head coords"):
         train(default_flag_values(model_dir=str(tmp_path / "x"), **dict(base, head="direct"), stage="dsac"))
     with pytest.raises(PoseInputError, match="no model.keras"):
