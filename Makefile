@@ -104,7 +104,8 @@ method-table: build-ops pretrained
 	    --num_train 8000
 
 # The coordinate head trained through RANSAC-PnP (DSAC, NG-DSAC) against its coordinate loss alone, at equal total
-# training time, on the three real sets (docs/results/dsac_table.md; about 2.5 hours on 2 cores, resumable).
+# training time, on the three real sets (docs/results/dsac_table.md; 10 + 3x5 minutes of training per set, about
+# 1.7 hours on 2 cores, resumable).
 dsac-table: build-ops pretrained
 	$(PY) -m experiments.dsac_table --out docs/results --budget $(BUDGET)
 

@@ -1,7 +1,7 @@
 """The coordinate head trained through RANSAC-PnP (DSAC, NG-DSAC) against its coordinate loss alone.
 
-    python -m experiments.dsac_table --out docs/results [--budget quick|cpu|gpu] [--first_stage_minutes 15]
-        [--second_stage_minutes 8] [--real_sets ycbv_banana,ycbv_box,ycbv_can]
+    python -m experiments.dsac_table --out docs/results [--budget quick|cpu|gpu] [--first_stage_minutes 10]
+        [--second_stage_minutes 5] [--real_sets ycbv_banana,ycbv_box,ycbv_can]
 
 Per real set of ../shared/data, on the same renderings of its mesh (`complete` mode):
 
@@ -22,8 +22,8 @@ from absl import app, flags
 
 from experiments import common, tables
 
-flags.DEFINE_float("first_stage_minutes", 15.0, "wall-clock training of the coordinate-loss stage, minutes")
-flags.DEFINE_float("second_stage_minutes", 8.0, "wall-clock training of each second stage, minutes")
+flags.DEFINE_float("first_stage_minutes", 10.0, "wall-clock training of the coordinate-loss stage, minutes")
+flags.DEFINE_float("second_stage_minutes", 5.0, "wall-clock training of each second stage, minutes")
 flags.DEFINE_list("real_sets", list(common.REAL_SETS), "real sets of ../shared/data")
 FLAGS = tables.FLAGS
 SECOND_STAGES = (("coords", "coordinate loss only"), ("dsac", "+ DSAC"), ("ngdsac", "+ NG-DSAC"))
