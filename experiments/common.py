@@ -108,10 +108,17 @@ def render_dataset(mesh: str, out: Path, num_images: int, seed: int, mode: str =
     run(cmd, log)
 
 
+# The rendered test sets' depth images hold the object's rendered depth; the rest of the image, which the renderer
+# gives no depth (a background photo or noise), is a fronto-parallel wall this many diameters behind the object's
+# centre, so pixels the network wrongly calls "object" meet a surface, as in a real RGB-D image, not a hole.
+RENDERED_WALL_BEHIND_DIAMETERS = 1.0
+
+
 def export_bop_test_set(dataset_dir: Path, out_root: Path, obj_id: int, mesh_path: str, diameter_mm: float,
                         symmetric: bool, scene_id: int = 0) -> Path:
-    """Writes a rendered dataset as a BOP test set (rgb/, scene_gt.json, scene_camera.json, scene_gt_info.json,
-    models/), so rendered and real test sets go through the same evaluation."""
+    """Writes a rendered dataset as a BOP test set (rgb/, depth/, scene_gt.json, scene_camera.json,
+    scene_gt_info.json, models/), so rendered and real test sets go through the same evaluation. A set exported
+    before depth/ was written gets its depth images added."""
     from PIL import Image
 
     from render.dataset import read_samples
@@ -119,6 +126,8 @@ def export_bop_test_set(dataset_dir: Path, out_root: Path, obj_id: int, mesh_pat
     scene = out_root / "test" / f"{scene_id:06d}"
     done = out_root / ".complete"
     if done.is_file():
+        if not (out_root / ".depth_complete").is_file():
+            _export_depth(dataset_dir, scene, diameter_mm, out_root / ".depth_complete")
         return out_root
     (scene / "rgb").mkdir(parents=True, exist_ok=True)
     gt, cams, gt_info = {}, {}, {}
@@ -133,6 +142,7 @@ def export_bop_test_set(dataset_dir: Path, out_root: Path, obj_id: int, mesh_pat
     (scene / "scene_gt.json").write_text(json.dumps(gt))
     (scene / "scene_camera.json").write_text(json.dumps(cams))
     (scene / "scene_gt_info.json").write_text(json.dumps(gt_info))
+    _export_depth(dataset_dir, scene, diameter_mm, out_root / ".depth_complete")
     models = out_root / "models"
     models.mkdir(exist_ok=True)
     src = Path(mesh_path)
@@ -146,6 +156,27 @@ def export_bop_test_set(dataset_dir: Path, out_root: Path, obj_id: int, mesh_pat
     (models / "models_info.json").write_text(json.dumps({str(obj_id): entry}))
     done.write_text("ok")
     return out_root
+
+
+def _export_depth(dataset_dir: Path, scene: Path, diameter_mm: float, marker: Path):
+    """depth/<k>.png (BOP: 16-bit, mm = value * depth_scale of scene_camera.json) of each rendering: its object
+    depth, and the wall of :data:`RENDERED_WALL_BEHIND_DIAMETERS` elsewhere."""
+    from PIL import Image
+
+    from render.dataset import read_samples
+    from render.records import depth_scale_for
+
+    (scene / "depth").mkdir(parents=True, exist_ok=True)
+    cams = json.loads((scene / "scene_camera.json").read_text())
+    for k, s in enumerate(read_samples(dataset_dir)):
+        depth = np.asarray(s["depth_mm"], np.float64)
+        wall = float(s["t_mm"][2]) + RENDERED_WALL_BEHIND_DIAMETERS * diameter_mm
+        depth = np.where(depth > 0, depth, wall)
+        scale = float(depth_scale_for(depth.max()))
+        Image.fromarray(np.rint(depth / scale).astype(np.uint16)).save(scene / "depth" / f"{k:06d}.png")
+        cams[str(k)]["depth_scale"] = scale
+    (scene / "scene_camera.json").write_text(json.dumps(cams))
+    marker.write_text("ok")
 
 
 def machine_description() -> str:

@@ -8,11 +8,13 @@ Per real set of ../shared/data, on the same renderings of its mesh (`complete` m
 * stage 1: the coordinate head trained on its coordinate and mask losses for ``--first_stage_minutes``;
 * then, each from that model and for ``--second_stage_minutes`` at the same learning rate: the coordinate loss
   alone, continued (the baseline at equal total training time); + DSAC's expected pose loss through RANSAC-PnP;
-  + NG-DSAC (DSAC, and the sampling weights learned by NG-RANSAC's policy gradient). See pose_net/dsac.py.
+  + NG-DSAC (DSAC, and the sampling weights learned by NG-RANSAC's policy gradient); + DSAC RGB-D (the expected
+  pose loss of hypotheses made from the crops' depth, for RGB-D cameras). See pose_net/dsac.py.
 
 Columns beyond the other tables': the median over test images of the inliers' mean reprojection error (pixels of
 the 64x64 coordinate grid) on real photos and renderings (DSAC's claim: end-to-end training lowers it), and each
-cell's training minutes. The real NG-DSAC cell's overlays (``eval_real/``) show the learned sampling weights beside
+cell's training minutes; every cell scored on the rendered test set with its depth images too (RANSAC-Kabsch,
+``pose_net.evaluate --depth``), the real sets having none. The real NG-DSAC cell's overlays (``eval_real/``) show the learned sampling weights beside
 the coordinate maps. Resumable like every table (experiments/tables.py).
 """
 
@@ -26,7 +28,8 @@ flags.DEFINE_float("first_stage_minutes", 10.0, "wall-clock training of the coor
 flags.DEFINE_float("second_stage_minutes", 5.0, "wall-clock training of each second stage, minutes")
 flags.DEFINE_list("real_sets", list(common.REAL_SETS), "real sets of ../shared/data")
 FLAGS = tables.FLAGS
-SECOND_STAGES = (("coords", "coordinate loss only"), ("dsac", "+ DSAC"), ("ngdsac", "+ NG-DSAC"))
+SECOND_STAGES = (("coords", "coordinate loss only"), ("dsac", "+ DSAC"), ("ngdsac", "+ NG-DSAC"),
+                 ("dsac_rgbd", "+ DSAC RGB-D"))
 
 
 def rows() -> list[tables.Row]:
@@ -54,6 +57,16 @@ def _inlier_error(kind: str):
     return value
 
 
+def _rgbd(key: str, percent: bool):
+    def value(row: tables.Row) -> str:
+        done = row.rendered_cell.result() if row.rendered_cell else None
+        r = done.get("rendered_rgbd") if done else None
+        if not r:
+            return "-"
+        return f"{100 * r[key]:.1f}" if percent else f"{r[key]:.1f}"
+    return value
+
+
 def _training_minutes(row: tables.Row) -> str:
     cell = row.rendered_cell
     done = cell.result() if cell else None
@@ -73,15 +86,25 @@ def main(argv):
         f"Per real set, on the same renderings of its mesh: the coordinate head trained on its coordinate loss for "
         f"{FLAGS.first_stage_minutes:g} minutes (stage 1), then from that model for "
         f"{FLAGS.second_stage_minutes:g} more minutes each: the coordinate loss alone (the baseline at equal total "
-        f"time), + DSAC's expected pose loss (pose_net/dsac.py), + NG-DSAC (learned sampling weights). The thesis "
+        f"time), + DSAC's expected pose loss (pose_net/dsac.py), + NG-DSAC (learned sampling weights), + DSAC's "
+        f"RGB-D loss (for RGB-D cameras). The thesis "
         f"column is its direct network's figure for the object of the same kind on its own photos.",
         ["Inlier px: the median over test images of the inliers' mean reprojection error under the estimated "
          "pose, in pixels of the coordinate grid (half the crop's resolution).",
          "Training min: the cell's own training wall time (second stages: stage 1 + their own).",
          "The NG-DSAC cells' evaluation pictures (`eval_real/`, `eval_rendered/` in the cell folders) show the "
-         "learned sampling weights beside the coordinate maps."],
+         "learned sampling weights beside the coordinate maps.",
+         "Rendered RGB-D: the same cell on the rendered test set with its depth images (`pose_net.evaluate "
+         "--depth`: RANSAC-Kabsch on 3D-3D correspondences; the renderer gives depth on the object only, the rest "
+         "is a wall one diameter behind it, experiments/common.py). The real sets have no depth.",
+         "+ DSAC RGB-D: the RGB-D form of the expected pose loss (hypotheses from three camera-space points of the "
+         "crop's depth, `--stage dsac_rgbd`), for RGB-D cameras: compare its RGB-D columns."],
         extra_columns=[("real inlier px", _inlier_error("real")), ("rendered inlier px", _inlier_error("rendered")),
-                       ("training min", _training_minutes)])
+                       ("rendered RGB-D ADD", _rgbd("add_recall", True)),
+                       ("rendered RGB-D ADD-S", _rgbd("add_s_recall", True)),
+                       ("rendered RGB-D median ADD mm", _rgbd("add_median_mm", False)),
+                       ("training min", _training_minutes)],
+        after_cell=tables.add_rgbd_evaluation)
 
 
 if __name__ == "__main__":

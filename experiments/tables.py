@@ -309,6 +309,26 @@ def run_cell(cell: Cell) -> dict:
     return result
 
 
+def add_rgbd_evaluation(cell: Cell) -> dict | None:
+    """A finished coordinate-head cell scored on its object's rendered test set with the depth images too
+    (``pose_net.evaluate --depth``: RANSAC-Kabsch); kept in its cell.json as ``rendered_rgbd``, computed once.
+    Returns the figures (None for an unfinished cell)."""
+    from pose_net.evaluate import evaluate
+
+    done = cell.result()
+    if done is None or "rendered_rgbd" in done:
+        return done and done.get("rendered_rgbd")
+    obj = cell.obj
+    bop_test = common.export_bop_test_set(test_set_dir(obj) / "render", test_set_dir(obj) / "bop", obj.obj_id,
+                                          obj.mesh, obj.diameter_mm, obj.symmetric)  # adds depth/ to older sets
+    print(f"cell {cell.name}: RGB-D evaluation on the rendered test set", flush=True)
+    r = evaluate(cell.folder() / "model", bop_test, obj.obj_id, "gt", depth=True)
+    keep = ("instances", "add_recall", "add_s_recall", "add_median_mm", "add_s_median_mm", "diameter_mm")
+    done["rendered_rgbd"] = {k: r[k] for k in keep}
+    (cell.folder() / "cell.json").write_text(json.dumps(done, indent=1))
+    return done["rendered_rgbd"]
+
+
 # -------------------------------------------------------------------------------------------------------- table
 @dataclass
 class Row:
@@ -497,8 +517,11 @@ def require_backbone_weights(cells: list[Cell]):
                          f"`make pretrained` (converted once, then cached), or use --budget quick")
 
 
-def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[str] = (), extra_columns=()):
-    """Runs the rows' unfinished cells (rendering all first), rewriting the table after each cell."""
+def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[str] = (), extra_columns=(),
+              after_cell=None):
+    """Runs the rows' unfinished cells (rendering all first), rewriting the table after each cell.
+    ``after_cell(cell)``: more work on each finished cell (run once the cells are done, also on cells finished by
+    an earlier invocation), e.g. :func:`add_rgbd_evaluation`."""
     t0 = time.time()
     cells = {c.name: c for row in rows for c in (row.real_cell, row.rendered_cell) if c is not None}
     write_outputs(table, title, rows, intro, time.time() - t0, list(notes), extra_columns=extra_columns)
@@ -516,4 +539,8 @@ def run_table(table: str, title: str, rows: list[Row], intro: str, notes: list[s
     for c in todo:
         run_cell(c)
         write_outputs(table, title, rows, intro, time.time() - t0, list(notes), extra_columns=extra_columns)
+    if after_cell is not None:
+        for c in cells.values():
+            if c.result() is not None:
+                after_cell(c)
     write_outputs(table, title, rows, intro, time.time() - t0, list(notes), verbose=True, extra_columns=extra_columns)

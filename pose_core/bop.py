@@ -143,6 +143,8 @@ class BopTestImage:
     rgb_path: Path
     K: np.ndarray
     instances: list = field(default_factory=list)  # dicts: R, t_mm, obj_id, and bbox_obj/visib_fract when known
+    depth_path: Path | None = None  # depth/<im_id>.png (16-bit, mm = value * depth_scale) when the scene has one
+    depth_scale: float = 1.0
 
 
 def list_test_images(bop_root, obj_id: int, split: str = "test") -> list[BopTestImage]:
@@ -174,8 +176,28 @@ def list_test_images(bop_root, obj_id: int, split: str = "test") -> list[BopTest
                         for ext in (".png", ".jpg") if (scene_dir / sub / f"{im_id:06d}{ext}").is_file()), None)
             if rgb is None:
                 raise BopFormatError(f"{scene_dir}: no image file rgb/{im_id:06d}.png (or .jpg)")
-            images.append(BopTestImage(scene_id, im_id, rgb, cams[im_id]["K"], instances))
+            depth = scene_dir / "depth" / f"{im_id:06d}.png"
+            images.append(BopTestImage(scene_id, im_id, rgb, cams[im_id]["K"], instances,
+                                       depth if depth.is_file() else None, cams[im_id]["depth_scale"]))
     return images
+
+
+def load_depth_mm(image: BopTestImage) -> np.ndarray:
+    """The depth image of a test image in mm (``[H, W]`` float32, 0 = no measurement): BOP's 16-bit PNG times the
+    image's ``depth_scale`` (scene_camera.json). Raises :class:`BopFormatError` naming the file when there is none
+    or it cannot be read."""
+    from PIL import Image
+
+    if image.depth_path is None:
+        raise BopFormatError(f"scene {image.scene_id} image {image.im_id}: no depth image (depth/{image.im_id:06d}.png "
+                             f"next to {image.rgb_path.parent.name}/)")
+    try:
+        raw = np.asarray(Image.open(image.depth_path))
+    except Exception as e:
+        raise BopFormatError(f"{image.depth_path}: cannot read the depth image ({e})") from None
+    if raw.ndim != 2:
+        raise BopFormatError(f"{image.depth_path}: a depth image has one channel, this one has shape {raw.shape}")
+    return raw.astype(np.float32) * np.float32(image.depth_scale)
 
 
 def find_model_file(models_dir, obj_id: int) -> Path:

@@ -14,6 +14,12 @@ Conventions:
   axis, within [-0.5, 0.5] on the model.
 * Symmetric objects: of all poses that look the same, the target is the one whose allocentric rotation is
   closest to the identity (:func:`canonical_symmetry_transform`), so one image never asks for two answers.
+
+RGB-D (:func:`solve_pose_rgbd`): with a depth image, each correspondence is 3D-3D, the predicted object coordinate
+and the camera-space point the depth gives at the same grid pixel (:func:`camera_points_from_depth`); hypotheses are
+rigid transforms from three of them (:func:`kabsch_hypotheses`), scored by their inliers in mm and the best
+refined by Kabsch over its inliers. DSAC's RGB-D loss (:func:`pose_net.dsac.expected_pose_loss_rgbd`) uses the same
+hypotheses.
 """
 
 from __future__ import annotations
@@ -215,15 +221,173 @@ def solve_pose(outputs, K, crop_center, crop_size, frame: CoordinateFrame, diame
     ok = res["ok"].numpy()
     R, t = res["R"].numpy().astype(np.float64), res["t_mm"].numpy().astype(np.float64)
     if not ok.all():
-        fallback = tf.constant([[0.0, 0.0, 1.0 / 0.7]], tf.float32)
-        b = int(tf.shape(K)[0])
-        t_fb = param.target_to_translation(tf.tile(fallback, [b, 1]), K, crop_center, crop_size, diameter_mm)
-        R_fb = param.allocentric_to_egocentric(tf.eye(3, batch_shape=[b]), t_fb)
-        R = np.where(ok[:, None, None], R, R_fb.numpy())
-        t = np.where(ok[:, None], t, t_fb.numpy())
+        R_fb, t_fb = _fallback_pose(K, crop_center, crop_size, diameter_mm)
+        R = np.where(ok[:, None, None], R, R_fb)
+        t = np.where(ok[:, None], t, t_fb)
     inlier_mask = res["inliers"].numpy()
     return R, t, ok, np.sum(inlier_mask, axis=1), inlier_reprojection_error_px(
         pixels.numpy(), coords_mm.numpy(), K_out.numpy(), res["R"].numpy(), res["t_mm"].numpy(), inlier_mask)
+
+
+def _fallback_pose(K, crop_center, crop_size, diameter_mm: float):
+    """The pose reported where no solver found one: identity allocentric rotation at the crop centre, at the
+    distance where the object's diameter would fill 70% of the crop. ``(R [B, 3, 3], t_mm [B, 3])`` numpy."""
+    fallback = tf.constant([[0.0, 0.0, 1.0 / 0.7]], tf.float32)
+    b = int(tf.shape(K)[0])
+    t_fb = param.target_to_translation(tf.tile(fallback, [b, 1]), K, crop_center, crop_size, diameter_mm)
+    R_fb = param.allocentric_to_egocentric(tf.eye(3, batch_shape=[b]), t_fb)
+    return R_fb.numpy().astype(np.float64), t_fb.numpy().astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------------------------ RGB-D
+# The RGB-D solver's settings (config.json ``rgbd``): hypotheses drawn, the inlier threshold as a share of the
+# object's diameter (5%: 10 mm for a 200 mm object, DSAC's RGB-D scale), Kabsch rounds over the best one's inliers.
+RGBD_NUM_HYPOTHESES = 64
+RGBD_THRESHOLD_DIAMETERS = 0.05
+RGBD_REFINE_ITERATIONS = 3
+
+
+def camera_points_from_depth(depth_mm, K, crop_center, crop_size, output_size: int):
+    """The camera-space point under each pixel of the output grid, from a depth image.
+
+    Args:
+      depth_mm ``[B, H, W]``: z-depth (mm, 0 = no measurement). K ``[B, 3, 3]``. crop_center ``[B, 2]``,
+        crop_size ``[B]``: the crop the network saw. output_size: the side ``s`` of its coordinate maps.
+    Returns:
+      ``[B, s, s, 3]`` float32 mm: each grid pixel takes the back-projection ``depth * K^-1 [u, v, 1]`` of the
+      camera pixel nearest to its centre (as :func:`coordinate_targets` takes its labels); zeros where the depth is 0.
+    """
+    depth = tf.convert_to_tensor(depth_mm, tf.float32)
+    b, h, w = tf.shape(depth)[0], depth.shape[1], depth.shape[2]
+    v, u = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    rays = tf.einsum("bij,hwj->bhwi", tf.linalg.inv(tf.convert_to_tensor(K, tf.float32)),
+                     tf.stack([u, v, tf.ones_like(u)], -1))
+    points = rays / rays[..., 2:3] * depth[..., None]
+    boxes = param.crop_boxes_normalized(crop_center, crop_size, output_size, (h, w))
+    return tf.image.crop_and_resize(points, boxes, tf.range(b), [output_size, output_size], method="nearest")
+
+
+def kabsch(P, Q, w=None):
+    """The rotation and translation that map points ``P`` onto ``Q`` in the least-squares sense (weighted).
+
+    Args: P, Q ``[..., M, 3]``; w ``[..., M]`` or None. Returns ``(R [..., 3, 3], t [..., 3])`` with
+    ``Q ~ R P + t``; differentiable (SVD); reflections are corrected.
+    """
+    if w is None:
+        w = tf.ones(tf.shape(P)[:-1], P.dtype)
+    w = w[..., None]
+    wsum = tf.reduce_sum(w, axis=-2, keepdims=True) + 1e-9
+    p0 = tf.reduce_sum(w * P, axis=-2, keepdims=True) / wsum
+    q0 = tf.reduce_sum(w * Q, axis=-2, keepdims=True) / wsum
+    H = tf.einsum("...mi,...mj->...ij", w * (P - p0), Q - q0)
+    s, U, V = tf.linalg.svd(H)
+    d = tf.sign(tf.linalg.det(tf.einsum("...ij,...kj->...ik", V, U)))
+    ones = tf.ones_like(d)
+    D = tf.linalg.diag(tf.stack([ones, ones, d], axis=-1))
+    R = tf.einsum("...ij,...jk,...lk->...il", V, D, U)
+    t = q0[..., 0, :] - tf.einsum("...ij,...j->...i", R, p0[..., 0, :])
+    return R, t
+
+
+def _orthonormal_frame(points):
+    """``[..., 3, 3]`` (three points as rows) -> ``[..., 3, 3]`` a right-handed frame (columns): the first edge,
+    the second edge's component orthogonal to it, their cross product. Finite for degenerate triplets."""
+    def unit(x):
+        return x * tf.math.rsqrt(tf.reduce_sum(tf.square(x), axis=-1, keepdims=True) + 1e-12)
+
+    e1 = unit(points[..., 1, :] - points[..., 0, :])
+    d2 = points[..., 2, :] - points[..., 0, :]
+    e2 = unit(d2 - tf.reduce_sum(d2 * e1, axis=-1, keepdims=True) * e1)
+    return tf.stack([e1, e2, tf.linalg.cross(e1, e2)], axis=-1)
+
+
+def triplet_alignment(P, Q):
+    """The rigid transform of a minimal set: ``(R [..., 3, 3], t [..., 3])`` with ``Q ~ R P + t`` for three
+    point pairs ``P, Q [..., 3, 3]`` (rows), by aligning the orthonormal frames the triplets span and their
+    centroids. Exact on noise-free points; unlike :func:`kabsch`, whose SVD gradient is infinite for a rank-1 set
+    (two points drawn twice), its gradient stays finite, which DSAC's RGB-D loss needs."""
+    R = tf.einsum("...ij,...kj->...ik", _orthonormal_frame(Q), _orthonormal_frame(P))
+    t = tf.reduce_mean(Q, axis=-2) - tf.einsum("...ij,...j->...i", R, tf.reduce_mean(P, axis=-2))
+    return R, t
+
+
+def rgbd_minimal_sets(valid, num_hypotheses: int, seed: int = 0):
+    """``[B, H, 3]`` int32: ``H`` triplets of distinct correspondences per image, drawn uniformly among the valid
+    ones (Gumbel top-3 over ``valid [B, N]``; an image with fewer than 3 valid gets invalid ones to fill)."""
+    b, n = tf.shape(valid)[0], tf.shape(valid)[1]
+    uniform = tf.random.stateless_uniform([b, num_hypotheses, n], seed=[seed, 0], minval=1e-9, maxval=1.0)
+    gumbel = -tf.math.log(-tf.math.log(uniform))
+    keys = tf.where(valid[:, None, :], gumbel, tf.fill(tf.shape(gumbel), -1e9))
+    return tf.math.top_k(keys, k=3).indices
+
+
+def kabsch_hypotheses(coords_mm, camera_points_mm, valid, num_hypotheses: int, seed: int = 0):
+    """RANSAC's hypotheses for RGB-D: :func:`rgbd_minimal_sets`, each solved by :func:`triplet_alignment`
+    (differentiable with respect to both point sets).
+
+    Args: coords_mm, camera_points_mm ``[B, N, 3]``; valid ``[B, N]`` bool (at least three per image, or the
+    hypotheses of that image are meaningless: callers check). Returns ``(R [B, H, 3, 3], t_mm [B, H, 3])``.
+    """
+    idx = rgbd_minimal_sets(valid, num_hypotheses, seed)
+    return triplet_alignment(tf.gather(coords_mm, idx, batch_dims=1), tf.gather(camera_points_mm, idx, batch_dims=1))
+
+
+def rigid_residuals_mm(R, t_mm, coords_mm, camera_points_mm):
+    """``|R y_i + t - x_i|`` ``[B, H, N]`` (mm) of every hypothesis ``R [B, H, 3, 3]``, ``t_mm [B, H, 3]`` over the
+    correspondences ``coords_mm``, ``camera_points_mm [B, N, 3]``."""
+    pred = tf.einsum("bhij,bnj->bhni", R, coords_mm) + t_mm[:, :, None, :]
+    return tf.norm(pred - camera_points_mm[:, None] + 1e-9, axis=-1)
+
+
+@dataclass
+class RgbdSettings:
+    """RANSAC-Kabsch settings of the coordinate head with depth (config.json ``rgbd``)."""
+    num_hypotheses: int = RGBD_NUM_HYPOTHESES
+    threshold_diameters: float = RGBD_THRESHOLD_DIAMETERS
+    refine_iterations: int = RGBD_REFINE_ITERATIONS
+    seed: int = 0
+
+
+def solve_pose_rgbd(outputs, camera_points_mm, K, crop_center, crop_size, frame: CoordinateFrame, diameter_mm: float,
+                    settings: RgbdSettings = RgbdSettings()):
+    """Poses from coordinate-head outputs and depth by RANSAC-Kabsch.
+
+    Args:
+      outputs: ``{"coords": [B, s, s, 3], "mask": [B, s, s, 1]}``. camera_points_mm ``[B, s, s, 3]``
+        (:func:`camera_points_from_depth`; pixels without depth are zeros and are not used). K, crop_center,
+        crop_size: the crops (for the fallback pose).
+    Returns:
+      ``(R [B, 3, 3], t_mm [B, 3], ok [B] bool, inlier_count [B], inlier_error_mm [B])`` numpy: the best of
+      ``num_hypotheses`` Kabsch hypotheses by inlier count (3D distance below ``threshold_diameters * diameter``),
+      refined by Kabsch over its inliers; ``inlier_error_mm`` is their mean 3D distance (NaN without inliers).
+      Fewer than 3 usable correspondences or fewer than 3 inliers: ``ok`` False and the fallback pose of
+      :func:`solve_pose`.
+    """
+    pixels, coords_mm, valid, _ = correspondences(outputs, frame)
+    b = tf.shape(coords_mm)[0]
+    cam = tf.reshape(tf.convert_to_tensor(camera_points_mm, tf.float32), [b, -1, 3])
+    valid = valid & (cam[..., 2] > 0) & tf.reduce_all(tf.math.is_finite(coords_mm), axis=-1)
+    coords_mm = tf.where(valid[..., None], coords_mm, tf.zeros_like(coords_mm))
+    tau = settings.threshold_diameters * diameter_mm
+    R, t = kabsch_hypotheses(coords_mm, cam, valid, settings.num_hypotheses, settings.seed)
+    inliers = (rigid_residuals_mm(R, t, coords_mm, cam) < tau) & valid[:, None, :]
+    best = tf.argmax(tf.reduce_sum(tf.cast(inliers, tf.int32), axis=-1), axis=1, output_type=tf.int32)
+    R, t, inl = (tf.gather(x, best, batch_dims=1) for x in (R, t, inliers))  # [B, 3, 3], [B, 3], [B, N]
+    for _ in range(settings.refine_iterations):
+        R, t = kabsch(coords_mm, cam, tf.cast(inl, tf.float32))
+        residual = rigid_residuals_mm(R[:, None], t[:, None], coords_mm, cam)[:, 0]
+        inl = (residual < tau) & valid
+    residual = rigid_residuals_mm(R[:, None], t[:, None], coords_mm, cam)[:, 0].numpy()
+    inl = inl.numpy()
+    count = inl.sum(axis=1)
+    ok = (count >= 3) & (tf.reduce_sum(tf.cast(valid, tf.int32), axis=1).numpy() >= 3)
+    R, t = R.numpy().astype(np.float64), t.numpy().astype(np.float64)
+    if not ok.all():
+        R_fb, t_fb = _fallback_pose(K, crop_center, crop_size, diameter_mm)
+        R = np.where(ok[:, None, None], R, R_fb)
+        t = np.where(ok[:, None], t, t_fb)
+    error = np.array([residual[i][inl[i]].mean() if inl[i].any() else np.nan for i in range(len(count))])
+    return R, t, ok, count, error
 
 
 def inlier_reprojection_error_px(pixels, coords_mm, K, R, t_mm, inliers) -> np.ndarray:

@@ -25,7 +25,9 @@ decides where minimal sets are drawn; it is trained by the policy gradient of th
 hypothesis pools, :func:`ng_ransac_surrogate`.
 
 The RGB-D variant (:func:`expected_pose_loss_rgbd`) makes hypotheses by Kabsch from three camera-space points
-(rendered depth) and their object coordinates; it is plain TensorFlow (SVD has a gradient), no op needed.
+(rendered depth) and their object coordinates (:func:`pose_net.coordinates.kabsch_hypotheses`, shared with the
+RGB-D solver of inference); it is plain TensorFlow (SVD has a gradient), no op needed. ``--stage dsac_rgbd`` trains
+through it, with the camera points of the training crops' depth.
 
 Shapes: ``B`` images, ``N`` correspondences per image, ``H`` hypotheses. Units: coordinates and translations in mm,
 pixels in the coordinate grid's pixels (the ``K`` given).
@@ -49,6 +51,10 @@ DEFAULT_ALPHA = 100.0
 DEFAULT_TRANSLATION_WEIGHT_PER_MM = 0.1
 # The soft clamp of each pose loss, in its own unit: px (reprojection), diameters (add, add_s), degrees + w * mm.
 DEFAULT_CUTS = {"reprojection": 100.0, "add": 1.0, "add_s": 1.0, "angle_translation": 100.0}
+# The RGB-D loss' refinement weights each point by its soft inlier term plus this floor: a hypothesis without
+# inliers is then refined over all points (Kabsch's SVD stays well conditioned, its gradient finite) instead of
+# over nothing.
+RGBD_REFINE_FLOOR_WEIGHT = 1e-3
 
 
 @dataclass
@@ -223,69 +229,42 @@ def ng_ransac_surrogate(log_probs, pools: list[dict]):
 
 
 # ---------------------------------------------------------------------------------------------------- RGB-D
-def kabsch(P, Q, w=None):
-    """The rotation and translation that map points ``P`` onto ``Q`` in the least-squares sense (weighted).
-
-    Args: P, Q ``[..., M, 3]``; w ``[..., M]`` or None. Returns ``(R [..., 3, 3], t [..., 3])`` with
-    ``Q ~ R P + t``; differentiable (SVD); reflections are corrected.
-    """
-    if w is None:
-        w = tf.ones(tf.shape(P)[:-1], P.dtype)
-    w = w[..., None]
-    wsum = tf.reduce_sum(w, axis=-2, keepdims=True) + 1e-9
-    p0 = tf.reduce_sum(w * P, axis=-2, keepdims=True) / wsum
-    q0 = tf.reduce_sum(w * Q, axis=-2, keepdims=True) / wsum
-    H = tf.einsum("...mi,...mj->...ij", w * (P - p0), Q - q0)
-    s, U, V = tf.linalg.svd(H)
-    d = tf.sign(tf.linalg.det(tf.einsum("...ij,...kj->...ik", V, U)))
-    ones = tf.ones_like(d)
-    D = tf.linalg.diag(tf.stack([ones, ones, d], axis=-1))
-    R = tf.einsum("...ij,...jk,...lk->...il", V, D, U)
-    t = q0[..., 0, :] - tf.einsum("...ij,...j->...i", R, p0[..., 0, :])
-    return R, t
-
-
 def expected_pose_loss_rgbd(coords_mm, camera_points_mm, R_gt, t_gt_mm, model_points_mm, diameter_mm: float,
                             valid=None, num_hypotheses: int = 64, threshold_mm: float = 10.0, alpha: float = 100.0,
-                            pose_loss: str = "add", seed: int = 0, refine: bool = True) -> tf.Tensor:
-    """The RGB-D form of DSAC's expected pose loss: hypotheses by Kabsch from 3 camera-space points.
+                            pose_loss: str = "add", seed: int = 0, refine: bool = True, **loss_settings) -> tf.Tensor:
+    """The RGB-D form of DSAC's expected pose loss: hypotheses from 3 camera-space points and their predicted
+    object coordinates (:func:`pose_net.coordinates.kabsch_hypotheses`).
 
     Args:
       coords_mm ``[B, N, 3]``: predicted object coordinates. camera_points_mm ``[B, N, 3]``: the same pixels'
-        camera-space points (from depth). valid ``[B, N]`` bool or None. R_gt, t_gt_mm: the true pose.
+        camera-space points (from depth). valid ``[B, N]`` bool or None (at least 3 per image: an image with
+        fewer gets a meaningless, finite loss; :func:`coordinate_dsac_loss` leaves such images out).
+        R_gt, t_gt_mm: the true pose.
       threshold_mm: inlier threshold tau on the 3D distance ``|R y_i + t - x_i|``; the soft score uses
         beta = 5 / tau. pose_loss: ``add`` / ``add_s`` (in diameters) or ``angle_translation``.
       refine: each hypothesis is re-solved by weighted Kabsch over all points, weighted by its soft inlier terms
-        (differentiable, one round).
+        (differentiable, one round). loss_settings: other fields of :class:`DsacSettings` (the pose loss' cut and
+        translation weight).
     Returns:
       ``[B]`` float32 expected pose loss; differentiable with respect to ``coords_mm``.
     """
+    from pose_net.coordinates import kabsch, kabsch_hypotheses, rigid_residuals_mm
+
     coords_mm = tf.convert_to_tensor(coords_mm, tf.float32)
     cam = tf.convert_to_tensor(camera_points_mm, tf.float32)
     b, n = tf.shape(coords_mm)[0], tf.shape(coords_mm)[1]
     if valid is None:
         valid = tf.ones([b, n], tf.bool)
     vf = tf.cast(valid, tf.float32)
-    # triplets drawn uniformly among the valid points (categorical over log(valid))
-    logits = tf.math.log(vf + 1e-12)
-    idx = tf.random.stateless_categorical(logits, num_hypotheses * 3, seed=[seed, 0], dtype=tf.int32)
-    idx = tf.reshape(idx, [b, num_hypotheses, 3])
-    Y = tf.gather(coords_mm, idx, batch_dims=1)  # [B, H, 3, 3]
-    X = tf.gather(cam, idx, batch_dims=1)
-    R, t = kabsch(Y, X)  # [B, H, 3, 3], [B, H, 3]
+    R, t = kabsch_hypotheses(coords_mm, cam, valid, num_hypotheses, seed)  # [B, H, 3, 3], [B, H, 3]
     beta = 5.0 / threshold_mm
-
-    def residual(R, t):
-        pred = tf.einsum("bhij,bnj->bhni", R, coords_mm) + t[:, :, None, :]
-        return tf.norm(pred - cam[:, None] + 1e-9, axis=-1)  # [B, H, N]
-
-    soft = tf.sigmoid(beta * (threshold_mm - residual(R, t))) * vf[:, None, :]
+    soft = tf.sigmoid(beta * (threshold_mm - rigid_residuals_mm(R, t, coords_mm, cam))) * vf[:, None, :]
     score = tf.reduce_sum(soft, axis=-1)
-    if refine:
+    if refine:  # a floor weight on every valid point keeps the SVD well conditioned for a hypothesis with no inliers
         R, t = kabsch(tf.tile(coords_mm[:, None], [1, num_hypotheses, 1, 1]),
-                      tf.tile(cam[:, None], [1, num_hypotheses, 1, 1]), soft)
+                      tf.tile(cam[:, None], [1, num_hypotheses, 1, 1]), soft + RGBD_REFINE_FLOOR_WEIGHT * vf[:, None])
     probs = tf.nn.softmax(alpha * score / tf.maximum(tf.reduce_sum(vf, axis=1), 1.0)[:, None], axis=1)
-    settings = DsacSettings(pose_loss=pose_loss)
+    settings = DsacSettings(pose_loss=pose_loss, **loss_settings)
     losses = pose_losses(R, t, R_gt, t_gt_mm, tf.eye(3, batch_shape=[b]), model_points_mm, diameter_mm, settings)
     return tf.reduce_sum(probs * losses, axis=1)
 
@@ -305,8 +284,8 @@ def canonical_true_pose(R, t_mm, symmetries):
 
 
 def coordinate_dsac_loss(outputs, batch, frame, symmetries, model_points_mm, diameter_mm: float,
-                         settings: DsacSettings, ng_pools: int = 0, seed: int = 0):
-    """The DSAC term of a coordinate-head training step (``pose_net.train --stage dsac|ngdsac``).
+                         settings: DsacSettings, ng_pools: int = 0, seed: int = 0, rgbd: bool = False):
+    """The DSAC term of a coordinate-head training step (``pose_net.train --stage dsac|ngdsac|dsac_rgbd``).
 
     Correspondences are the output grid's pixels where the predicted mask says "object" (as at test time,
     :func:`pose_net.coordinates.correspondences`), shuffled each step so the op's per-image random draws do not
@@ -314,6 +293,11 @@ def coordinate_dsac_loss(outputs, batch, frame, symmetries, model_points_mm, dia
     network's ``sampling`` output, each image gets ``ng_pools`` pools of ``num_hypotheses / ng_pools`` hypotheses
     (so NG-DSAC draws and refines as many hypotheses as DSAC), the DSAC loss is their mean and the sampling head is
     trained by :func:`ng_ransac_surrogate`.
+
+    With ``rgbd`` (``--stage dsac_rgbd``) the loss is :func:`expected_pose_loss_rgbd` over the pixels where both the
+    predicted mask and the target mask say "object", each paired with its camera-space point (the true pose applied
+    to the coordinate target, which is the crop's depth back-projected); inlier threshold
+    :data:`pose_net.coordinates.RGBD_THRESHOLD_DIAMETERS` of the diameter, the other settings as for RGB.
 
     Args:
       outputs: the coordinate network's outputs (``coords``, ``mask``, and ``sampling`` for NG-DSAC).
@@ -327,11 +311,25 @@ def coordinate_dsac_loss(outputs, batch, frame, symmetries, model_points_mm, dia
 
     output_size = int(outputs["coords"].shape[1])
     pixels, coords_mm, valid, _ = coordinates.correspondences(outputs, frame)
+    R_gt, t_gt = canonical_true_pose(batch["R"], batch["t_mm"], symmetries)
+    if rgbd:  # the camera points of the crop's depth: the true pose applied to the (canonical) coordinate targets
+        b = tf.shape(pixels)[0]
+        target = tf.reshape(frame.denormalise(batch["coords_target"]), [b, -1, 3])
+        cam = tf.einsum("bij,bnj->bni", R_gt, target) + t_gt[:, None, :]
+        valid = valid & (tf.reshape(batch["mask_target"], [b, -1]) > 0)
+        ok = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1) >= 3
+        tau = coordinates.RGBD_THRESHOLD_DIAMETERS * diameter_mm
+        per_image = expected_pose_loss_rgbd(
+            coords_mm, cam, R_gt, t_gt, model_points_mm, diameter_mm, valid, settings.num_hypotheses, tau,
+            settings.alpha, settings.pose_loss, seed, loss_cut=settings.loss_cut,
+            translation_weight_per_mm=settings.translation_weight_per_mm)
+        okf = tf.cast(ok, tf.float32)
+        loss = tf.reduce_sum(tf.where(ok, per_image, tf.zeros_like(per_image))) / tf.maximum(tf.reduce_sum(okf), 1.0)
+        return loss, {"dsac": loss, "dsac_ok": tf.reduce_mean(okf)}
     n = tf.shape(pixels)[1]
     order = tf.random.shuffle(tf.range(n))
     pixels, coords_mm, valid = (tf.gather(x, order, axis=1) for x in (pixels, coords_mm, valid))
     K_out = param.crop_intrinsics(batch["K"], batch["crop_center"], batch["crop_size"], output_size)
-    R_gt, t_gt = canonical_true_pose(batch["R"], batch["t_mm"], symmetries)
     if ng_pools < 2:
         pool = hypothesis_pool(coords_mm, pixels, K_out, R_gt, t_gt, model_points_mm, diameter_mm, settings, seed,
                                valid)

@@ -1,13 +1,14 @@
 """Evaluate a trained model on every ground-truth instance of its object in a BOP-layout test set.
 
     python -m pose_net.evaluate --model_dir M --bop_root D --obj_id N [--boxes gt|predicted] \
-        [--csv OUT.csv] [--report DIR]
+        [--csv OUT.csv] [--report DIR] [--depth]
 
 Writes the BOP19 results CSV, prints and saves the ADD / ADD-S table (recall at 10% of the diameter), pictures of
 the predicted (red) and true (green) outlines, and the accuracy-vs-threshold plot. ``--boxes gt`` crops around the
 ground-truth box: ``bbox_obj`` of ``scene_gt_info.json`` when present, else the box of the model projected with the
 true pose. ``--boxes predicted`` uses the network's own box head on the whole image (the coordinate head: the extent of its
-mask). For the coordinate head the overlays show, beside each zoomed overlay, the predicted coordinate map (model
+mask). ``--depth`` (coordinate head, test sets with BOP depth/ images): poses from 3D-3D correspondences by
+RANSAC-Kabsch. For the coordinate head the overlays show, beside each zoomed overlay, the predicted coordinate map (model
 coordinates as colours) and the mask probability.
 """
 
@@ -41,6 +42,8 @@ def define_flags():
     flags.DEFINE_string("report", None, "folder for the report: metrics.json, table.md, overlays, accuracy plot")
     flags.DEFINE_integer("num_pictures", 12, "overlay pictures in the report")
     flags.DEFINE_bool("allow_object_mismatch", False, "evaluate even if the model was trained on another mesh")
+    flags.DEFINE_bool("depth", False, "coordinate head: use the test set's depth images (BOP depth/ folders): "
+                      "poses by RANSAC-Kabsch on 3D-3D correspondences instead of RANSAC-PnP")
     flags.DEFINE_enum("translation", None, ["auto", "regressed", "box"], "direct head: the translation head's "
                       "output, or the translation that fits the model, turned by the predicted rotation, into the "
                       "2D box; auto (the default): box with --boxes gt, regressed with the network's own boxes")
@@ -67,8 +70,9 @@ def gt_box(instance: dict, points_mm, K, image_hw) -> np.ndarray:
 
 def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "test", models_dir=None,
              csv_path=None, report_dir=None, num_pictures: int = 12, allow_object_mismatch: bool = False,
-             translation: str | None = None) -> dict:
-    """Runs the model on the test set; returns the figures (and writes CSV / report when asked)."""
+             translation: str | None = None, depth: bool = False) -> dict:
+    """Runs the model on the test set; returns the figures (and writes CSV / report when asked). ``depth``: the
+    coordinate head solves each pose from the image's depth too (:meth:`PoseEstimator.estimate`)."""
     from PIL import Image
 
     from pose_net.draw import beside, contact_sheet, draw_pose_overlay, zoom_to_box
@@ -84,6 +88,12 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     images = bop.list_test_images(bop_root, obj_id, split)
     if not images:
         raise PoseInputError(f"{bop_root}/{split}: no image shows object {obj_id}")
+    if depth and estimator.head != "coords":
+        raise PoseInputError(f"--depth: the model in {model_dir} has the {estimator.head} head; only the coordinate "
+                             "head uses depth")
+    if depth and (missing := [im for im in images if im.depth_path is None]):
+        raise PoseInputError(f"--depth: {len(missing)} of {len(images)} test images have no depth image, e.g. "
+                             f"{missing[0].rgb_path.parent.parent / 'depth' / missing[0].rgb_path.name}")
     rows, estimates, pictures = [], [], []
     pick = set(np.linspace(0, len(images) - 1, min(num_pictures, len(images))).round().astype(int).tolist())
     for k, im in enumerate(images):
@@ -94,7 +104,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         for inst in im.instances:
             box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else None
             t0 = time.time()
-            est = estimator.estimate(rgb, im.K, box)
+            est = estimator.estimate(rgb, im.K, box, bop.load_depth_mm(im) if depth else None)
             elapsed = time.time() - t0
             e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
@@ -121,7 +131,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     adds_errors = np.array([r["add_s_mm"] for r in rows])
     result = {
         "bop_root": report_path(bop_root), "obj_id": obj_id, "boxes": boxes, "instances": len(rows),
-        "diameter_mm": diameter, "symmetric": symmetric,
+        "diameter_mm": diameter, "symmetric": symmetric, "depth": depth,
         "add_recall": metrics.recall(add_errors, diameter), "add_s_recall": metrics.recall(adds_errors, diameter),
         "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),
         "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])),
@@ -205,7 +215,7 @@ def main(argv):
     try:
         result = evaluate(FLAGS.model_dir, FLAGS.bop_root, FLAGS.obj_id, FLAGS.boxes, FLAGS.split, FLAGS.models_dir,
                           FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.allow_object_mismatch,
-                          FLAGS.translation)
+                          FLAGS.translation, FLAGS.depth)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
     print(format_table(result))

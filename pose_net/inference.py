@@ -45,7 +45,8 @@ class PoseResult:
     coordinate_picture: np.ndarray | None = None
     ok: bool = True
     num_inliers: int = 0
-    translation: str = "regressed"  # where t_mm came from: regressed, box (TRANSLATION_SOURCES) or ransac_pnp
+    translation: str = "regressed"  # where t_mm came from: regressed, box (TRANSLATION_SOURCES), ransac_pnp or
+    # ransac_kabsch (the coordinate head with a depth image)
     t_regressed_mm: np.ndarray | None = None  # the direct head's translation head, whatever t_mm came from
     inlier_error_px: float | None = None  # coordinate head: mean reprojection error of the inliers (grid px)
 
@@ -103,10 +104,11 @@ class PoseEstimator:
         self.points_mm = np.asarray(self.config["model_points_mm"], dtype=np.float32)
         self.head = self.config.get("head", "direct")
         if self.head == "coords":
-            from pose_net.coordinates import CoordinateFrame, PnPSettings
+            from pose_net.coordinates import CoordinateFrame, PnPSettings, RgbdSettings
 
             self.frame = CoordinateFrame.from_json(self.config["coordinate_frame"])
             self.pnp = PnPSettings(**self.config.get("pnp", {}))
+            self.rgbd = RgbdSettings(**self.config.get("rgbd", {}))
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def _crops(self, image, K, centers, sizes):
@@ -131,17 +133,30 @@ class PoseEstimator:
             extent = [cols.min() / n, rows.min() / n, (cols.max() + 1.0) / n, (rows.max() + 1.0) / n]
         return param.crop_target_to_box(tf.constant([extent], tf.float32), c, s).numpy()[0].astype(np.float64)
 
-    def estimate(self, image: np.ndarray, K: np.ndarray, bbox_xywh=None) -> PoseResult:
+    def estimate(self, image: np.ndarray, K: np.ndarray, bbox_xywh=None, depth_mm: np.ndarray | None = None
+                 ) -> PoseResult:
         """Pose in one RGB image ``[H, W, 3]`` (uint8) with intrinsics ``K [3, 3]``.
 
         ``bbox_xywh``: a 2D box of the object (pixels) to crop around; ``None`` finds it first with the network's
         own box head (the coordinate head: the extent of its mask) on the whole image (or uses the whole image in
-        ``full`` input mode).
+        ``full`` input mode). ``depth_mm`` ``[H, W]`` (z-depth in mm, 0 = none; coordinate head only): the pose
+        comes from 3D-3D correspondences by RANSAC-Kabsch (:func:`pose_net.coordinates.solve_pose_rgbd`) instead of
+        RANSAC-PnP; ``inlier_error_px`` is then None.
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
             raise PoseInputError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
         h, w = image.shape[:2]
+        if depth_mm is not None:
+            depth_mm = np.asarray(depth_mm, np.float32)
+            if self.head != "coords":
+                raise PoseInputError("a depth image is used by the coordinate head only (--head coords); this model "
+                                     f"has the {self.head} head")
+            if depth_mm.shape != (h, w):
+                raise PoseInputError(f"the depth image is {depth_mm.shape[1]}x{depth_mm.shape[0]}, the RGB image "
+                                     f"{w}x{h}: they must be registered, pixel for pixel")
+            if not np.isfinite(depth_mm).all() or (depth_mm < 0).any():
+                raise PoseInputError("the depth image has negative or non-finite values (expected mm, 0 = none)")
         Kb = tf.constant(np.asarray(K, np.float32)[None])
         full_center, full_size = [[(w - 1) / 2.0, (h - 1) / 2.0]], [float(max(h, w))]
         if self.head == "coords" and bbox_xywh is not None:
@@ -158,11 +173,20 @@ class PoseEstimator:
             center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
             crops, c, s = self._crops(image, K, center.numpy(), size.numpy())
             out = self._run(crops)
-            R, t, ok, inliers, inlier_error = solve_pose(out, Kb, c, s, self.frame, self.diameter_mm, self.pnp)
+            if depth_mm is None:
+                R, t, ok, inliers, inlier_error = solve_pose(out, Kb, c, s, self.frame, self.diameter_mm, self.pnp)
+                method = "ransac_pnp"
+            else:
+                from pose_net.coordinates import camera_points_from_depth, solve_pose_rgbd
+
+                cam = camera_points_from_depth(depth_mm[None], Kb, c, s, int(out["coords"].shape[1]))
+                R, t, ok, inliers, _ = solve_pose_rgbd(out, cam, Kb, c, s, self.frame, self.diameter_mm, self.rgbd)
+                inlier_error, method = [None], "ransac_kabsch"
             sampling = out["sampling"][0].numpy() if "sampling" in out else None
             picture = coordinate_picture(out["coords"][0].numpy(), out["mask"][0].numpy(), sampling_logit=sampling)
             return PoseResult(R[0], t[0], np.asarray(box, np.float64), predicted_box, picture, bool(ok[0]),
-                              int(inliers[0]), "ransac_pnp", inlier_error_px=float(inlier_error[0]))
+                              int(inliers[0]), method,
+                              inlier_error_px=None if inlier_error[0] is None else float(inlier_error[0]))
         if self.config.get("input_mode", "roi") == "roi":
             box = predicted_box if bbox_xywh is None else np.asarray(bbox_xywh, np.float64)
             center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)

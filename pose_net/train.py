@@ -76,14 +76,16 @@ flags.DEFINE_float("lambda_mask", 1.0, "lm: weight of the coordinate head's mask
 flags.DEFINE_integer("pnp_hypotheses", 64, "coords head: RANSAC-PnP hypotheses per image", flag_values=TRAIN_FLAGS)
 flags.DEFINE_float("pnp_threshold_px", 2.0, "coords head: RANSAC-PnP inlier threshold in pixels of the coordinate "
                    "map (stride 2: one is two crop pixels)", flag_values=TRAIN_FLAGS)
-flags.DEFINE_enum("stage", "coords", ["coords", "dsac", "ngdsac"], "coords head: coords trains on the coordinate "
-                  "and mask losses; dsac adds DSAC's expected pose loss through RANSAC-PnP (pose_net/dsac.py); ngdsac "
-                  "also learns where minimal sets are drawn (NG-RANSAC). dsac and ngdsac start from --init_from",
+flags.DEFINE_enum("stage", "coords", ["coords", "dsac", "ngdsac", "dsac_rgbd"], "coords head: coords trains on "
+                  "the coordinate and mask losses; dsac adds DSAC's expected pose loss through RANSAC-PnP "
+                  "(pose_net/dsac.py); ngdsac also learns where minimal sets are drawn (NG-RANSAC); dsac_rgbd adds "
+                  "the RGB-D form (hypotheses from the crops' depth, for RGB-D cameras). All but coords start from "
+                  "--init_from",
                   flag_values=TRAIN_FLAGS)
 flags.DEFINE_string("init_from", None, "model folder (a finished run of the same head, backbone and object) whose "
                     "weights start this run; layers it lacks (NG-DSAC's sampling head) start fresh",
                     flag_values=TRAIN_FLAGS)
-flags.DEFINE_float("lambda_dsac", 1.0, "--stage dsac|ngdsac: weight of the expected pose loss", flag_values=TRAIN_FLAGS)
+flags.DEFINE_float("lambda_dsac", 1.0, "--stage dsac|ngdsac|dsac_rgbd: weight of the expected pose loss", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("dsac_pose_loss", "angle_translation", ["reprojection", "add", "add_s", "angle_translation"],
                   "--stage dsac|ngdsac: the pose loss l of each hypothesis: the seed's mean reprojection error (px), "
                   "ADD / diameter, ADD-S / diameter, or DSAC*'s angle_deg + w * |dt|", flag_values=TRAIN_FLAGS)
@@ -353,7 +355,8 @@ def train(flag_values: dict) -> dict:
 
         def dsac_loss(outputs, batch):
             return dsac.coordinate_dsac_loss(outputs, batch, frame, symmetries_obj, loss_points, diameter,
-                                             dsac_settings, ng_pools=ng_pools, seed=f["seed"])
+                                             dsac_settings, ng_pools=ng_pools, seed=f["seed"],
+                                             rgbd=f["stage"] == "dsac_rgbd")
 
     replicas = strategy.num_replicas_in_sync
     cache = None

@@ -85,6 +85,48 @@ def test_perfect_coordinates_give_the_true_pose(datasets):
     assert metrics.recall(errors, info["diameter_mm"]) >= 0.9
 
 
+def test_depth_gives_the_targets_camera_points_and_rgbd_ransac_the_true_pose(datasets):
+    """RGB-D: the camera points read from the depth image at the grid pixels are the true pose applied to the
+    coordinate targets (what DSAC's RGB-D stage trains with), and RANSAC-Kabsch on the targets, with a third of
+    them replaced by outliers, gives the true pose."""
+    import itertools
+
+    import tensorflow as tf
+
+    from pose_core.symmetry import Symmetries
+    from pose_net import parametrization as param
+    from pose_net.coordinates import (CoordinateFrame, camera_points_from_depth, coordinate_targets,
+                                      solve_pose_rgbd)
+    from render.dataset import read_samples
+
+    info = load_dataset_info(datasets / "toy")
+    samples = list(itertools.islice(read_samples(datasets / "toy"), 8))
+    stack = lambda key: tf.constant(np.stack([s[key] for s in samples]), tf.float32)  # noqa: E731
+    depth, K, R, t = stack("depth_mm"), stack("K"), stack("R"), stack("t_mm")
+    center, size = param.roi_crop_from_box(stack("bbox_xywh"))
+    frame = CoordinateFrame.from_points(info["model_points_mm"])
+    s = INPUT // 2
+    coords, mask = coordinate_targets(depth, stack("mask"), K, R, t, center, size, s, frame, Symmetries())
+    cam = camera_points_from_depth(depth, K, center, size, s).numpy()
+    expected = np.einsum("bij,bhwj->bhwi", R.numpy(), frame.denormalise(coords).numpy()) + t.numpy()[:, None, None]
+    on = mask.numpy() > 0
+    assert on.sum() > 100 and np.all(cam[~on][..., 2] == 0)
+    np.testing.assert_allclose(cam[on], expected[on], atol=0.5)  # mm
+    rng = np.random.default_rng(0)
+    noisy = coords.numpy().copy()
+    bad = on & (rng.random(on.shape) < 0.33)
+    noisy[bad] = rng.uniform(-0.5, 0.5, (int(bad.sum()), 3))
+    outputs = {"coords": tf.constant(noisy), "mask": tf.where(mask[..., None] > 0, 10.0, -10.0)}
+    R_est, t_est, ok, inliers, error_mm = solve_pose_rgbd(outputs, cam, K, center, size, frame, info["diameter_mm"])
+    errors = metrics.add_batch(R_est, t_est, R.numpy(), t.numpy(), np.asarray(info["model_points_mm"]))
+    assert ok.all() and np.all(inliers >= 0.5 * on.reshape(8, -1).sum(1)), inliers
+    assert np.all(errors < 0.02 * info["diameter_mm"]), errors
+    assert np.all(error_mm < 0.05 * info["diameter_mm"])
+    # no depth at all: not ok, the fallback pose, no crash
+    R_fb, t_fb, ok, _, _ = solve_pose_rgbd(outputs, np.zeros_like(cam), K, center, size, frame, info["diameter_mm"])
+    assert not ok.any() and np.all(np.isfinite(t_fb))
+
+
 def test_a_few_steps_lower_the_coordinate_and_mask_losses(datasets):
     import keras
     import tensorflow as tf
@@ -186,6 +228,14 @@ def test_dsac_loss_is_near_zero_on_the_targets(datasets, name):
     worse, _ = dsac.coordinate_dsac_loss(noisy, batch, spec.frame, spec.symmetries,
                                          np.asarray(info["model_points_mm"], np.float32), info["diameter_mm"], settings)
     assert float(worse) > float(loss)
+    rgbd, terms = dsac.coordinate_dsac_loss(outputs, batch, spec.frame, spec.symmetries,
+                                            np.asarray(info["model_points_mm"], np.float32), info["diameter_mm"],
+                                            settings, rgbd=True)
+    assert float(terms["dsac_ok"]) == 1.0 and float(rgbd) < 2.0, float(rgbd)  # exact 3D-3D: near 0
+    worse, _ = dsac.coordinate_dsac_loss(noisy, batch, spec.frame, spec.symmetries,
+                                         np.asarray(info["model_points_mm"], np.float32), info["diameter_mm"],
+                                         settings, rgbd=True)
+    assert float(worse) > float(rgbd)
 
 
 def test_dsac_and_ngdsac_stages_start_from_a_coordinate_model(datasets, tmp_path):
@@ -203,7 +253,7 @@ def test_dsac_and_ngdsac_stages_start_from_a_coordinate_model(datasets, tmp_path
     info = load_dataset_info(data)
     root = export_bop_test_set(data, tmp_path / "bop", info["obj_id"], info["mesh"], info["diameter_mm"], False)
     widths = {}
-    for stage in ("dsac", "ngdsac"):
+    for stage in ("dsac", "ngdsac", "dsac_rgbd"):
         model_dir = tmp_path / stage
         train(default_flag_values(model_dir=str(model_dir), stage=stage, init_from=str(tmp_path / "stage1"),
                                   **base))
@@ -219,6 +269,12 @@ def test_dsac_and_ngdsac_stages_start_from_a_coordinate_model(datasets, tmp_path
         widths[stage] = est.estimate(np.zeros((INPUT, INPUT, 3), np.uint8), np.array(
             [[INPUT, 0, INPUT / 2], [0, INPUT, INPUT / 2], [0, 0, 1.0]]), [16, 16, 32, 32]).coordinate_picture.shape[1]
     assert widths["ngdsac"] > widths["dsac"]  # the sampling weights' panel
+    # the RGB-D test set: depth images exported, poses by RANSAC-Kabsch
+    rgbd = evaluate(tmp_path / "dsac_rgbd", root, info["obj_id"], "gt", depth=True)
+    assert rgbd["instances"] == 48 and rgbd["depth"] and rgbd["translation"] == "ransac_kabsch"
+    (root / "test" / "000000" / "depth" / "000003.png").unlink()
+    with pytest.raises(PoseInputError, match="000003.png"):
+        evaluate(tmp_path / "dsac_rgbd", root, info["obj_id"], "gt", depth=True)
     # a killed NG-DSAC run (checkpoints, no export) still loads, sampling head included
     import shutil
 

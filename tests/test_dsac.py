@@ -149,11 +149,32 @@ def test_ng_ransac_gradient_raises_the_weights_of_the_better_pool():
         dsac.ng_ransac_surrogate(lp, [good])
 
 
-def test_kabsch_recovers_a_rigid_transform():
+def test_kabsch_and_the_triplet_alignment_recover_a_rigid_transform():
+    from pose_net.coordinates import kabsch, triplet_alignment
+
     p = _problem(batch=2, n=10)
-    R, t = dsac.kabsch(tf.constant(p["X"]), tf.constant(p["cam"], tf.float32))
+    R, t = kabsch(tf.constant(p["X"]), tf.constant(p["cam"], tf.float32))
     np.testing.assert_allclose(R.numpy(), p["R"], atol=1e-4)
     np.testing.assert_allclose(t.numpy(), p["t"], atol=1e-2)
+    R3, t3 = triplet_alignment(tf.constant(p["X"][:, :3]), tf.constant(p["cam"][:, :3], tf.float32))
+    np.testing.assert_allclose(R3.numpy(), p["R"], atol=1e-4)
+    np.testing.assert_allclose(t3.numpy(), p["t"], atol=2e-2)
+
+
+def test_rgbd_minimal_sets_are_distinct_valid_points():
+    """Gumbel top-3: three different correspondences per hypothesis, all valid, every valid one drawn."""
+    from pose_net.coordinates import rgbd_minimal_sets
+
+    valid = np.zeros((2, 40), bool)
+    valid[0, [1, 5, 7, 20, 33]] = True
+    valid[1, 10:30] = True
+    sets = rgbd_minimal_sets(tf.constant(valid), num_hypotheses=200, seed=3).numpy()
+    assert sets.shape == (2, 200, 3)
+    for b in range(2):
+        assert np.all(valid[b][sets[b]])
+        assert np.all((sets[b, :, 0] != sets[b, :, 1]) & (sets[b, :, 1] != sets[b, :, 2])
+                      & (sets[b, :, 0] != sets[b, :, 2]))
+        assert set(np.unique(sets[b])) == set(np.flatnonzero(valid[b]))
 
 
 def test_rgbd_expected_pose_loss_is_differentiable_and_low_on_clean_points():
@@ -171,3 +192,21 @@ def test_rgbd_expected_pose_loss_is_differentiable_and_low_on_clean_points():
                                          .astype(np.float32), p["cam"], p["R"], p["t"], p["points"], 100.0,
                                          num_hypotheses=32)
     assert np.all(noisy.numpy() > loss.numpy())
+
+
+def test_rgbd_loss_gradient_is_finite_for_degenerate_sets():
+    """Only three valid points, two of them at the same place, and images with none: every minimal set is
+    degenerate or repeated; the loss and its gradient stay finite (no SVD of a rank-1 set in the minimal solver)."""
+    p = _problem(batch=2, n=20)
+    coords = p["coords"].copy()
+    coords[0, 1] = coords[0, 0]
+    valid = np.zeros((2, 20), bool)
+    valid[0, :3] = True
+    coords = tf.constant(coords)
+    with tf.GradientTape() as tape:
+        tape.watch(coords)
+        loss = dsac.expected_pose_loss_rgbd(coords, p["cam"], p["R"], p["t"], p["points"], 100.0,
+                                            valid=tf.constant(valid), num_hypotheses=16)
+        total = tf.reduce_sum(loss)
+    grad = tape.gradient(total, coords).numpy()
+    assert np.all(np.isfinite(loss.numpy())) and np.all(np.isfinite(grad))

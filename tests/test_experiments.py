@@ -143,9 +143,9 @@ def test_method_table_heads_train_on_the_same_renderings(quick_results):
 
 
 def test_dsac_table_second_stages_start_from_the_first_stage_model(quick_results):
-    """The DSAC table: one coordinate-loss cell per real set, then three second stages (coordinate loss continued,
-    DSAC, NG-DSAC) each initialised from its model and trained with its stage; the table gets the inlier error and
-    training-time columns."""
+    """The DSAC table: one coordinate-loss cell per real set, then four second stages (coordinate loss continued,
+    DSAC, NG-DSAC, DSAC RGB-D) each initialised from its model and trained with its stage; every cell is scored on
+    the rendered test set with depth too; the table gets the inlier error, RGB-D and training-time columns."""
     tmp, _ = quick_results
     cmd = [sys.executable, "-m", "experiments.dsac_table", "--budget=quick", f"--out={tmp / 'results'}",
            f"--runs_dir={tmp / 'runs'}", "--real_sets=ycbv_can", "--first_stage_minutes=1",
@@ -155,7 +155,8 @@ def test_dsac_table_second_stages_start_from_the_first_stage_model(quick_results
     cells = tmp / "runs" / "quick" / "cells"
     first = cells / "ycbv_can-complete-pl0-coords-1min"
     assert (first / "cell.json").is_file()
-    for stage in ("coords", "dsac", "ngdsac"):
+    assert "rendered_rgbd" in json.loads((first / "cell.json").read_text())
+    for stage in ("coords", "dsac", "ngdsac", "dsac_rgbd"):
         folder = cells / f"ycbv_can-complete-pl0-coords-1min-then-{stage}-1min"
         done = json.loads((folder / "cell.json").read_text())
         assert done["config"]["stage"] == stage and done["config"]["init"] == first.name
@@ -163,10 +164,11 @@ def test_dsac_table_second_stages_start_from_the_first_stage_model(quick_results
         assert trained["stage"] == stage and trained["flags"]["init_from"] == str(first / "model")
         assert trained["dataset"] == str(cells / "ycbv_can-complete-pl0" / "data" / "train")  # the same renderings
         assert "inlier_error_median_px" in done["rendered"]
+        assert done["rendered_rgbd"]["instances"] == done["rendered"]["instances"]
     md = (tmp / "results" / "dsac_table.md").read_text()
-    for label in ("stage 1 (1 min)", "coordinate loss only", "+ DSAC", "+ NG-DSAC"):
+    for label in ("stage 1 (1 min)", "coordinate loss only", "+ DSAC", "+ NG-DSAC", "+ DSAC RGB-D"):
         assert f"| ycbv_can {label} |" in md
-    assert "rendered inlier px" in md and "| not run |" not in md
+    assert "rendered inlier px" in md and "rendered RGB-D ADD" in md and "| not run |" not in md
     assert str(REPO_ROOT) not in md
 
 
