@@ -124,6 +124,68 @@ class ParamSampler:
         return out
 
 
+def material(app: dict):
+    """A pyrender material for an appearance of :func:`render.randomize.object_appearance`."""
+    import pyrender as pr
+
+    tex = None
+    if app["texture"] is not None:
+        tex = pr.Texture(source=app["texture"], source_channels="RGB",
+                         sampler=pr.Sampler(magFilter=0x2601, minFilter=0x2601))  # GL_LINEAR
+    return pr.MetallicRoughnessMaterial(baseColorFactor=[*app["colour"], 1.0], baseColorTexture=tex,
+                                        metallicFactor=app["metallic"], roughnessFactor=app["roughness"])
+
+
+class LightRig:
+    """The lights of a scene: fixed slots per type (a fixed count keeps one compiled shader); :meth:`set` puts
+    exactly the lights of a rig of :func:`render.randomize.sample_lights` in the scene."""
+
+    def __init__(self, scene):
+        import pyrender
+
+        self.scene = scene
+        self.light_nodes = {"directional": [], "point": [], "spot": []}
+        self._active_lights = []
+        for _ in range(MAX_LIGHTS_PER_TYPE):
+            self.light_nodes["directional"].append(pyrender.Node(light=pyrender.DirectionalLight(intensity=0.0)))
+            self.light_nodes["point"].append(pyrender.Node(light=pyrender.PointLight(intensity=0.0)))
+            self.light_nodes["spot"].append(pyrender.Node(light=pyrender.SpotLight(intensity=0.0)))
+
+    def set(self, light):
+        """Puts exactly the lights of ``light`` in the scene (pyrender passes light counts as uniforms, so the
+        shader is not recompiled and unused slots cost nothing)."""
+        self.scene.ambient_light = np.asarray(light["ambient"], dtype=np.float64)
+        for node in self._active_lights:
+            self.scene.remove_node(node)
+        self._active_lights = []
+        used = {"directional": 0, "point": 0, "spot": 0}
+        for spec in light["lights"]:
+            kind = spec["type"]
+            k = used[kind]
+            if k >= MAX_LIGHTS_PER_TYPE:
+                continue
+            used[kind] += 1
+            node = self.light_nodes[kind][k]
+            node.light.intensity = float(spec["intensity"])
+            node.light.color = np.asarray(spec["colour"], dtype=np.float32)
+            pose = np.eye(4)
+            if "direction" in spec:  # pyrender lights shine along their node's -z axis
+                z = -np.asarray(spec["direction"], dtype=np.float64)
+                x = np.cross([0.0, 1.0, 0.0], z)
+                if np.linalg.norm(x) < 1e-6:
+                    x = np.cross([1.0, 0.0, 0.0], z)
+                x /= np.linalg.norm(x)
+                pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+            if "position" in spec:
+                pose[:3, 3] = spec["position"]
+            if kind == "spot":
+                node.light.outerConeAngle = float(spec.get("outer_cone", 0.6))
+                node.light.innerConeAngle = 0.5 * node.light.outerConeAngle
+            node.matrix = pose
+            self.scene.add_node(node)
+            self._active_lights.append(node)
+
+
 class SampleRenderer:
     """Renders samples of one dataset by global index. Create once per process; call :meth:`close` at the end."""
 
@@ -143,7 +205,6 @@ class SampleRenderer:
         self.diameter_mm = self.sampler.diameter_mm
         self.K = config.K()
         size = config.image_size
-        self._pyrender = pyrender
 
         m = mesh.copy()
         m.apply_scale(MM)
@@ -157,13 +218,7 @@ class SampleRenderer:
             texcoord_0=spherical_uv(np.asarray(m.vertices)).astype(np.float32),
             indices=np.asarray(m.faces, np.uint32), material=pyrender.MetallicRoughnessMaterial())
         self.rand_node = self.scene.add(pyrender.Mesh([self._rand_prim]))
-        # lights: fixed slots (a fixed count keeps one compiled shader); unused ones get intensity 0
-        self.light_nodes = {"directional": [], "point": [], "spot": []}
-        self._active_lights = []
-        for _ in range(MAX_LIGHTS_PER_TYPE):
-            self.light_nodes["directional"].append(pyrender.Node(light=pyrender.DirectionalLight(intensity=0.0)))
-            self.light_nodes["point"].append(pyrender.Node(light=pyrender.PointLight(intensity=0.0)))
-            self.light_nodes["spot"].append(pyrender.Node(light=pyrender.SpotLight(intensity=0.0)))
+        self.lights = LightRig(self.scene)
         # distractors: one node per (slot, shape), hidden unless used
         self.distractor_nodes = []
         if config.distractors:
@@ -207,49 +262,6 @@ class SampleRenderer:
         return self.sampler.sample_params(index)
 
     # ------------------------------------------------------------------------------------------ GL
-    def _material(self, app):
-        pr = self._pyrender
-        tex = None
-        if app["texture"] is not None:
-            tex = pr.Texture(source=app["texture"], source_channels="RGB",
-                             sampler=pr.Sampler(magFilter=0x2601, minFilter=0x2601))  # GL_LINEAR
-        return pr.MetallicRoughnessMaterial(baseColorFactor=[*app["colour"], 1.0], baseColorTexture=tex,
-                                            metallicFactor=app["metallic"], roughnessFactor=app["roughness"])
-
-    def _set_lights(self, light):
-        """Puts exactly the lights of ``light`` in the scene (pyrender passes light counts as uniforms, so the
-        shader is not recompiled and unused slots cost nothing)."""
-        self.scene.ambient_light = np.asarray(light["ambient"], dtype=np.float64)
-        for node in self._active_lights:
-            self.scene.remove_node(node)
-        self._active_lights = []
-        used = {"directional": 0, "point": 0, "spot": 0}
-        for spec in light["lights"]:
-            kind = spec["type"]
-            k = used[kind]
-            if k >= MAX_LIGHTS_PER_TYPE:
-                continue
-            used[kind] += 1
-            node = self.light_nodes[kind][k]
-            node.light.intensity = float(spec["intensity"])
-            node.light.color = np.asarray(spec["colour"], dtype=np.float32)
-            pose = np.eye(4)
-            if "direction" in spec:  # pyrender lights shine along their node's -z axis
-                z = -np.asarray(spec["direction"], dtype=np.float64)
-                x = np.cross([0.0, 1.0, 0.0], z)
-                if np.linalg.norm(x) < 1e-6:
-                    x = np.cross([1.0, 0.0, 0.0], z)
-                x /= np.linalg.norm(x)
-                pose[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-            if "position" in spec:
-                pose[:3, 3] = spec["position"]
-            if kind == "spot":
-                node.light.outerConeAngle = float(spec.get("outer_cone", 0.6))
-                node.light.innerConeAngle = 0.5 * node.light.outerConeAngle
-            node.matrix = pose
-            self.scene.add_node(node)
-            self._active_lights.append(node)
-
     def render(self, params: dict) -> dict:
         """Renders ``params`` (from :meth:`sample_params`) -> the numpy sample dict of render/records.py plus
         ``full_mask`` (the unoccluded silhouette, bool). ``depth_mm`` [H, W] float64 is the z-depth in mm of the
@@ -261,15 +273,15 @@ class SampleRenderer:
         self.own_node.mesh.is_visible = own
         self.rand_node.mesh.is_visible = not own
         if not own:
-            self._rand_prim.material = self._material(params["appearance"])
-        self._set_lights(params["light"])
+            self._rand_prim.material = material(params["appearance"])
+        self.lights.set(params["light"])
         for slot in self.distractor_nodes:
             for node, _ in slot.values():
                 node.mesh.is_visible = False
         for slot, d in zip(self.distractor_nodes, params["distractors"]):
             node, prim = slot[d["shape"]]
             node.mesh.is_visible = True
-            prim.material = self._material(d["appearance"])
+            prim.material = material(d["appearance"])
             T = pose_matrix(d["R"], d["t_mm"] * MM) @ np.diag([*(d["scale_mm"] * MM), 1.0])
             self.scene.set_pose(node, T)
 

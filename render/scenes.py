@@ -1,0 +1,411 @@
+"""Whole photos of several objects: domain-randomized scenes written as a BOP folder.
+
+    python -m render.scenes --models_dir DIR --out BOP_ROOT [--obj_ids 1,5,6|all] [--num_images 100]
+        [--camera CAMERA.json] [--objects_per_image 2,5] [--randomization complete] [--backgrounds DIR]
+        [--seed 0] [--split test] [--scene_id 0]
+
+Each image shows 2-5 (``--objects_per_image``) different objects of a BOP models folder at the test camera's
+intrinsics and image size (``--camera``: a JSON with ``cam_K`` and ``width``/``height``, or a BOP
+``scene_camera.json``, whose first camera is used; default :data:`DEFAULT_CAMERA`, LINEMOD's 640x480 camera), at
+distances where each object's diameter spans :attr:`SceneRanges.object_size_frac` of the shorter image side, posed
+uniformly on SO(3), with the randomization of ``--randomization`` (render/modes.py: background, object appearance,
+lights, noise; each object gets its own appearance).
+
+Written (BOP layout, the same as real test sets, so ``pose_net.evaluate`` and detectors read both):
+
+* ``<split>/<scene_id>/rgb/NNNNNN.png``, ``depth/NNNNNN.png`` (16-bit, mm = value * depth_scale; the objects'
+  depth, 0 where no object is), ``mask_visib/NNNNNN_KKKKKK.png`` (the visible pixels of instance K);
+* ``scene_gt.json`` (poses), ``scene_camera.json`` (``cam_K``, ``depth_scale``), ``scene_gt_info.json``
+  (``bbox_obj``: the unoccluded silhouette's box, ``bbox_visib``, ``px_count_all``, ``px_count_visib``,
+  ``visib_fract``);
+* ``models/``: the chosen objects' model files and their ``models_info.json`` entries.
+
+Resumable: the JSON files are rewritten every :data:`FLUSH_EVERY` images and a run starts after the last image they
+list; every image depends on ``(seed, image index)`` only, so a resumed folder equals an uninterrupted one, and
+asking a finished folder for more images extends it. A folder asked for other objects, camera, mode or seed is
+refused, not overwritten.
+
+No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import render  # noqa: F401  (sets PYOPENGL_PLATFORM=egl before pyrender is imported)
+
+import numpy as np
+from absl import app, flags
+
+from pose_core import PoseInputError, bop
+from pose_core.geometry import bbox_from_mask, opengl_camera_pose, pose_matrix, random_rotations
+from pose_core.mesh import load_mesh, mesh_diameter
+from render import randomize as rz
+from render.engine import MM, LightRig, _is_textured, material, spherical_uv
+from render.modes import mode_axes
+from render.records import depth_scale_for
+
+# LINEMOD's camera (BOP lm / lmo): the models of ../shared/data/lmo_models were photographed with it.
+DEFAULT_CAMERA = {"cam_K": [572.4114, 0.0, 325.2611, 0.0, 573.57043, 242.04899, 0.0, 0.0, 1.0],
+                  "width": 640, "height": 480}
+FLUSH_EVERY = 10  # images between rewrites of the scene's JSON files (what a killed run loses at most)
+SCENE_INFO = "scenes.json"  # what the folder was made with (the refusal of a different run)
+# The random streams of a scene image (render/randomize.py's STREAM_* numbers stay those of single-object data).
+STREAM_LAYOUT, STREAM_BACKGROUND, STREAM_LIGHT, STREAM_NOISE, STREAM_APPEARANCE = range(100, 105)
+
+
+class SceneError(PoseInputError):
+    """Bad input to the scene renderer (models folder, object ids, camera, a folder made otherwise)."""
+
+
+@dataclass
+class SceneRanges:
+    """The scene layout's ranges (docs/render.md); appearance, lights and noise use :class:`rz.Ranges`."""
+    object_size_frac: tuple = (0.15, 0.5)  # projected diameter / shorter image side (72-240 px at 640x480)
+    margin_frac: float = 0.1  # object centres at least this share of the image size from the border
+    objects_per_image: tuple = (2, 5)  # inclusive
+
+
+@dataclass
+class SceneModel:
+    """One object of the scene: its id, mesh in mm, diameter, model file."""
+    obj_id: int
+    mesh: object
+    diameter_mm: float
+    path: Path
+
+
+def load_camera(path: str | None) -> tuple[np.ndarray, int, int]:
+    """``(K [3, 3], width, height)`` from ``--camera``: a JSON with ``cam_K`` (row-major 9) and ``width``,
+    ``height``; or a BOP ``scene_camera.json`` (its first camera, with ``width``/``height`` beside ``cam_K`` or
+    else 640x480); ``None``: :data:`DEFAULT_CAMERA`."""
+    if path is None:
+        cam = DEFAULT_CAMERA
+    else:
+        try:
+            cam = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise SceneError(f"--camera {path}: cannot read it as JSON ({e})") from None
+        if isinstance(cam, dict) and "cam_K" not in cam and cam:  # scene_camera.json: {"0": {"cam_K": ...}, ...}
+            cam = cam[sorted(cam, key=lambda k: int(k) if str(k).isdigit() else 0)[0]]
+        if not isinstance(cam, dict) or "cam_K" not in cam:
+            raise SceneError(f"--camera {path}: no 'cam_K' (expected {{\"cam_K\": [9 numbers], \"width\": W, "
+                             f"\"height\": H}} or a BOP scene_camera.json)")
+    K = np.asarray(cam["cam_K"], np.float64)
+    if K.size != 9 or not np.all(np.isfinite(K)) or K[0] <= 0 or K[4] <= 0:
+        raise SceneError(f"--camera {path}: cam_K must be 9 finite numbers with positive focal lengths, got "
+                         f"{cam['cam_K']}")
+    width, height = int(cam.get("width", 640)), int(cam.get("height", 480))
+    if not (16 <= width <= 4096 and 16 <= height <= 4096):
+        raise SceneError(f"--camera {path}: image size {width}x{height} is out of range (16..4096)")
+    return K.reshape(3, 3), width, height
+
+
+def load_models(models_dir, obj_ids: list[int] | None) -> list[SceneModel]:
+    """The objects of a BOP models folder (``models_info.json`` and ``obj_NNNNNN.*``); ``obj_ids`` None: all.
+    Raises :class:`SceneError` naming the file for a missing models_info.json, an unknown id or a broken mesh."""
+    models_dir = Path(models_dir)
+    info_path = models_dir / "models_info.json"
+    if not info_path.is_file():
+        raise SceneError(f"{info_path}: no models_info.json in the models folder (a BOP models folder has one, with "
+                         f"each object's diameter)")
+    info = bop.load_models_info(info_path)
+    ids = sorted(info) if obj_ids is None else list(obj_ids)
+    unknown = [i for i in ids if i not in info]
+    if unknown:
+        raise SceneError(f"{info_path}: no object {', '.join(map(str, unknown))} (it lists "
+                         f"{', '.join(map(str, sorted(info)))})")
+    if len(set(ids)) != len(ids) or not ids:
+        raise SceneError(f"--obj_ids must name distinct objects, got {ids}")
+    out = []
+    for i in ids:
+        path = bop.find_model_file(models_dir, i)
+        mesh = load_mesh(str(path))  # refuses a mesh in metres, naming the file
+        out.append(SceneModel(i, mesh, float(info[i].get("diameter", mesh_diameter(mesh))), path))
+    return out
+
+
+class SceneSampler:
+    """All random choices of scene image ``index`` (pure numpy; deterministic in (seed, index))."""
+
+    def __init__(self, models: list[SceneModel], K, width: int, height: int, mode: str, seed: int,
+                 ranges: SceneRanges = SceneRanges(), look: rz.Ranges = rz.Ranges(), photos: list = ()):
+        self.models, self.K, self.width, self.height = models, np.asarray(K, np.float64), width, height
+        self.axes, self.seed, self.ranges, self.look, self.photos = mode_axes(mode), seed, ranges, look, list(photos)
+        if self.axes["background"] == "real" and not self.photos:
+            raise SceneError("randomization real_background needs background photos (--backgrounds)")
+
+    def params(self, index: int) -> dict:
+        rng = rz.sample_rng(self.seed, index, STREAM_LAYOUT)
+        lo, hi = self.ranges.objects_per_image
+        n = min(int(rng.integers(lo, hi + 1)), len(self.models))
+        chosen = rng.choice(len(self.models), size=n, replace=False)
+        side = min(self.width, self.height)
+        instances = []
+        for k in chosen:
+            m = self.models[int(k)]
+            size_px = rng.uniform(*self.ranges.object_size_frac) * side
+            z = self.K[0, 0] * m.diameter_mm / size_px  # the distance at which the diameter spans size_px
+            margin = self.ranges.margin_frac
+            u = rng.uniform(margin * self.width, (1 - margin) * self.width)
+            v = rng.uniform(margin * self.height, (1 - margin) * self.height)
+            centre_cam = z * np.linalg.solve(self.K, [u, v, 1.0])  # where the model's box centre goes
+            R = random_rotations(1, rng)[0]
+            centre_model = (m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0
+            instances.append({"model": int(k), "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ centre_model})
+        rng_bg = rz.sample_rng(self.seed, index, STREAM_BACKGROUND)
+        big = max(self.width, self.height)
+        if self.axes["background"] == "random":
+            background = rz.procedural_image(rng_bg, big)
+        elif self.axes["background"] == "real":
+            background = rz.real_background(rng_bg, self.photos, big)[0]
+        else:
+            background = np.full((big, big, 3), rz.PLAIN_BACKGROUND_RGB, np.uint8)
+        rng_app = rz.sample_rng(self.seed, index, STREAM_APPEARANCE)
+        for inst in instances:
+            inst["appearance"] = rz.object_appearance(rng_app, self.look) if self.axes["object"] == "random" else "own"
+        centre_m = np.mean([i["t_mm"] for i in instances], axis=0) * MM
+        light = (rz.sample_lights(rz.sample_rng(self.seed, index, STREAM_LIGHT), centre_m, self.look)
+                 if self.axes["light"] == "random" else rz.FIXED_LIGHT)
+        return {"index": int(index), "instances": instances, "background": background[:self.height, :self.width],
+                "light": light, "noise": bool(self.axes["noise"])}
+
+
+class SceneRenderer:
+    """Renders scene images of several objects with one offscreen context (create once; :meth:`close` at the end).
+
+    Every object is uploaded twice (its own appearance, and its geometry with generated texture coordinates for
+    random materials); per image only poses, materials, visibility and lights change."""
+
+    def __init__(self, sampler: SceneSampler):
+        import pyrender
+
+        from render.engine import _fast_shader_cache, SHADER_DIR
+
+        self.sampler = sampler
+        self.scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.3, 0.3, 0.3])
+        self.nodes = []  # per model: (own node, random node, random primitive)
+        cull_all = True
+        for m in sampler.models:
+            mesh = m.mesh.copy()
+            mesh.apply_scale(MM)
+            own = self.scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=not _is_textured(mesh)))
+            prim = pyrender.Primitive(
+                positions=np.asarray(mesh.vertices, np.float32), normals=np.asarray(mesh.vertex_normals, np.float32),
+                texcoord_0=spherical_uv(np.asarray(mesh.vertices)).astype(np.float32),
+                indices=np.asarray(mesh.faces, np.uint32), material=pyrender.MetallicRoughnessMaterial())
+            rand = self.scene.add(pyrender.Mesh([prim]))
+            own.mesh.is_visible = rand.mesh.is_visible = False
+            self.nodes.append((own, rand, prim))
+            cull_all &= bool(mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0)
+        self.lights = LightRig(self.scene)
+        K = sampler.K
+        # pyrender's window coordinates put pixel centres at half-integers: +0.5 maps OpenCV pixel centres onto them
+        cam = pyrender.IntrinsicsCamera(fx=K[0, 0], fy=K[1, 1], cx=K[0, 2] + 0.5, cy=K[1, 2] + 0.5, znear=0.01,
+                                        zfar=100.0)
+        self.scene.add(cam, pose=opengl_camera_pose())
+        self.renderer = pyrender.OffscreenRenderer(sampler.width, sampler.height)
+        if (SHADER_DIR / "mesh.frag").is_file() and (SHADER_DIR / "mesh.vert").is_file():
+            self.renderer._renderer._program_cache = _fast_shader_cache()
+        extra = 0 if cull_all else pyrender.RenderFlags.SKIP_CULL_FACES
+        self._flags_color = pyrender.RenderFlags.RGBA | extra
+        self._flags_depth = pyrender.RenderFlags.DEPTH_ONLY | extra
+
+    def _show(self, inst: dict | None, shown: bool):
+        own, rand, _ = self.nodes[inst["model"]]
+        use_own = inst["appearance"] == "own"
+        own.mesh.is_visible = shown and use_own
+        rand.mesh.is_visible = shown and not use_own
+
+    def render(self, p: dict) -> dict:
+        """``p`` from :meth:`SceneSampler.params` -> ``image [H, W, 3]`` uint8, ``depth_mm [H, W]`` (0 where no
+        object), and per instance ``full [H, W]`` and ``visible [H, W]`` bool masks."""
+        for own, rand, _ in self.nodes:
+            own.mesh.is_visible = rand.mesh.is_visible = False
+        for inst in p["instances"]:
+            own, rand, prim = self.nodes[inst["model"]]
+            node = own if inst["appearance"] == "own" else rand
+            if inst["appearance"] != "own":
+                prim.material = material(inst["appearance"])
+            self.scene.set_pose(node, pose_matrix(inst["R"], inst["t_mm"] * MM))
+            self._show(inst, True)
+        self.lights.set(p["light"])
+        color, depth = self.renderer.render(self.scene, flags=self._flags_color)
+        masks = []
+        for inst in p["instances"]:  # each object alone: its full silhouette and depth, to find what is hidden
+            for other in p["instances"]:
+                self._show(other, other is inst)
+            alone = self.renderer.render(self.scene, flags=self._flags_depth)
+            full = alone > 0
+            masks.append((full, full & (depth >= alone - 1e-4)))
+        alpha = color[..., 3:4].astype(np.float32) * (1.0 / 255.0)
+        img = color[..., :3].astype(np.float32) + p["background"].astype(np.float32) * (1.0 - alpha)
+        if p["noise"]:
+            img = rz.apply_noise(rz.sample_rng(self.sampler.seed, p["index"], STREAM_NOISE), img, self.sampler.look)
+        else:
+            img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        return {"image": img, "depth_mm": depth.astype(np.float64) / MM, "masks": masks}
+
+    def close(self):
+        if getattr(self, "renderer", None) is not None:
+            self.renderer.delete()
+            self.renderer = None
+
+
+def instance_info(full: np.ndarray, visible: np.ndarray) -> dict:
+    """scene_gt_info.json's entry of one instance from its full and visible masks (BOP's definitions; an instance
+    entirely out of the image has the box ``[-1, -1, -1, -1]`` and ``visib_fract`` 0)."""
+    n_all, n_vis = int(full.sum()), int(visible.sum())
+    none = [-1, -1, -1, -1]
+    return {"bbox_obj": bbox_from_mask(full).astype(int).tolist() if n_all else none,
+            "bbox_visib": bbox_from_mask(visible).astype(int).tolist() if n_vis else none,
+            "px_count_all": n_all, "px_count_visib": n_vis, "px_count_valid": n_vis,
+            "visib_fract": n_vis / n_all if n_all else 0.0}
+
+
+def _write_json(path: Path, data):
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)  # a killed run leaves the old file or the new one, never half of one
+
+
+def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images: int = 100, camera=None,
+                  mode: str = "complete", seed: int = 0, split: str = "test", scene_id: int = 0,
+                  objects_per_image: tuple = SceneRanges.objects_per_image, backgrounds: str | None = None,
+                  progress: bool = True) -> Path:
+    """Renders (or finishes) a BOP folder of scene images; returns its root. See the module docstring."""
+    from PIL import Image
+
+    if num_images < 1:
+        raise SceneError(f"--num_images must be >= 1, got {num_images}")
+    lo, hi = objects_per_image
+    if not 1 <= lo <= hi:
+        raise SceneError(f"--objects_per_image must be 'MIN,MAX' with 1 <= MIN <= MAX, got {lo},{hi}")
+    K, width, height = load_camera(camera)
+    models = load_models(models_dir, obj_ids)
+    out = Path(out)
+    wanted = {"models_dir": str(Path(models_dir)), "obj_ids": [m.obj_id for m in models], "num_images": num_images,
+              "cam_K": K.reshape(9).tolist(), "width": width, "height": height, "mode": mode, "seed": seed,
+              "objects_per_image": [lo, hi], "split": split, "scene_id": scene_id}
+    info_path = out / SCENE_INFO
+    if info_path.is_file():
+        have = json.loads(info_path.read_text())
+        # more images of the same scenes extend the folder (each image depends on its index only)
+        differing = sorted(k for k in wanted if k not in ("models_dir", "num_images") and have.get(k) != wanted[k])
+        if differing:
+            raise SceneError(f"{out} holds scenes made with other settings ({', '.join(differing)}: "
+                             f"{', '.join(f'{have.get(k)} now {wanted[k]}' for k in differing)}): choose another "
+                             f"--out or remove that folder")
+    photos = []
+    if mode_axes(mode)["background"] == "real":
+        from render.generate import list_backgrounds
+
+        photos = [(Path(p).name, (lambda p=p: np.asarray(Image.open(p).convert("RGB"))))
+                  for p in list_backgrounds(backgrounds, None)] if backgrounds else []
+    sampler = SceneSampler(models, K, width, height, mode, seed, SceneRanges(objects_per_image=(lo, hi)),
+                           photos=photos)
+    scene = out / split / f"{scene_id:06d}"
+    for sub in ("rgb", "depth", "mask_visib"):
+        (scene / sub).mkdir(parents=True, exist_ok=True)
+    out.joinpath(SCENE_INFO).write_text(json.dumps(wanted, indent=1))
+    _copy_models(models, Path(models_dir), out / "models")
+    gt = _load_or_empty(scene / "scene_gt.json")
+    cams = _load_or_empty(scene / "scene_camera.json")
+    infos = _load_or_empty(scene / "scene_gt_info.json")
+    start = min(len(gt), len(cams), len(infos))
+    if start >= num_images:
+        if progress:
+            print(f"{out}: {num_images} scene images already rendered", flush=True)
+        return out
+    renderer = SceneRenderer(sampler)
+    t0 = time.time()
+    try:
+        for i in range(start, num_images):
+            p = sampler.params(i)
+            r = renderer.render(p)
+            Image.fromarray(r["image"]).save(scene / "rgb" / f"{i:06d}.png", compress_level=1)
+            scale = float(depth_scale_for(r["depth_mm"].max()))
+            Image.fromarray(np.rint(r["depth_mm"] / scale).astype(np.uint16)).save(scene / "depth" / f"{i:06d}.png")
+            gt[str(i)], infos[str(i)] = [], []
+            for k, (inst, (full, visible)) in enumerate(zip(p["instances"], r["masks"])):
+                gt[str(i)].append({"cam_R_m2c": inst["R"].reshape(9).tolist(), "cam_t_m2c": inst["t_mm"].tolist(),
+                                   "obj_id": inst["obj_id"]})
+                infos[str(i)].append(instance_info(full, visible))
+                Image.fromarray((visible * 255).astype(np.uint8)).save(scene / "mask_visib" / f"{i:06d}_{k:06d}.png")
+            cams[str(i)] = {"cam_K": K.reshape(9).tolist(), "depth_scale": scale}
+            if (i + 1) % FLUSH_EVERY == 0 or i + 1 == num_images:
+                for name, data in (("scene_gt", gt), ("scene_camera", cams), ("scene_gt_info", infos)):
+                    _write_json(scene / f"{name}.json", data)
+                if progress:
+                    rate = (i + 1 - start) / max(time.time() - t0, 1e-9)
+                    print(f"{out}: {i + 1}/{num_images} scene images ({rate:.1f} img/s)", flush=True)
+    finally:
+        renderer.close()
+    return out
+
+
+def _load_or_empty(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _copy_models(models: list[SceneModel], src: Path, dst: Path):
+    dst.mkdir(parents=True, exist_ok=True)
+    info = json.loads((src / "models_info.json").read_text())
+    for m in models:
+        for f in src.glob(m.path.stem + ".*"):
+            if not (dst / f.name).is_file():
+                shutil.copy(f, dst / f.name)
+    for f in src.glob("*.png"):  # textures referenced by .mtl files keep their names
+        if not (dst / f.name).is_file():
+            shutil.copy(f, dst / f.name)
+    _write_json(dst / "models_info.json", {str(m.obj_id): info[str(m.obj_id)] for m in models})
+
+
+# ------------------------------------------------------------------------------------------------------ command
+def define_flags():
+    flags.DEFINE_string("models_dir", None, "BOP models folder (models_info.json, obj_NNNNNN.ply/.obj)")
+    flags.DEFINE_string("out", None, "BOP root to write (or finish)")
+    flags.DEFINE_string("obj_ids", "all", "comma-separated object ids of the models folder, or 'all'")
+    flags.DEFINE_integer("num_images", 100, "scene images")
+    flags.DEFINE_string("camera", None, "camera JSON (cam_K, width, height) or a BOP scene_camera.json; default: "
+                        "LINEMOD's 640x480 camera")
+    flags.DEFINE_list("objects_per_image", ["2", "5"], "MIN,MAX different objects per image")
+    flags.DEFINE_string("randomization", "complete", "randomization mode (render/modes.py)")
+    flags.DEFINE_string("backgrounds", None, "folder of background photos (randomization real_background)")
+    flags.DEFINE_integer("seed", 0, "seed of every random choice")
+    flags.DEFINE_string("split", "test", "BOP split folder to write")
+    flags.DEFINE_integer("scene_id", 0, "BOP scene id to write")
+
+
+def parse_obj_ids(text: str) -> list[int] | None:
+    """``'all'`` -> None; ``'1,5,6'`` -> [1, 5, 6]; anything else: :class:`SceneError`."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SceneError(f"--obj_ids must be 'all' or comma-separated integers, got {text!r}") from None
+
+
+def main(argv):
+    del argv
+    F = flags.FLAGS
+    if not F.models_dir or not F.out:
+        raise app.UsageError("--models_dir and --out are required")
+    try:
+        lo, hi = (int(x) for x in F.objects_per_image)
+        render_scenes(F.models_dir, F.out, parse_obj_ids(F.obj_ids), F.num_images, F.camera, F.randomization,
+                      F.seed, F.split, F.scene_id, (lo, hi), F.backgrounds)
+    except (PoseInputError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

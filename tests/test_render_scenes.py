@@ -1,0 +1,127 @@
+"""Whole-image scenes of several objects in BOP layout (render/scenes.py): the files a BOP reader expects, masks
+and boxes that agree with the poses, resuming, and clear errors for bad input."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import trimesh
+
+from pose_core import bop
+from pose_core.geometry import project_points
+
+CAMERA = {"cam_K": [200.0, 0, 79.5, 0, 200.0, 59.5, 0, 0, 1], "width": 160, "height": 120}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """A BOP models folder of three small objects (a box, a cylinder, a cone), in mm."""
+    root = tmp_path_factory.mktemp("models")
+    shapes = {1: trimesh.creation.box(extents=(60, 40, 20)), 2: trimesh.creation.cylinder(radius=25, height=70),
+              3: trimesh.creation.cone(radius=30, height=60)}
+    info = {}
+    for obj_id, mesh in shapes.items():
+        mesh.export(root / f"obj_{obj_id:06d}.ply")
+        info[str(obj_id)] = {"diameter": float(np.linalg.norm(mesh.extents))}
+    (root / "models_info.json").write_text(json.dumps(info))
+    return root
+
+
+@pytest.fixture(scope="module")
+def camera(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cam") / "camera.json"
+    path.write_text(json.dumps(CAMERA))
+    return path
+
+
+def _render(models_dir, out, camera, n, **kw):
+    from render.scenes import render_scenes
+
+    return render_scenes(models_dir, out, num_images=n, camera=str(camera), progress=False,
+                         objects_per_image=kw.pop("objects_per_image", (2, 3)), **kw)
+
+
+def test_scenes_are_a_bop_folder_whose_masks_match_the_poses(models_dir, camera, tmp_path):
+    from PIL import Image
+
+    root = _render(models_dir, tmp_path / "bop", camera, 6)
+    scene = root / "test" / "000000"
+    gt = bop.load_scene_gt(scene / "scene_gt.json")
+    info = bop.load_scene_gt_info(scene / "scene_gt_info.json")
+    assert sorted(gt) == list(range(6))
+    assert (root / "models" / "models_info.json").is_file() and (root / "models" / "obj_000002.ply").is_file()
+    for im_id, instances in gt.items():
+        assert 2 <= len(instances) <= 3 and len({i["obj_id"] for i in instances}) == len(instances)
+        rgb = np.asarray(Image.open(scene / "rgb" / f"{im_id:06d}.png"))
+        depth = np.asarray(Image.open(scene / "depth" / f"{im_id:06d}.png"))
+        assert rgb.shape == (120, 160, 3) and depth.shape == (120, 160)
+        for k, inst in enumerate(instances):
+            visible = np.asarray(Image.open(scene / "mask_visib" / f"{im_id:06d}_{k:06d}.png")) > 0
+            entry = info[im_id][k]
+            assert entry["visib_fract"] == pytest.approx(visible.sum() / max(
+                json.loads((scene / "scene_gt_info.json").read_text())[str(im_id)][k]["px_count_all"], 1))
+            mesh = trimesh.load(root / "models" / f"obj_{inst['obj_id']:06d}.ply")
+            uv, z = project_points(np.asarray(mesh.sample(3000, seed=0)), inst["R"], inst["t_mm"],
+                                   np.asarray(CAMERA["cam_K"]).reshape(3, 3))
+            assert np.all(z > 0)
+            x0, y0, w, h = entry["bbox_obj"]
+            inside = ((uv[:, 0] >= x0 - 1.5) & (uv[:, 0] <= x0 + w + 0.5) & (uv[:, 1] >= y0 - 1.5)
+                      & (uv[:, 1] <= y0 + h + 0.5))
+            on_image = (uv[:, 0] >= 0) & (uv[:, 0] <= 159) & (uv[:, 1] >= 0) & (uv[:, 1] <= 119)
+            assert inside[on_image].mean() > 0.98  # the full silhouette's box holds the projected model
+            if visible.any():  # the depth under a visible pixel is that object's surface, in front of the camera
+                assert np.all(depth[visible] > 0)
+    # the per-object reader of evaluation finds each object's instances
+    images = bop.list_test_images(root, 2)
+    assert images and all(i.depth_path is not None for i in images)
+
+
+def test_scenes_resume_to_the_same_images_and_refuse_other_settings(models_dir, camera, tmp_path):
+    from render.scenes import SceneError
+
+    whole = _render(models_dir, tmp_path / "whole", camera, 12)
+    part = _render(models_dir, tmp_path / "part", camera, 10)
+    scene = part / "test" / "000000"
+    # a run killed after image 10's files but before the JSON flush: the JSONs list 10, image 10 is redone
+    shutil.copy(whole / "test" / "000000" / "rgb" / "000010.png", scene / "rgb" / "000010.png")
+    _render(models_dir, part, camera, 12)
+    for name in ("scene_gt.json", "scene_gt_info.json", "scene_camera.json"):
+        assert json.loads((scene / name).read_text()) == json.loads((whole / "test" / "000000" / name).read_text())
+    a = (whole / "test" / "000000" / "rgb" / "000011.png").read_bytes()
+    assert a == (scene / "rgb" / "000011.png").read_bytes()
+    with pytest.raises(SceneError, match="seed"):
+        _render(models_dir, part, camera, 12, seed=1)
+    with pytest.raises(SceneError, match="obj_ids"):
+        _render(models_dir, part, camera, 12, obj_ids=[1, 2])
+    assert len(json.loads((scene / "scene_gt.json").read_text())) == 12  # nothing lost
+
+
+def test_bad_input_gets_a_clear_error(models_dir, camera, tmp_path):
+    from pose_core.mesh import MeshError
+    from render.scenes import SceneError, load_camera, parse_obj_ids
+
+    no_info = tmp_path / "no_info"
+    shutil.copytree(models_dir, no_info)
+    (no_info / "models_info.json").unlink()
+    with pytest.raises(SceneError, match="models_info.json"):
+        _render(no_info, tmp_path / "a", camera, 2)
+    with pytest.raises(SceneError, match="no object 7"):
+        _render(models_dir, tmp_path / "b", camera, 2, obj_ids=[1, 7])
+    metres = tmp_path / "metres"
+    shutil.copytree(models_dir, metres)
+    trimesh.creation.box(extents=(0.06, 0.04, 0.02)).export(metres / "obj_000001.ply")
+    with pytest.raises(MeshError, match="obj_000001.ply.*metres"):
+        _render(metres, tmp_path / "c", camera, 2)
+    bad_cam = tmp_path / "cam.json"
+    bad_cam.write_text(json.dumps({"fx": 500}))
+    with pytest.raises(SceneError, match="cam_K"):
+        load_camera(str(bad_cam))
+    with pytest.raises(SceneError, match="obj_ids"):
+        parse_obj_ids("1,x")
+    with pytest.raises(SceneError, match="objects_per_image"):
+        _render(models_dir, tmp_path / "d", camera, 2, objects_per_image=(3, 2))
+    # a BOP scene_camera.json serves as --camera (its first camera)
+    scene_cam = tmp_path / "scene_camera.json"
+    scene_cam.write_text(json.dumps({"3": {"cam_K": CAMERA["cam_K"], "depth_scale": 1.0}}))
+    K, w, h = load_camera(str(scene_cam))
+    assert K[0, 0] == 200.0 and (w, h) == (640, 480)
