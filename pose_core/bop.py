@@ -147,8 +147,37 @@ class BopTestImage:
     depth_scale: float = 1.0
 
 
-def list_test_images(bop_root, obj_id: int, split: str = "test") -> list[BopTestImage]:
-    """Every image of ``bop_root/<split>/<scene>/`` that shows ``obj_id``, with its instances of that object."""
+TEST_TARGETS_FILE = "test_targets_bop19.json"  # BOP19's list of what to localize, at the dataset root
+DEFAULT_MIN_VISIB = 0.1  # BOP19 scores instances at least 10% visible (scene_gt_info.json's visib_fract)
+
+
+def load_test_targets(bop_root) -> set[tuple[int, int, int]] | None:
+    """``{(scene_id, im_id, obj_id)}`` of BOP19's ``test_targets_bop19.json`` at ``bop_root``; None without one."""
+    path = Path(bop_root) / TEST_TARGETS_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise BopFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise BopFormatError(f"{path}: expected a list of {{scene_id, im_id, obj_id, inst_count}} entries")
+    out = set()
+    for k, entry in enumerate(data):
+        try:
+            out.add((int(entry["scene_id"]), int(entry["im_id"]), int(entry["obj_id"])))
+        except (KeyError, TypeError, ValueError):
+            raise BopFormatError(f"{path}: entry {k} is not {{scene_id, im_id, obj_id, inst_count}}: {entry}") from None
+    return out
+
+
+def list_test_images(bop_root, obj_id: int, split: str = "test", min_visib: float = 0.0,
+                     targets: set | None = None) -> list[BopTestImage]:
+    """Every image of ``bop_root/<split>/<scene>/`` that shows ``obj_id``, with its instances of that object.
+
+    ``min_visib``: instances whose ``visib_fract`` (scene_gt_info.json) is below it are left out (instances of a
+    scene without scene_gt_info.json are kept: their visibility is unknown). ``targets``: from
+    :func:`load_test_targets`; images it does not list for ``obj_id`` are left out."""
     root = Path(bop_root) / split
     if not root.is_dir():
         raise BopFormatError(f"{root}: no '{split}' folder in the BOP root {bop_root}")
@@ -169,8 +198,10 @@ def list_test_images(bop_root, obj_id: int, split: str = "test") -> list[BopTest
                 inst = dict(inst)
                 if im_id in gt_info and k < len(gt_info[im_id]):
                     inst.update(gt_info[im_id][k])
+                if inst.get("visib_fract", 1.0) < min_visib:
+                    continue
                 instances.append(inst)
-            if not instances:
+            if not instances or (targets is not None and (scene_id, im_id, obj_id) not in targets):
                 continue
             rgb = next((scene_dir / sub / f"{im_id:06d}{ext}" for sub in ("rgb", "gray")
                         for ext in (".png", ".jpg") if (scene_dir / sub / f"{im_id:06d}{ext}").is_file()), None)
@@ -180,6 +211,18 @@ def list_test_images(bop_root, obj_id: int, split: str = "test") -> list[BopTest
             images.append(BopTestImage(scene_id, im_id, rgb, cams[im_id]["K"], instances,
                                        depth if depth.is_file() else None, cams[im_id]["depth_scale"]))
     return images
+
+
+def object_ids_in(bop_root, split: str = "test") -> list[int]:
+    """The object ids annotated anywhere in ``bop_root/<split>/*/scene_gt.json``, sorted."""
+    root = Path(bop_root) / split
+    if not root.is_dir():
+        raise BopFormatError(f"{root}: no '{split}' folder in the BOP root {bop_root}")
+    ids = set()
+    for scene_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for instances in load_scene_gt(scene_dir / "scene_gt.json").values():
+            ids.update(i["obj_id"] for i in instances)
+    return sorted(ids)
 
 
 def load_depth_mm(image: BopTestImage) -> np.ndarray:

@@ -175,7 +175,8 @@ def expected_pose_loss(coords_mm, pixels, K, R_gt, t_gt_mm, model_points_mm, num
     Args:
       coords_mm ``[B, N, 3]`` float32 (mm); pixels ``[B, N, 2]`` (px); K ``[B, 3, 3]``; R_gt ``[B, 3, 3]``;
       t_gt_mm ``[B, 3]``; model_points_mm ``[P, 3]``; diameter_mm: the object's diameter (the ``add`` losses;
-      default: the diagonal of the model points' bounding box, an upper bound of the diameter). ``settings``: the other fields of :class:`DsacSettings`.
+      default: the diagonal of the model points' bounding box, an upper bound of the diameter). ``settings``: the
+      other fields of :class:`DsacSettings`.
     Returns:
       ``[B]`` float32; 0 (with a zero gradient) for an image where no hypothesis could be made.
     """

@@ -1,14 +1,17 @@
 """Evaluate a trained model on every ground-truth instance of its object in a BOP-layout test set.
 
-    python -m pose_net.evaluate --model_dir M --bop_root D --obj_id N [--boxes gt|predicted] \
-        [--csv OUT.csv] [--report DIR] [--depth]
+    python -m pose_net.evaluate --model_dir M --bop_root D --obj_id N|all [--boxes gt|predicted] \
+        [--csv OUT.csv] [--report DIR] [--depth] [--min_visib 0.1]
 
 Writes the BOP19 results CSV, prints and saves the ADD / ADD-S table (recall at 10% of the diameter), pictures of
 the predicted (red) and true (green) outlines, and the accuracy-vs-threshold plot. ``--boxes gt`` crops around the
 ground-truth box: ``bbox_obj`` of ``scene_gt_info.json`` when present, else the box of the model projected with the
-true pose. ``--boxes predicted`` uses the network's own box head on the whole image (the coordinate head: the extent of its
-mask). ``--depth`` (coordinate head, test sets with BOP depth/ images): poses from 3D-3D correspondences by
-RANSAC-Kabsch. For the coordinate head the overlays show, beside each zoomed overlay, the predicted coordinate map (model
+true pose. ``--boxes predicted`` uses the network's own box head on the whole image (the coordinate head: the extent
+of its mask). ``--depth`` (coordinate head, test sets with BOP depth/ images): poses from 3D-3D correspondences by
+RANSAC-Kabsch. ``--obj_id all``: every object of a model folder of several objects (``objects.json``) that the test
+set annotates, into one BOP19 CSV and a per-object table with the mean. Instances less visible than ``--min_visib``
+are not scored, and BOP19's ``test_targets_bop19.json`` chooses the images when present. For the coordinate head the
+overlays show, beside each zoomed overlay, the predicted coordinate map (model
 coordinates as colours) and the mask probability.
 """
 
@@ -34,7 +37,10 @@ def define_flags():
     """Command-line flags (defined only when run as a program, so the module imports cleanly anywhere)."""
     flags.DEFINE_string("model_dir", None, "trained model folder (pose_net.train's --model_dir)")
     flags.DEFINE_string("bop_root", None, "BOP dataset root holding test/<scene>/ and models/")
-    flags.DEFINE_integer("obj_id", None, "object id in the BOP set")
+    flags.DEFINE_string("obj_id", None, "object id in the BOP set, or 'all': every object the model folder knows "
+                        "(pose_net.inference.model_set) that the test set annotates, into one CSV and one report")
+    flags.DEFINE_float("min_visib", bop.DEFAULT_MIN_VISIB, "instances less visible than this (scene_gt_info.json's "
+                       "visib_fract) are not scored, as in BOP19; instances of scenes without it always are")
     flags.DEFINE_enum("boxes", "gt", ["gt", "predicted"], "2D boxes to crop around")
     flags.DEFINE_string("split", "test", "BOP split folder")
     flags.DEFINE_string("models_dir", None, "BOP models folder (default: BOP_ROOT/models)")
@@ -70,9 +76,12 @@ def gt_box(instance: dict, points_mm, K, image_hw) -> np.ndarray:
 
 def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "test", models_dir=None,
              csv_path=None, report_dir=None, num_pictures: int = 12, allow_object_mismatch: bool = False,
-             translation: str | None = None, depth: bool = False) -> dict:
+             translation: str | None = None, depth: bool = False, min_visib: float = bop.DEFAULT_MIN_VISIB,
+             estimates_out: list | None = None) -> dict:
     """Runs the model on the test set; returns the figures (and writes CSV / report when asked). ``depth``: the
-    coordinate head solves each pose from the image's depth too (:meth:`PoseEstimator.estimate`)."""
+    coordinate head solves each pose from the image's depth too (:meth:`PoseEstimator.estimate`). ``min_visib`` and
+    BOP19's ``test_targets_bop19.json`` (when the set has one) choose the instances scored
+    (:func:`pose_core.bop.list_test_images`). ``estimates_out``: a list the BOP19 rows are appended to."""
     from PIL import Image
 
     from pose_net.draw import beside, contact_sheet, draw_pose_overlay, zoom_to_box
@@ -85,9 +94,10 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         raise PoseInputError(
             f"the model in {model_dir} was trained on an object of diameter {trained_d:.1f} mm, but object {obj_id} "
             f"of {bop_root} measures {diameter:.1f} mm: another object? (--allow_object_mismatch to go on)")
-    images = bop.list_test_images(bop_root, obj_id, split)
+    images = bop.list_test_images(bop_root, obj_id, split, min_visib, bop.load_test_targets(bop_root))
     if not images:
-        raise PoseInputError(f"{bop_root}/{split}: no image shows object {obj_id}")
+        raise PoseInputError(f"{bop_root}/{split}: no image shows object {obj_id} (at least {min_visib:g} visible"
+                             f"{', among the test targets' if bop.load_test_targets(bop_root) is not None else ''})")
     if depth and estimator.head != "coords":
         raise PoseInputError(f"--depth: the model in {model_dir} has the {estimator.head} head; only the coordinate "
                              "head uses depth")
@@ -149,11 +159,82 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         regressed = np.array([r["add_mm_regressed_translation"] for r in rows])
         result["add_recall_regressed_translation"] = metrics.recall(regressed, diameter)
         result["add_median_mm_regressed_translation"] = float(np.median(regressed))
+    result["min_visib"] = min_visib
+    if estimates_out is not None:
+        estimates_out.extend(estimates)
     if csv_path:
         Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
         bop.write_results_csv(csv_path, estimates)
     if report_dir:
         write_report(Path(report_dir), result, rows, add_errors, adds_errors, diameter, pictures, contact_sheet)
+    return result
+
+
+def evaluate_all(model_dir, bop_root, boxes: str = "gt", split: str = "test", models_dir=None, csv_path=None,
+                 report_dir=None, num_pictures: int = 12, translation: str | None = None, depth: bool = False,
+                 min_visib: float = bop.DEFAULT_MIN_VISIB) -> dict:
+    """Every object the model folder knows (:func:`pose_net.inference.model_set`) that the test set annotates,
+    each scored as :func:`evaluate` does, into ONE BOP19 CSV and one report (``report/table.md`` with a row per
+    object and their mean, ``report/obj_NNNNNN/`` per object). Returns ``{"objects": {obj_id: figures},
+    "mean": {...}, "not_trained": [...], "not_in_test_set": [...]}``; the mean's ``score_recall`` takes ADD-S for
+    symmetric objects and ADD for the others, as BOP's ADD(-S)."""
+    from pose_net.inference import model_set
+
+    models = model_set(model_dir)
+    in_test = bop.object_ids_in(bop_root, split)
+    chosen = [i for i in sorted(models) if i in in_test]
+    if not chosen:
+        raise PoseInputError(f"{bop_root}/{split} annotates objects {in_test}, the model folder {model_dir} knows "
+                             f"{sorted(models)}: nothing to evaluate")
+    estimates, per_object = [], {}
+    for obj_id in chosen:
+        sub = Path(report_dir) / f"obj_{obj_id:06d}" if report_dir else None
+        try:
+            per_object[obj_id] = evaluate(models[obj_id], bop_root, obj_id, boxes, split, models_dir,
+                                          report_dir=sub, num_pictures=num_pictures, translation=translation,
+                                          depth=depth, min_visib=min_visib, estimates_out=estimates)
+        except PoseInputError as e:
+            if "no image shows object" not in str(e):
+                raise
+            per_object[obj_id] = None  # every instance below min_visib or outside the targets
+    scored = {k: v for k, v in per_object.items() if v is not None}
+    if not scored:
+        raise PoseInputError(f"{bop_root}/{split}: no instance of objects {chosen} is at least {min_visib:g} visible"
+                             f"{' among the test targets' if bop.load_test_targets(bop_root) is not None else ''}")
+
+    def mean(key):
+        return float(np.mean([v[key] for v in scored.values()])) if scored else float("nan")
+
+    result = {"bop_root": report_path(bop_root), "model_dir": report_path(model_dir), "boxes": boxes,
+              "min_visib": min_visib, "depth": depth,
+              "objects": {str(k): v for k, v in per_object.items()},
+              "mean": {"objects": len(scored), "instances": int(sum(v["instances"] for v in scored.values())),
+                       "add_recall": mean("add_recall"), "add_s_recall": mean("add_s_recall"),
+                       "score_recall": float(np.mean([v["add_s_recall" if v["symmetric"] else "add_recall"]
+                                                      for v in scored.values()])) if scored else float("nan")},
+              "not_trained": [i for i in in_test if i not in models],
+              "not_in_test_set": [i for i in sorted(models) if i not in in_test]}
+    if csv_path:
+        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+        bop.write_results_csv(csv_path, estimates)
+    if report_dir:
+        report = Path(report_dir)
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "metrics.json").write_text(json.dumps(result, indent=1))
+        m = result["mean"]
+        lines = [format_table(list(scored.values())).rstrip("\n"),
+                 f"| mean over {m['objects']} objects | | {boxes} | | {m['instances']} | {100 * m['add_recall']:.1f} | "
+                 f"{100 * m['add_s_recall']:.1f} | | |", "",
+                 f"ADD(-S) (ADD-S for symmetric objects, ADD for the others), mean over objects: "
+                 f"{100 * m['score_recall']:.1f}%"]
+        for key, text in (("not_trained", "annotated in the test set, not in the model folder"),
+                          ("not_in_test_set", "in the model folder, not annotated in the test set")):
+            if result[key]:
+                lines.append(f"Objects {text}: {', '.join(map(str, result[key]))}")
+        skipped = [k for k, v in per_object.items() if v is None]
+        if skipped:
+            lines.append(f"Objects with no instance at least {min_visib:g} visible: {', '.join(map(str, skipped))}")
+        (report / "table.md").write_text("\n".join(lines) + "\n")
     return result
 
 
@@ -212,10 +293,18 @@ def main(argv):
     for name in ("model_dir", "bop_root", "obj_id"):
         if FLAGS[name].value is None:
             raise app.UsageError(f"--{name} is required")
+    if FLAGS.obj_id.strip().lower() != "all" and not FLAGS.obj_id.strip().isdigit():
+        raise app.UsageError(f"--obj_id must be an object id or 'all', got {FLAGS.obj_id!r}")
     try:
-        result = evaluate(FLAGS.model_dir, FLAGS.bop_root, FLAGS.obj_id, FLAGS.boxes, FLAGS.split, FLAGS.models_dir,
-                          FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.allow_object_mismatch,
-                          FLAGS.translation, FLAGS.depth)
+        if FLAGS.obj_id.strip().lower() == "all":
+            result = evaluate_all(FLAGS.model_dir, FLAGS.bop_root, FLAGS.boxes, FLAGS.split, FLAGS.models_dir,
+                                  FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.translation, FLAGS.depth,
+                                  FLAGS.min_visib)
+            print((Path(FLAGS.report) / "table.md").read_text() if FLAGS.report else json.dumps(result["mean"]))
+            return
+        result = evaluate(FLAGS.model_dir, FLAGS.bop_root, int(FLAGS.obj_id), FLAGS.boxes, FLAGS.split,
+                          FLAGS.models_dir, FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.allow_object_mismatch,
+                          FLAGS.translation, FLAGS.depth, FLAGS.min_visib)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
     print(format_table(result))

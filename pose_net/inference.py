@@ -61,6 +61,28 @@ def load_config(model_dir) -> dict:
     return json.loads(path.read_text())
 
 
+MODEL_SET_FILE = "objects.json"  # a folder of several objects' models: {"objects": {"<obj_id>": "<subfolder>"}}
+
+
+def model_set(model_dir) -> dict[int, Path]:
+    """``{obj_id: model folder}`` of a model folder: the objects of its ``objects.json`` (a folder of per-object
+    model folders), or the one object of a single model's ``config.json``."""
+    model_dir = Path(model_dir)
+    index = model_dir / MODEL_SET_FILE
+    if index.is_file():
+        try:
+            objects = json.loads(index.read_text())["objects"]
+            out = {int(k): model_dir / v for k, v in objects.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise PoseInputError(f"{index}: expected {{\"objects\": {{\"<obj_id>\": \"<subfolder>\"}}}} "
+                                 f"({e})") from None
+        for obj_id, folder in out.items():
+            if not (folder / CONFIG_FILE).is_file():
+                raise PoseInputError(f"{index}: object {obj_id}'s model folder {folder} holds no {CONFIG_FILE}")
+        return out
+    return {int(load_config(model_dir)["obj_id"]): model_dir}
+
+
 def load_model(model_dir, config: dict):
     """The trained Keras model: ``model.keras`` if exported, else the latest checkpoint."""
     import keras

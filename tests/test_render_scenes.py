@@ -35,10 +35,18 @@ def camera(tmp_path_factory):
 
 
 def _render(models_dir, out, camera, n, **kw):
-    from render.scenes import render_scenes
+    """Renders in a subprocess (no GL context in the test process, which imports TensorFlow elsewhere); input that
+    is refused before any rendering is checked in-process (render_scenes raises before it creates a context)."""
+    from render.testing import run_scenes
 
-    return render_scenes(models_dir, out, num_images=n, camera=str(camera), progress=False,
-                         objects_per_image=kw.pop("objects_per_image", (2, 3)), **kw)
+    kw.setdefault("objects_per_image", (2, 3))
+    if kw.pop("in_process", False):
+        from render.scenes import render_scenes
+
+        return render_scenes(models_dir, out, num_images=n, camera=str(camera), progress=False, **kw)
+    if "obj_ids" in kw:
+        kw["obj_ids"] = ",".join(map(str, kw["obj_ids"]))
+    return run_scenes(models_dir, out, num_images=n, camera=str(camera), **kw)
 
 
 def test_scenes_are_a_bop_folder_whose_masks_match_the_poses(models_dir, camera, tmp_path):
@@ -90,9 +98,9 @@ def test_scenes_resume_to_the_same_images_and_refuse_other_settings(models_dir, 
     a = (whole / "test" / "000000" / "rgb" / "000011.png").read_bytes()
     assert a == (scene / "rgb" / "000011.png").read_bytes()
     with pytest.raises(SceneError, match="seed"):
-        _render(models_dir, part, camera, 12, seed=1)
+        _render(models_dir, part, camera, 12, seed=1, in_process=True)
     with pytest.raises(SceneError, match="obj_ids"):
-        _render(models_dir, part, camera, 12, obj_ids=[1, 2])
+        _render(models_dir, part, camera, 12, obj_ids=[1, 2], in_process=True)
     assert len(json.loads((scene / "scene_gt.json").read_text())) == 12  # nothing lost
 
 
@@ -104,14 +112,14 @@ def test_bad_input_gets_a_clear_error(models_dir, camera, tmp_path):
     shutil.copytree(models_dir, no_info)
     (no_info / "models_info.json").unlink()
     with pytest.raises(SceneError, match="models_info.json"):
-        _render(no_info, tmp_path / "a", camera, 2)
+        _render(no_info, tmp_path / "a", camera, 2, in_process=True)
     with pytest.raises(SceneError, match="no object 7"):
-        _render(models_dir, tmp_path / "b", camera, 2, obj_ids=[1, 7])
+        _render(models_dir, tmp_path / "b", camera, 2, obj_ids=[1, 7], in_process=True)
     metres = tmp_path / "metres"
     shutil.copytree(models_dir, metres)
     trimesh.creation.box(extents=(0.06, 0.04, 0.02)).export(metres / "obj_000001.ply")
     with pytest.raises(MeshError, match="obj_000001.ply.*metres"):
-        _render(metres, tmp_path / "c", camera, 2)
+        _render(metres, tmp_path / "c", camera, 2, in_process=True)
     bad_cam = tmp_path / "cam.json"
     bad_cam.write_text(json.dumps({"fx": 500}))
     with pytest.raises(SceneError, match="cam_K"):
@@ -119,7 +127,10 @@ def test_bad_input_gets_a_clear_error(models_dir, camera, tmp_path):
     with pytest.raises(SceneError, match="obj_ids"):
         parse_obj_ids("1,x")
     with pytest.raises(SceneError, match="objects_per_image"):
-        _render(models_dir, tmp_path / "d", camera, 2, objects_per_image=(3, 2))
+        _render(models_dir, tmp_path / "d", camera, 2, objects_per_image=(3, 2), in_process=True)
+    # the command line says what is wrong and exits 2
+    with pytest.raises(AssertionError, match="no object 7"):
+        _render(models_dir, tmp_path / "e", camera, 2, obj_ids=[1, 7])
     # a BOP scene_camera.json serves as --camera (its first camera)
     scene_cam = tmp_path / "scene_camera.json"
     scene_cam.write_text(json.dumps({"3": {"cam_K": CAMERA["cam_K"], "depth_scale": 1.0}}))
