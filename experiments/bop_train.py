@@ -38,12 +38,19 @@ from pose_core import PoseInputError
 from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("models_dir", None, "BOP models folder (models_info.json, obj_NNNNNN.ply/.obj, millimetres)")
-flags.DEFINE_string("obj_ids", "all", "comma-separated object ids of the models folder, or 'all'")
-flags.DEFINE_string("out", None, "run folder: renderings, one model folder per object, objects.json")
-flags.DEFINE_enum("budget", "cpu", ["quick", "cpu", "gpu"], "sizes of the renderings and the training")
-flags.DEFINE_enum("head", "direct", ["direct", "coords"], "pose head of every object (docs/results/method_table.md: "
-                  "the direct head has the lower real median errors of the two at the CPU budget)")
+
+
+def define_flags():
+    """The command line's flags (defined only when run as a program: other modules of a process, such as
+    render.generate, define flags of the same names)."""
+    flags.DEFINE_string("models_dir", None, "BOP models folder (models_info.json, obj_NNNNNN.ply/.obj, millimetres)")
+    flags.DEFINE_string("obj_ids", "all", "comma-separated object ids of the models folder, or 'all'")
+    flags.DEFINE_string("out", None, "run folder: renderings, one model folder per object, objects.json")
+    flags.DEFINE_enum("budget", "cpu", ["quick", "cpu", "gpu"], "sizes of the renderings and the training")
+    flags.DEFINE_enum("head", "direct", ["direct", "coords"], "pose head of every object "
+                      "(docs/results/method_table.md: the direct head has the lower real median errors of the two at "
+                      "the CPU budget)")
+
 
 BUDGETS = {
     "quick": dict(num_train=32, image_size=64, input_size=64, num_shards=1, train=dict(
@@ -137,4 +144,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

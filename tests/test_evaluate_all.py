@@ -105,3 +105,21 @@ def test_bop_train_resumes_and_refuses_another_recipe(setup, capsys):
     with pytest.raises(SceneError, match="no object 9"):
         bop_train(builtin_models_dir(), root / "other", [1, 9], budget="quick")
     assert not (root / "other").exists()  # refused before anything was written
+
+
+def test_bop_train_command_line_names_a_bad_object(tmp_path):
+    """The command exits 2 naming the problem; importing it beside modules with flags of the same names (as a
+    test process does) defines no flags twice."""
+    import subprocess
+    import sys
+
+    import render.generate  # noqa: F401  (defines --out)
+    import experiments.bop_train  # noqa: F401
+    from pose_core.objects import builtin_models_dir
+    from render.testing import REPO_ROOT, subprocess_env
+
+    proc = subprocess.run([sys.executable, "-m", "experiments.bop_train", f"--models_dir={builtin_models_dir()}",
+                           f"--out={tmp_path / 'run'}", "--obj_ids=1,9", "--budget=quick"], cwd=REPO_ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no object 9" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
