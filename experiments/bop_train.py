@@ -63,7 +63,6 @@ BUDGETS = {
         backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=False, epochs=30,
         batch_size=64)),
 }
-MODEL_SET_FILE = "objects.json"  # pose_net.inference.MODEL_SET_FILE
 RUN_FILE = "bop_train.json"  # what the run folder was made with
 
 
@@ -75,11 +74,11 @@ def log(run: Path, text: str):
 
 def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", head: str = "direct") -> Path:
     """Renders and trains every object; returns the run folder (see the module docstring)."""
-    from pose_net.inference import MODEL_SET_FILE as INDEX
+    from pose_core import bop
+    from pose_net.inference import MODEL_SET_FILE
     from pose_net.train import default_flag_values, train
     from render.scenes import load_models
 
-    assert INDEX == MODEL_SET_FILE
     models = load_models(models_dir, obj_ids)  # every object checked before anything is written
     run = Path(out)
     wanted = {"budget": budget, "head": head, "models_dir": str(Path(models_dir).resolve())}
@@ -95,7 +94,7 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
     index_path = run / MODEL_SET_FILE
     index = json.loads(index_path.read_text())["objects"] if index_path.is_file() else {}
     s = BUDGETS[budget]
-    info = json.loads((Path(models_dir) / "models_info.json").read_text())
+    info = bop.load_models_info(Path(models_dir) / "models_info.json")
     t_all = time.time()
     for k, m in enumerate(models):
         name = f"obj_{m.obj_id:06d}"
@@ -104,8 +103,7 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
             log(run, f"[{k + 1}/{len(models)}] object {m.obj_id}: trained, skipping")
             continue
         t0 = time.time()
-        symmetric = bool(info[str(m.obj_id)].get("symmetries_continuous") or info[str(m.obj_id)].get(
-            "symmetries_discrete"))
+        symmetric = bop.is_symmetric(info[m.obj_id])
         data = run / "data" / name
         log(run, f"[{k + 1}/{len(models)}] object {m.obj_id} ({m.path.name}, {m.diameter_mm:.0f} mm"
                  f"{', symmetric' if symmetric else ''}): rendering {s['num_train']} images")

@@ -370,15 +370,15 @@ def solve_pose_rgbd(outputs, camera_points_mm, K, crop_center, crop_size, frame:
     coords_mm = tf.where(valid[..., None], coords_mm, tf.zeros_like(coords_mm))
     tau = settings.threshold_diameters * diameter_mm
     R, t = kabsch_hypotheses(coords_mm, cam, valid, settings.num_hypotheses, settings.seed)
-    inliers = (rigid_residuals_mm(R, t, coords_mm, cam) < tau) & valid[:, None, :]
+    residual = rigid_residuals_mm(R, t, coords_mm, cam)  # [B, H, N]
+    inliers = (residual < tau) & valid[:, None, :]
     best = tf.argmax(tf.reduce_sum(tf.cast(inliers, tf.int32), axis=-1), axis=1, output_type=tf.int32)
-    R, t, inl = (tf.gather(x, best, batch_dims=1) for x in (R, t, inliers))  # [B, 3, 3], [B, 3], [B, N]
+    R, t, residual, inl = (tf.gather(x, best, batch_dims=1) for x in (R, t, residual, inliers))  # the best one
     for _ in range(settings.refine_iterations):
         R, t = kabsch(coords_mm, cam, tf.cast(inl, tf.float32))
         residual = rigid_residuals_mm(R[:, None], t[:, None], coords_mm, cam)[:, 0]
         inl = (residual < tau) & valid
-    residual = rigid_residuals_mm(R[:, None], t[:, None], coords_mm, cam)[:, 0].numpy()
-    inl = inl.numpy()
+    residual, inl = residual.numpy(), inl.numpy()
     count = inl.sum(axis=1)
     ok = (count >= 3) & (tf.reduce_sum(tf.cast(valid, tf.int32), axis=1).numpy() >= 3)
     R, t = R.numpy().astype(np.float64), t.numpy().astype(np.float64)

@@ -24,8 +24,8 @@ NG-RANSAC (Brachmann & Rother, ICCV'19): a sampling weight per correspondence (:
 decides where minimal sets are drawn; it is trained by the policy gradient of the expected loss over sampled
 hypothesis pools, :func:`ng_ransac_surrogate`.
 
-The RGB-D variant (:func:`expected_pose_loss_rgbd`) makes hypotheses by Kabsch from three camera-space points
-(rendered depth) and their object coordinates (:func:`pose_net.coordinates.kabsch_hypotheses`, shared with the
+The RGB-D variant (:func:`expected_pose_loss_rgbd`) makes hypotheses from three camera-space points (rendered
+depth) and their object coordinates (:func:`pose_net.coordinates.kabsch_hypotheses`, shared with the
 RGB-D solver of inference); it is plain TensorFlow (SVD has a gradient), no op needed. ``--stage dsac_rgbd`` trains
 through it, with the camera points of the training crops' depth.
 

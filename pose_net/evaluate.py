@@ -94,10 +94,11 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         raise PoseInputError(
             f"the model in {model_dir} was trained on an object of diameter {trained_d:.1f} mm, but object {obj_id} "
             f"of {bop_root} measures {diameter:.1f} mm: another object? (--allow_object_mismatch to go on)")
-    images = bop.list_test_images(bop_root, obj_id, split, min_visib, bop.load_test_targets(bop_root))
+    targets = bop.load_test_targets(bop_root)
+    images = bop.list_test_images(bop_root, obj_id, split, min_visib, targets)
     if not images:
         raise PoseInputError(f"{bop_root}/{split}: no image shows object {obj_id} (at least {min_visib:g} visible"
-                             f"{', among the test targets' if bop.load_test_targets(bop_root) is not None else ''})")
+                             f"{', among the test targets' if targets is not None else ''})")
     if depth and estimator.head != "coords":
         raise PoseInputError(f"--depth: the model in {model_dir} has the {estimator.head} head; only the coordinate "
                              "head uses depth")
