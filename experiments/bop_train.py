@@ -1,17 +1,22 @@
 """One command per BOP models folder: renders and trains a pose model for each object, into one model folder.
 
     python -m experiments.bop_train --models_dir DIR [--obj_ids 1,5,6|all] --out RUN [--budget quick|cpu|gpu]
-        [--head direct|coords]
+        [--head direct|coords] [--camera CAMERA.json] [--backgrounds PHOTOS]
 
-For each object of ``--obj_ids`` (validated first: models_info.json, model files in millimetres, known ids):
+First the detector of all the objects (``RUN/detector/``, pose_net/detector.py): scenes of 1-4 of the objects
+rendered at the test camera (``--camera``: ``cam_K``, ``width``, ``height``, or a BOP ``scene_camera.json``; default
+LINEMOD's) shrunk to the detector's input size, ``complete`` randomization, and as many again on real photos when
+``--backgrounds`` is given (``real_background``; ``--exclude_obj_ids`` leaves out photos showing the objects); then,
+for each object of ``--obj_ids`` (validated first: models_info.json, model files in millimetres, known ids):
 
 1. its training renderings, ``RUN/data/obj_NNNNNN/`` (``render.generate``, ``complete`` randomization, its
    symmetry from models_info.json);
 2. its pose network, ``RUN/obj_NNNNNN/`` (``pose_net.train`` with the budget's recipe, :data:`BUDGETS`);
 3. ``RUN/objects.json`` lists the objects whose network is finished, so the folder is usable while later objects
-   still train: ``pose_net.evaluate --model_dir RUN --obj_id all`` scores every one of them on a BOP test folder
-   into one BOP19 CSV (with ground-truth boxes; ``render.scenes`` makes multi-object test folders from the same
-   models).
+   still train: ``pose_net.evaluate --model_dir RUN --obj_id all [--boxes predicted]`` scores every one of them on
+   a BOP test folder into one BOP19 CSV, with the true boxes or the detector's (``render.scenes`` makes
+   multi-object test folders from the same models), and ``pose_net.predict --model_dir RUN`` finds every object
+   in a photo.
 
 Resumable: run the same command again and it goes on (finished renderings and networks are skipped, an
 interrupted training resumes from its checkpoint); a folder made with another budget or head is refused. Progress
@@ -47,19 +52,27 @@ def define_flags():
     flags.DEFINE_string("obj_ids", "all", "comma-separated object ids of the models folder, or 'all'")
     flags.DEFINE_string("out", None, "run folder: renderings, one model folder per object, objects.json")
     flags.DEFINE_enum("budget", "cpu", ["quick", "cpu", "gpu"], "sizes of the renderings and the training")
+    flags.DEFINE_string("camera", None, "the test camera: JSON with cam_K, width, height, or a BOP scene_camera.json "
+                        "(default: LINEMOD's 640x480 camera)")
+    flags.DEFINE_string("backgrounds", None, "folder of real photos: as many detector scenes again on them")
+    flags.DEFINE_list("exclude_obj_ids", [], "background photos showing these ids (objects_in_frame.json) are left "
+                      "out")
     flags.DEFINE_enum("head", "direct", ["direct", "coords"], "pose head of every object "
                       "(docs/results/method_table.md: the direct head has the lower real median errors of the two at "
                       "the CPU budget)")
 
 
 BUDGETS = {
-    "quick": dict(num_train=32, image_size=64, input_size=64, num_shards=1, train=dict(
+    "quick": dict(detector_scenes=16, detector_epochs=2, num_train=32, image_size=64, input_size=64, num_shards=1,
+                  train=dict(
         backbone="small", backbone_weights="none", freeze_backbone=False, epochs=1, steps_per_epoch=2,
         batch_size=8, max_val_images=4)),
-    "cpu": dict(num_train=12000, image_size=128, input_size=128, num_shards=6, train=dict(
+    "cpu": dict(detector_scenes=2000, detector_epochs=12, num_train=12000, image_size=128, input_size=128,
+                num_shards=6, train=dict(
         backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
         feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", epochs=6, batch_size=32)),
-    "gpu": dict(num_train=20000, image_size=256, input_size=128, num_shards=10, train=dict(
+    "gpu": dict(detector_scenes=10000, detector_epochs=40, num_train=20000, image_size=256, input_size=128,
+                num_shards=10, train=dict(
         backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=False, epochs=30,
         batch_size=64)),
 }
@@ -72,14 +85,17 @@ def log(run: Path, text: str):
         fh.write(text + "\n")
 
 
-def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", head: str = "direct") -> Path:
-    """Renders and trains every object; returns the run folder (see the module docstring)."""
+def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", head: str = "direct",
+              camera=None, backgrounds=None, exclude_obj_ids=()) -> Path:
+    """Renders and trains the detector and every object's pose network; returns the run folder (see the module
+    docstring)."""
     from pose_core import bop
     from pose_net.inference import MODEL_SET_FILE
     from pose_net.train import default_flag_values, train
-    from render.scenes import load_models
+    from render.scenes import load_camera, load_models
 
     models = load_models(models_dir, obj_ids)  # every object checked before anything is written
+    K, width, height = load_camera(camera)
     run = Path(out)
     wanted = {"budget": budget, "head": head, "models_dir": str(Path(models_dir).resolve())}
     if (run / RUN_FILE).is_file():
@@ -96,6 +112,8 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
     s = BUDGETS[budget]
     info = bop.load_models_info(Path(models_dir) / "models_info.json")
     t_all = time.time()
+    train_run_detector(run, models_dir, [m.obj_id for m in models], s, K, width, height, backgrounds,
+                       exclude_obj_ids)
     for k, m in enumerate(models):
         name = f"obj_{m.obj_id:06d}"
         model_dir = run / name
@@ -128,6 +146,31 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
     return run
 
 
+def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height, backgrounds, exclude_obj_ids):
+    """``RUN/detector/`` of all the objects, on scenes rendered at the test camera (skipped when finished)."""
+    from pose_net import detector as det
+
+    if (run / det.DETECTOR_SUBDIR / det.DETECTOR_CONFIG).is_file():
+        log(run, f"detector of objects {obj_ids}: trained, skipping")
+        return
+    t0 = time.time()
+    camera = det.training_camera(K, width, height)
+    modes = ["complete"] + (["real_background"] if backgrounds else [])
+    roots = []
+    for mode in modes:
+        n = s["detector_scenes"] // len(modes)
+        log(run, f"detector: rendering {n} scenes ({mode}) at {camera['width']}x{camera['height']}")
+        roots.append(det.render_training_scenes(models_dir, run / "data" / f"detector_scenes_{mode}", obj_ids, n,
+                                                camera, mode, seed=0, backgrounds=backgrounds,
+                                                exclude_obj_ids=exclude_obj_ids, log=run / "render.log"))
+    log(run, f"detector: training on {len(roots)} scene folders ({s['detector_epochs']} epochs)")
+    det.train_detector(roots, run / det.DETECTOR_SUBDIR, obj_ids, epochs=s["detector_epochs"], progress=False)
+    import keras
+
+    keras.backend.clear_session()
+    log(run, f"detector: done in {(time.time() - t0) / 60:.1f} min")
+
+
 def main(argv):
     del argv
     from render.scenes import parse_obj_ids
@@ -135,7 +178,8 @@ def main(argv):
     if not FLAGS.models_dir or not FLAGS.out:
         raise app.UsageError("--models_dir and --out are required")
     try:
-        bop_train(FLAGS.models_dir, FLAGS.out, parse_obj_ids(FLAGS.obj_ids), FLAGS.budget, FLAGS.head)
+        bop_train(FLAGS.models_dir, FLAGS.out, parse_obj_ids(FLAGS.obj_ids), FLAGS.budget, FLAGS.head, FLAGS.camera,
+                  FLAGS.backgrounds, [int(x) for x in FLAGS.exclude_obj_ids])
     except PoseInputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

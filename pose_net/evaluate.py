@@ -6,8 +6,10 @@
 Writes the BOP19 results CSV, prints and saves the ADD / ADD-S table (recall at 10% of the diameter), pictures of
 the predicted (red) and true (green) outlines, and the accuracy-vs-threshold plot. ``--boxes gt`` crops around the
 ground-truth box: ``bbox_obj`` of ``scene_gt_info.json`` when present, else the box of the model projected with the
-true pose. ``--boxes predicted`` uses the network's own box head on the whole image (the coordinate head: the extent
-of its mask). ``--depth`` (coordinate head, test sets with BOP depth/ images): poses from 3D-3D correspondences by
+true pose. ``--boxes predicted`` finds the boxes on the whole photo with the detector (``pose_net.detector``:
+``--detector``, or ``MODEL_DIR/detector``; the result then carries its ``detection_recall`` at IoU 0.5, and an
+instance it misses counts as a wrong pose), or without one with the network's own box head (the coordinate head: the
+extent of its mask). ``--depth`` (coordinate head, test sets with BOP depth/ images): poses from 3D-3D correspondences by
 RANSAC-Kabsch. ``--obj_id all``: every object of a model folder of several objects (``objects.json``) that the test
 set annotates, into one BOP19 CSV and a per-object table with the mean. Instances less visible than ``--min_visib``
 are not scored, and BOP19's ``test_targets_bop19.json`` chooses the images when present. For the coordinate head the
@@ -31,6 +33,7 @@ from pose_core import PoseInputError, bop, metrics
 from pose_core.geometry import bbox_from_points, project_points
 
 FLAGS = flags.FLAGS
+DETECTION_IOU = 0.5  # a detection is right when its box overlaps the true one this much (PASCAL VOC's criterion)
 
 
 def define_flags():
@@ -41,7 +44,11 @@ def define_flags():
                         "(pose_net.inference.model_set) that the test set annotates, into one CSV and one report")
     flags.DEFINE_float("min_visib", bop.DEFAULT_MIN_VISIB, "instances less visible than this (scene_gt_info.json's "
                        "visib_fract) are not scored, as in BOP19; instances of scenes without it always are")
-    flags.DEFINE_enum("boxes", "gt", ["gt", "predicted"], "2D boxes to crop around")
+    flags.DEFINE_enum("boxes", "gt", ["gt", "predicted"], "2D boxes to crop around: the true ones, or predicted on "
+                      "the whole photo (by the detector of --detector or MODEL_DIR/detector when there is one, else "
+                      "by the pose network's own box head)")
+    flags.DEFINE_string("detector", None, "detector folder (pose_net.detector) for --boxes predicted; default "
+                        "MODEL_DIR/detector when it exists")
     flags.DEFINE_string("split", "test", "BOP split folder")
     flags.DEFINE_string("models_dir", None, "BOP models folder (default: BOP_ROOT/models)")
     flags.DEFINE_string("csv", None, "BOP19 results CSV to write")
@@ -77,11 +84,13 @@ def gt_box(instance: dict, points_mm, K, image_hw) -> np.ndarray:
 def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "test", models_dir=None,
              csv_path=None, report_dir=None, num_pictures: int = 12, allow_object_mismatch: bool = False,
              translation: str | None = None, depth: bool = False, min_visib: float = bop.DEFAULT_MIN_VISIB,
-             estimates_out: list | None = None) -> dict:
+             estimates_out: list | None = None, detector=None) -> dict:
     """Runs the model on the test set; returns the figures (and writes CSV / report when asked). ``depth``: the
     coordinate head solves each pose from the image's depth too (:meth:`PoseEstimator.estimate`). ``min_visib`` and
     BOP19's ``test_targets_bop19.json`` (when the set has one) choose the instances scored
-    (:func:`pose_core.bop.list_test_images`). ``estimates_out``: a list the BOP19 rows are appended to."""
+    (:func:`pose_core.bop.list_test_images`). ``estimates_out``: a list the BOP19 rows are appended to.
+    ``detector``: with ``boxes="predicted"``, a :class:`pose_net.detector.Detector` (or its folder); None: the one in
+    ``MODEL_DIR/detector`` if any, else the pose network's own box head."""
     from PIL import Image
 
     from pose_net.draw import beside, contact_sheet, draw_pose_overlay, zoom_to_box
@@ -105,18 +114,42 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     if depth and (missing := [im for im in images if im.depth_path is None]):
         raise PoseInputError(f"--depth: {len(missing)} of {len(images)} test images have no depth image, e.g. "
                              f"{missing[0].rgb_path.parent.parent / 'depth' / missing[0].rgb_path.name}")
-    rows, estimates, pictures = [], [], []
+    if boxes == "predicted":
+        from pose_net.detector import Detector, find_detector
+
+        if detector is None and (found := find_detector(model_dir)) is not None:
+            detector = found
+        if detector is not None and not isinstance(detector, Detector):
+            detector = Detector(detector)
+        if detector is not None and obj_id not in detector.obj_ids:
+            raise PoseInputError(f"the detector in {detector.dir} finds objects {detector.obj_ids}, not {obj_id}")
+    rows, estimates, pictures, detection_ious = [], [], [], []
     pick = set(np.linspace(0, len(images) - 1, min(num_pictures, len(images))).round().astype(int).tolist())
     for k, im in enumerate(images):
         try:
             rgb = np.asarray(Image.open(im.rgb_path).convert("RGB"))
         except Exception as e:
             raise PoseInputError(f"{im.rgb_path}: cannot read the image ({e})") from None
-        for inst in im.instances:
-            box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else None
+        detected = [None] * len(im.instances)
+        if boxes == "predicted" and detector is not None:
+            from pose_net.detector import box_iou, match_detections
+
+            t0 = time.time()
+            dets = detector.detect_file(im.rgb_path, rgb)
+            detect_seconds = time.time() - t0
+            true_boxes = [gt_box(inst, points, im.K, rgb.shape[:2]) for inst in im.instances]
+            detected = match_detections(dets, obj_id, true_boxes)
+            detection_ious += [0.0 if d is None else box_iou(d.bbox_xywh, g) for d, g in zip(detected, true_boxes)]
+        for inst, det in zip(im.instances, detected):
+            if boxes == "predicted" and detector is not None and det is None:  # missed: no pose, a wrong one
+                rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": np.inf, "add_s_mm": np.inf,
+                             "t_err_mm": np.inf, "ok": False, "num_inliers": 0, "translation": "not detected"})
+                continue
+            box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else \
+                (det.bbox_xywh if det is not None else None)
             t0 = time.time()
             est = estimator.estimate(rgb, im.K, box, bop.load_depth_mm(im) if depth else None)
-            elapsed = time.time() - t0
+            elapsed = time.time() - t0 + (detect_seconds if det is not None else 0.0)
             e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": e_add, "add_s_mm": e_adds,
@@ -127,7 +160,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             if est.t_regressed_mm is not None:  # the thesis' figure beside it: the translation head's own output
                 rows[-1]["add_mm_regressed_translation"] = metrics.add(est.R, est.t_regressed_mm, inst["R"],
                                                                        inst["t_mm"], points)
-            estimates.append(bop.PoseEstimate(im.scene_id, im.im_id, obj_id, 1.0, est.R, est.t_mm, elapsed))
+            estimates.append(bop.PoseEstimate(im.scene_id, im.im_id, obj_id, 1.0 if det is None else det.score,
+                                              est.R, est.t_mm, elapsed))
             if k in pick and report_dir:
                 ok = metrics.is_correct(e_adds if symmetric else e_add, diameter)
                 label = f"{im.scene_id}/{im.im_id} {'ADD-S' if symmetric else 'ADD'} " \
@@ -147,8 +181,14 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),
         "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])),
         "model_dir": report_path(model_dir), "head": estimator.head,
-        "translation": "+".join(sorted({r["translation"] for r in rows})),
+        "translation": "+".join(sorted({r["translation"] for r in rows} - {"not detected"})),
     }
+    if boxes == "predicted":
+        result["box_source"] = "detector" if detector is not None else "pose network's box head"
+    if detection_ious:
+        result["detection_recall"] = float(np.mean(np.asarray(detection_ious) >= DETECTION_IOU))
+        result["detection_iou_median"] = float(np.median(detection_ious))
+        result["detector_dir"] = report_path(detector.dir)
     failures = int(sum(1 for r in rows if not r.get("ok", True)))
     if estimator.head == "coords":
         result["pnp_failures"] = failures
@@ -173,12 +213,14 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
 
 def evaluate_all(model_dir, bop_root, boxes: str = "gt", split: str = "test", models_dir=None, csv_path=None,
                  report_dir=None, num_pictures: int = 12, translation: str | None = None, depth: bool = False,
-                 min_visib: float = bop.DEFAULT_MIN_VISIB) -> dict:
+                 min_visib: float = bop.DEFAULT_MIN_VISIB, detector=None) -> dict:
     """Every object the model folder knows (:func:`pose_net.inference.model_set`) that the test set annotates,
     each scored as :func:`evaluate` does, into ONE BOP19 CSV and one report (``report/table.md`` with a row per
     object and their mean, ``report/obj_NNNNNN/`` per object). Returns ``{"objects": {obj_id: figures},
     "mean": {...}, "not_trained": [...], "not_in_test_set": [...]}``; the mean's ``score_recall`` takes ADD-S for
-    symmetric objects and ADD for the others, as BOP's ADD(-S)."""
+    symmetric objects and ADD for the others, as BOP's ADD(-S). ``detector`` (``boxes="predicted"``): a detector
+    folder, default ``MODEL_DIR/detector`` (bop_train's), run once per photo for every object."""
+    from pose_net.detector import Detector, find_detector
     from pose_net.inference import model_set
 
     models = model_set(model_dir)
@@ -187,13 +229,16 @@ def evaluate_all(model_dir, bop_root, boxes: str = "gt", split: str = "test", mo
     if not chosen:
         raise PoseInputError(f"{bop_root}/{split} annotates objects {in_test}, the model folder {model_dir} knows "
                              f"{sorted(models)}: nothing to evaluate")
+    if boxes == "predicted" and (found := find_detector(model_dir, detector)) is not None:
+        detector = Detector(found)
     estimates, per_object = [], {}
     for obj_id in chosen:
         sub = Path(report_dir) / f"obj_{obj_id:06d}" if report_dir else None
         try:
             per_object[obj_id] = evaluate(models[obj_id], bop_root, obj_id, boxes, split, models_dir,
                                           report_dir=sub, num_pictures=num_pictures, translation=translation,
-                                          depth=depth, min_visib=min_visib, estimates_out=estimates)
+                                          depth=depth, min_visib=min_visib, estimates_out=estimates,
+                                          detector=detector)
         except PoseInputError as e:
             if "no image shows object" not in str(e):
                 raise
@@ -300,12 +345,12 @@ def main(argv):
         if FLAGS.obj_id.strip().lower() == "all":
             result = evaluate_all(FLAGS.model_dir, FLAGS.bop_root, FLAGS.boxes, FLAGS.split, FLAGS.models_dir,
                                   FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.translation, FLAGS.depth,
-                                  FLAGS.min_visib)
+                                  FLAGS.min_visib, FLAGS.detector)
             print((Path(FLAGS.report) / "table.md").read_text() if FLAGS.report else json.dumps(result["mean"]))
             return
         result = evaluate(FLAGS.model_dir, FLAGS.bop_root, int(FLAGS.obj_id), FLAGS.boxes, FLAGS.split,
                           FLAGS.models_dir, FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.allow_object_mismatch,
-                          FLAGS.translation, FLAGS.depth, FLAGS.min_visib)
+                          FLAGS.translation, FLAGS.depth, FLAGS.min_visib, detector=FLAGS.detector)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
     print(format_table(result))

@@ -31,6 +31,7 @@ from absl import app, flags
 
 from pose_core import PoseInputError
 from render.modes import MODES, mode_axes
+from render.randomize import list_backgrounds
 from render.records import FORMAT_VERSION, shard_name
 
 FLAGS = flags.FLAGS
@@ -72,7 +73,6 @@ DATA_FLAGS = ("mesh", "num_images", "seed", "randomization", "image_size", "back
               "num_shards", "mesh_scale", "obj_id", "num_model_points", "focal_px", "object_size_frac_range",
               "elevation_range_deg", "out_of_frame_prob", "distractors", "symmetric", "msaa", "png_compress_level")
 DATASET_JSON = "dataset.json"
-PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 class GenerateError(PoseInputError):
@@ -99,31 +99,6 @@ def resolve_mesh(mesh_flag: str):
     if mesh_flag in BUILTIN_OBJECTS:
         return str(builtin_model_path(mesh_flag)), BUILTIN_OBJECTS[mesh_flag]
     return str(mesh_flag), None
-
-
-def list_backgrounds(folder: str, exclude_obj_id: int | None) -> list[str]:
-    """Photo files of ``folder`` (sorted), without those that show ``exclude_obj_id`` per objects_in_frame.json."""
-    d = Path(folder)
-    if not d.is_dir():
-        raise GenerateError(f"--backgrounds folder {folder!r} does not exist")
-    files = sorted(p for p in d.iterdir() if p.suffix.lower() in PHOTO_EXTENSIONS and p.is_file())
-    if not files:
-        raise GenerateError(f"--backgrounds folder {folder!r} holds no images ({', '.join(PHOTO_EXTENSIONS)})")
-    if exclude_obj_id is not None:
-        index = d / "objects_in_frame.json"
-        if not index.is_file():
-            print(f"render.generate: warning: --exclude_obj_id={exclude_obj_id} but {index} is absent: no photo "
-                  f"can be excluded", file=sys.stderr)
-        else:
-            try:
-                shown = json.loads(index.read_text())
-            except json.JSONDecodeError as e:
-                raise GenerateError(f"{index}: not valid JSON ({e})") from None
-            files = [p for p in files if int(exclude_obj_id) not in [int(v) for v in shown.get(p.name, [])]]
-            if not files:
-                raise GenerateError(f"every photo in {folder!r} shows obj_id {exclude_obj_id} "
-                                    f"(objects_in_frame.json): no background left")
-    return [str(p) for p in files]
 
 
 def shard_counts(num_images: int, num_shards: int) -> list[tuple[int, int]]:

@@ -8,10 +8,14 @@ the same poses (and the same backgrounds where both randomize them): the ablatio
 from __future__ import annotations
 
 import functools
+import json
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from pose_core import PoseInputError
 from pose_core.geometry import random_rotations
 
 # One stream per axis; the numbers are part of the data format (changing them changes every dataset).
@@ -198,6 +202,41 @@ def _procedural(rng, size, kind) -> np.ndarray:
             pts = rng.uniform(0, 1, size=(3, 2)) * [w, h] + [x0, y0]
             draw.polygon([tuple(p) for p in pts], fill=fill)
     return np.asarray(img, dtype=np.float32)
+
+
+PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+class BackgroundError(PoseInputError):
+    """A background photo folder that cannot serve (absent, empty, or every photo shows the object)."""
+
+
+def list_backgrounds(folder: str, exclude_obj_id) -> list[str]:
+    """Photo files of ``folder`` (sorted), without those that show ``exclude_obj_id`` (an id, several ids, or None)
+    per objects_in_frame.json."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise BackgroundError(f"--backgrounds folder {folder!r} does not exist")
+    files = sorted(p for p in d.iterdir() if p.suffix.lower() in PHOTO_EXTENSIONS and p.is_file())
+    if not files:
+        raise BackgroundError(f"--backgrounds folder {folder!r} holds no images ({', '.join(PHOTO_EXTENSIONS)})")
+    excluded = ({int(exclude_obj_id)} if isinstance(exclude_obj_id, (int, str))
+                else {int(v) for v in exclude_obj_id or ()})
+    if excluded:
+        index = d / "objects_in_frame.json"
+        if not index.is_file():
+            print(f"render: warning: photos showing obj_id {sorted(excluded)} are to be left out, but {index} "
+                  f"is absent: no photo can be excluded", file=sys.stderr)
+        else:
+            try:
+                shown = json.loads(index.read_text())
+            except json.JSONDecodeError as e:
+                raise BackgroundError(f"{index}: not valid JSON ({e})") from None
+            files = [p for p in files if not excluded & {int(v) for v in shown.get(p.name, [])}]
+            if not files:
+                raise BackgroundError(f"every photo in {folder!r} shows obj_id {sorted(excluded)} "
+                                    f"(objects_in_frame.json): no background left")
+    return [str(p) for p in files]
 
 
 def real_background(rng, photos: list, size: int) -> tuple[np.ndarray, str]:

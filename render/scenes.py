@@ -277,8 +277,10 @@ def _write_json(path: Path, data):
 def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images: int = 100, camera=None,
                   mode: str = "complete", seed: int = 0, split: str = "test", scene_id: int = 0,
                   objects_per_image: tuple = SceneRanges.objects_per_image, backgrounds: str | None = None,
-                  progress: bool = True) -> Path:
-    """Renders (or finishes) a BOP folder of scene images; returns its root. See the module docstring."""
+                  progress: bool = True, exclude_obj_ids=()) -> Path:
+    """Renders (or finishes) a BOP folder of scene images; returns its root. See the module docstring.
+    ``exclude_obj_ids``: background photos that show these objects (``objects_in_frame.json`` of
+    ``backgrounds``) are left out, so a photo of the test object cannot leak into its training scenes."""
     from PIL import Image
 
     if num_images < 1:
@@ -292,6 +294,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
     wanted = {"models_dir": str(Path(models_dir)), "obj_ids": [m.obj_id for m in models], "num_images": num_images,
               "cam_K": K.reshape(9).tolist(), "width": width, "height": height, "mode": mode, "seed": seed,
               "objects_per_image": [lo, hi], "split": split, "scene_id": scene_id}
+    if mode_axes(mode)["background"] == "real":  # (recorded only where photos are used: older folders resume)
+        wanted["backgrounds_exclude_obj_ids"] = sorted(int(i) for i in exclude_obj_ids)
     info_path = out / SCENE_INFO
     if info_path.is_file():
         have = json.loads(info_path.read_text())
@@ -303,10 +307,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
                              f"--out or remove that folder")
     photos = []
     if mode_axes(mode)["background"] == "real":
-        from render.generate import list_backgrounds
-
         photos = [(Path(p).name, (lambda p=p: np.asarray(Image.open(p).convert("RGB"))))
-                  for p in list_backgrounds(backgrounds, None)] if backgrounds else []
+                  for p in rz.list_backgrounds(backgrounds, list(exclude_obj_ids))] if backgrounds else []
     sampler = SceneSampler(models, K, width, height, mode, seed, SceneRanges(objects_per_image=(lo, hi)),
                            photos=photos)
     scene = out / split / f"{scene_id:06d}"
@@ -377,6 +379,8 @@ def define_flags():
     flags.DEFINE_list("objects_per_image", ["2", "5"], "MIN,MAX different objects per image")
     flags.DEFINE_string("randomization", "complete", "randomization mode (render/modes.py)")
     flags.DEFINE_string("backgrounds", None, "folder of background photos (randomization real_background)")
+    flags.DEFINE_list("exclude_obj_ids", [], "background photos showing these object ids (objects_in_frame.json of "
+                      "--backgrounds) are left out: give the test objects' ids, so no photo of them leaks in")
     flags.DEFINE_integer("seed", 0, "seed of every random choice")
     flags.DEFINE_string("split", "test", "BOP split folder to write")
     flags.DEFINE_integer("scene_id", 0, "BOP scene id to write")
@@ -400,7 +404,8 @@ def main(argv):
     try:
         lo, hi = (int(x) for x in F.objects_per_image)
         render_scenes(F.models_dir, F.out, parse_obj_ids(F.obj_ids), F.num_images, F.camera, F.randomization,
-                      F.seed, F.split, F.scene_id, (lo, hi), F.backgrounds)
+                      F.seed, F.split, F.scene_id, (lo, hi), F.backgrounds,
+                      exclude_obj_ids=[int(x) for x in F.exclude_obj_ids])
     except (PoseInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

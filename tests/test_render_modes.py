@@ -147,7 +147,7 @@ def test_view_range_and_object_size():
 def test_backgrounds_skip_photos_showing_the_object(tmp_path):
     import json
 
-    from render.generate import GenerateError, list_backgrounds
+    from render.randomize import BackgroundError, list_backgrounds
 
     for name in ("a.png", "b.png", "c.jpg", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
@@ -156,7 +156,7 @@ def test_backgrounds_skip_photos_showing_the_object(tmp_path):
     assert names(list_backgrounds(str(tmp_path), None)) == ["a.png", "b.png", "c.jpg"]
     assert names(list_backgrounds(str(tmp_path), 1)) == ["b.png", "c.jpg"]
     (tmp_path / "objects_in_frame.json").write_text(json.dumps({"a.png": [1], "b.png": [1], "c.jpg": [1]}))
-    with pytest.raises(GenerateError, match="no background left"):
+    with pytest.raises(BackgroundError, match="no background left"):
         list_backgrounds(str(tmp_path), 1)
     real = shared_data_dir() / "ycbv_backgrounds"
     if real.is_dir():
