@@ -10,6 +10,7 @@ RUN_DIR ?= runs
 
 .PHONY: setup system-deps build-ops bazel-build-ops test test-all test-gpu demo train evaluate \
         bench-ops bench-render bench-train pretrained rotation-study ablation projection-loss-table per-object results backbone-table method-table dsac-table \
+        detector-table bop-train-lmo \
         objects clean
 
 setup: $(VENV_STAMP)
@@ -108,6 +109,18 @@ method-table: build-ops pretrained
 # 1.7 hours on 2 cores, resumable).
 dsac-table: build-ops pretrained
 	$(PY) -m experiments.dsac_table --out docs/results --budget $(BUDGET)
+
+# Whole photos: detectors of the real sets' objects trained on renderings, their recall on the real photos, and pose
+# with their boxes against the true boxes; plus the bop-train-lmo run on rendered multi-object scenes when it exists
+# (docs/results/detector_table.md; about 10 minutes a real set on 2 cores, resumable).
+detector-table: build-ops pretrained
+	$(PY) -m experiments.detector_table --out docs/results --budget $(BUDGET)
+
+# One command for a BOP models folder: the detector and the eight pose models of ../shared/data/lmo_models
+# (budget cpu: about 90 minutes on 2 cores, resumable; docs/results/detector_table.md scores it).
+bop-train-lmo: build-ops pretrained
+	$(PY) -m experiments.bop_train --models_dir ../shared/data/lmo_models --obj_ids all --out runs/bop_lmo_$(BUDGET) \
+	    --budget $(BUDGET) --backgrounds ../shared/data/ycbv_backgrounds
 
 clean:
 	rm -rf build bazel-* tf_ops/*.so tf_ops/lib

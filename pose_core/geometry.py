@@ -209,6 +209,24 @@ def pose_matrix(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     return T
 
 
+# A photo's principal point lies near its centre; farther than this share of the image's side from it, the camera
+# is taken to belong to another image size (a resized or cropped photo), which would put every pose off.
+MAX_PRINCIPAL_POINT_OFFSET = 0.25
+
+
+def check_camera_fits_image(K, image_hw, what: str = "the image"):
+    """Raises :class:`pose_core.PoseInputError` when ``K``'s principal point is not near the centre of an image of
+    ``image_hw`` (:data:`MAX_PRINCIPAL_POINT_OFFSET`): the camera was calibrated for another image size."""
+    from pose_core import PoseInputError
+
+    K = np.asarray(K, np.float64).reshape(3, 3)
+    h, w = int(image_hw[0]), int(image_hw[1])
+    cx, cy = K[0, 2], K[1, 2]
+    if abs(cx - (w - 1) / 2) > MAX_PRINCIPAL_POINT_OFFSET * w or abs(cy - (h - 1) / 2) > MAX_PRINCIPAL_POINT_OFFSET * h:
+        raise PoseInputError(f"{what} is {w}x{h}, but the camera's principal point ({cx:.1f}, {cy:.1f}) is far from "
+                             f"its centre: the intrinsics belong to another image size (a resized or cropped photo?)")
+
+
 def intrinsics(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     """The 3x3 OpenCV intrinsics matrix."""
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])

@@ -5,7 +5,9 @@
 Prints, in one run: the input pipeline's rate alone (images/s, with augmentation), the train step rate (images/s,
 all loss terms including the Projection Loss op), and inference images/s (batch 32, CPU); then the coordinate
 head's step with its coordinate loss alone against the same step trained through RANSAC-PnP (DSAC and NG-DSAC,
-pose_net/dsac.py: 64 hypotheses, 64x64 outputs, batch 16 by default). Without ``--dataset`` it
+pose_net/dsac.py: 64 hypotheses, 64x64 outputs, batch 16 by default); then the whole-photo detector
+(pose_net/detector.py): its inference on a 640x480 photo (resize, network, decoding) and its training step on cached
+features against a step that runs the frozen backbone too (what training from images costs). Without ``--dataset`` it
 renders a small dataset of the built-in toy first (into build/bench_dataset, reused afterwards).
 """
 
@@ -30,6 +32,7 @@ flags.DEFINE_integer("steps", 20, "timed steps per measurement (after warm-up)")
 flags.DEFINE_float("lambda_projection", 0.1, "Projection Loss weight in the timed train step")
 flags.DEFINE_integer("dsac_batch_size", 16, "batch of the coordinate-head steps (0: skip them)")
 flags.DEFINE_integer("dsac_hypotheses", 64, "RANSAC-PnP hypotheses per image in the DSAC steps")
+flags.DEFINE_bool("detector", True, "measure the whole-photo detector too")
 flags.DEFINE_integer("dsac_refine_iterations", 3, "refinement rounds of each hypothesis in the DSAC steps "
                      "(pose_net.train --dsac_refine_iterations)")
 
@@ -120,6 +123,60 @@ def main(argv):
               f"pipeline / step = {pipeline_rate / step_rate:.1f}x", flush=True)
     if FLAGS.dsac_batch_size:
         bench_dsac(dataset, info)
+    if FLAGS.detector:
+        bench_detector()
+
+
+def bench_detector(num_classes: int = 8, batch_size: int = 16):
+    """The detector's inference on one 640x480 photo, and its head's training step on cached features (batch 16,
+    320x256 inputs) beside the same step with the frozen backbone run on the images."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pose_net import detector as det
+
+    backbone = det.build_backbone()
+    head = det.build_head(num_classes)
+    model = det.build_detector(backbone, head)
+    run = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    photo = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+
+    def infer():
+        x, scale = det.prepare_image(photo)
+        return det.decode(run(x[None]), list(range(num_classes)), scale, photo.shape[:2], min_score=0.0)
+
+    infer_s = timed(infer, FLAGS.steps)
+    _, h, w = det.input_shape(480, 640)
+    images = tf.constant(np.random.default_rng(1).uniform(0, 255, (batch_size, h, w, 3)), tf.float32)
+    feats = [tf.constant(f) for f in backbone(images)]
+    hw = (h // det.STRIDE, w // det.STRIDE)
+    t = det.instance_targets([np.array([40.0, 40, 60, 50])], [0], [False], hw)
+    batch = {k: tf.constant(np.repeat(v[None], batch_size, 0), tf.float32) for k, v in t.items()
+             if k != "centre_index"}
+    batch["centre_index"] = tf.constant(np.repeat(t["centre_index"][None], batch_size, 0))
+    batch["heatmap"] = tf.constant(np.repeat(det.gaussian_heatmap([np.array([40.0, 40, 60, 50])], [0], [False],
+                                                                  hw, num_classes)[None], batch_size, 0))
+    opt = keras.optimizers.Adam(1e-3)
+
+    def make_step(from_images: bool):
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                inputs = backbone(images, training=False) if from_images else feats
+                loss = det.detection_loss(head(inputs, training=True), batch)["total"]
+            grads = tape.gradient(loss, head.trainable_variables)
+            opt.apply_gradients(zip(grads, head.trainable_variables))
+            return loss
+        return step
+
+    on_features, on_images = make_step(False), make_step(True)
+    cached_s = timed(lambda: float(on_features()), FLAGS.steps)
+    images_s = timed(lambda: float(on_images()), max(3, FLAGS.steps // 4))
+    print(f"detector: inference {infer_s * 1000:.0f} ms per 640x480 photo (input {w}x{h}, {num_classes} objects); "
+          f"training step (batch {batch_size}) {cached_s * 1000:.0f} ms on cached features, "
+          f"{images_s * 1000:.0f} ms with the frozen backbone run on the images ({images_s / cached_s:.1f}x)",
+          flush=True)
 
 
 def bench_dsac(dataset: str, info: dict):

@@ -340,28 +340,18 @@ def training_camera(K, width: int, height: int) -> dict:
 
 def render_training_scenes(models_dir, out, obj_ids: list[int], num_images: int, camera: dict, mode: str,
                            seed: int, objects_per_image=(1, 4), backgrounds=None, exclude_obj_ids=(), log=None):
-    """Renders (or finishes) one folder of training scenes with ``render.scenes`` in a subprocess (a GL context
-    must not live in a process that imports TensorFlow); raises :class:`DetectorError` with its message."""
-    import subprocess
+    """Renders (or finishes) one folder of training scenes at ``camera`` (:func:`training_camera`), ``render.scenes``
+    in a subprocess; returns the folder."""
+    from render.scenes import render_scenes_in_subprocess
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out.parent / f"{out.name}_camera.json").write_text(json.dumps(camera))
-    cmd = [sys.executable, "-m", "render.scenes", f"--models_dir={models_dir}", f"--out={out}",
-           f"--obj_ids={','.join(map(str, obj_ids))}", f"--num_images={num_images}",
-           f"--camera={out.parent / f'{out.name}_camera.json'}", f"--randomization={mode}", f"--seed={seed}",
-           f"--objects_per_image={objects_per_image[0]},{min(objects_per_image[1], len(obj_ids))}"]
-    if backgrounds:
-        cmd += [f"--backgrounds={backgrounds}"]
-    if exclude_obj_ids:
-        cmd += [f"--exclude_obj_ids={','.join(map(str, exclude_obj_ids))}"]
-    repo = Path(__file__).resolve().parents[1]
-    with open(log or os.devnull, "a") as fh:
-        proc = subprocess.run(cmd, cwd=repo, stdout=fh, stderr=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise DetectorError(f"rendering the detector's training scenes into {out} failed: "
-                            f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-    return out
+    camera_file = out.parent / f"{out.name}_camera.json"
+    camera_file.write_text(json.dumps(camera))
+    return render_scenes_in_subprocess(
+        models_dir, out, log=log, obj_ids=list(obj_ids), num_images=num_images, camera=camera_file,
+        randomization=mode, seed=seed, backgrounds=backgrounds, exclude_obj_ids=list(exclude_obj_ids) or None,
+        objects_per_image=(objects_per_image[0], min(objects_per_image[1], len(obj_ids))))
 
 
 def list_training_images(roots, obj_ids: list[int] | None) -> tuple[list, list[int]]:
@@ -449,9 +439,11 @@ def cache_features(backbone, items, obj_ids: list[int], cache_dir: Path, batch_s
 
 def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: int = 30, batch_size: int = 16,
                    learning_rate: float = 2e-3, seed: int = 0, backbone_weights: str = "imagenet",
-                   progress: bool = True) -> dict:
+                   progress: bool = True, keep_feature_cache: bool = False) -> dict:
     """Trains a detector of ``obj_ids`` (default: every object the scenes show) on rendered scene folders and
-    writes it to ``out`` (see the module docstring); returns its config. A finished detector is not retrained."""
+    writes it to ``out`` (see the module docstring); returns its config. A finished detector is not retrained.
+    The features' cache (``out/feature_cache``, about 160 KB an image) is removed once the detector is saved,
+    unless ``keep_feature_cache`` (to train other heads on the same features)."""
     import keras
     import tensorflow as tf
 
@@ -515,11 +507,15 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
            "steps": steps, "learning_rate": learning_rate, "seed": seed,
            "imagenet_weights": bool(backbone.imagenet_weights_loaded),
            "seconds_features": round(t_features, 1), "seconds_training": round(time.time() - t1, 1),
-           "final_loss": history[-1]}
+           "first_epoch_loss": history[0], "final_loss": history[-1]}
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / (DETECTOR_MODEL + ".tmp.keras"))
     (out / (DETECTOR_MODEL + ".tmp.keras")).replace(out / DETECTOR_MODEL)
     (out / DETECTOR_CONFIG).write_text(json.dumps(cfg, indent=1))  # last: its presence means finished
+    if not keep_feature_cache:
+        import shutil
+
+        shutil.rmtree(out / "feature_cache", ignore_errors=True)
     return cfg
 
 
@@ -572,6 +568,7 @@ def define_flags():
     flags.DEFINE_string("detector_dir", None, "a trained detector folder (with --eval)")
     flags.DEFINE_list("eval", [], "BOP test folders to measure the detection recall on")
     flags.DEFINE_float("min_visib", bop.DEFAULT_MIN_VISIB, "instances less visible than this are not scored")
+    flags.DEFINE_bool("keep_feature_cache", False, "keep OUT/feature_cache (to train again with other settings)")
 
 
 def main(argv):
@@ -587,7 +584,8 @@ def main(argv):
         if F.scenes:
             if not F.out:
                 raise app.UsageError("--out is required with --scenes")
-            train_detector(F.scenes, F.out, ids, F.epochs, F.batch_size, F.learning_rate, F.seed)
+            train_detector(F.scenes, F.out, ids, F.epochs, F.batch_size, F.learning_rate, F.seed,
+                           keep_feature_cache=F.keep_feature_cache)
         if F.eval:
             det = Detector(F.detector_dir or F.out)
             for root in F.eval:

@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 
 from pose_core import PoseInputError, bop, metrics
-from pose_core.geometry import bbox_from_points, project_points
+from pose_core.geometry import bbox_from_points, check_camera_fits_image, project_points
 
 FLAGS = flags.FLAGS
 DETECTION_IOU = 0.5  # a detection is right when its box overlaps the true one this much (PASCAL VOC's criterion)
@@ -103,6 +103,15 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         raise PoseInputError(
             f"the model in {model_dir} was trained on an object of diameter {trained_d:.1f} mm, but object {obj_id} "
             f"of {bop_root} measures {diameter:.1f} mm: another object? (--allow_object_mismatch to go on)")
+    if boxes == "predicted":
+        from pose_net.detector import Detector, find_detector
+
+        if detector is None and (found := find_detector(model_dir)) is not None:
+            detector = found
+        if detector is not None and not isinstance(detector, Detector):
+            detector = Detector(detector)
+        if detector is not None and obj_id not in detector.obj_ids:
+            raise PoseInputError(f"the detector in {detector.dir} finds objects {detector.obj_ids}, not {obj_id}")
     targets = bop.load_test_targets(bop_root)
     images = bop.list_test_images(bop_root, obj_id, split, min_visib, targets)
     if not images:
@@ -114,15 +123,6 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     if depth and (missing := [im for im in images if im.depth_path is None]):
         raise PoseInputError(f"--depth: {len(missing)} of {len(images)} test images have no depth image, e.g. "
                              f"{missing[0].rgb_path.parent.parent / 'depth' / missing[0].rgb_path.name}")
-    if boxes == "predicted":
-        from pose_net.detector import Detector, find_detector
-
-        if detector is None and (found := find_detector(model_dir)) is not None:
-            detector = found
-        if detector is not None and not isinstance(detector, Detector):
-            detector = Detector(detector)
-        if detector is not None and obj_id not in detector.obj_ids:
-            raise PoseInputError(f"the detector in {detector.dir} finds objects {detector.obj_ids}, not {obj_id}")
     rows, estimates, pictures, detection_ious = [], [], [], []
     pick = set(np.linspace(0, len(images) - 1, min(num_pictures, len(images))).round().astype(int).tolist())
     for k, im in enumerate(images):
@@ -130,6 +130,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             rgb = np.asarray(Image.open(im.rgb_path).convert("RGB"))
         except Exception as e:
             raise PoseInputError(f"{im.rgb_path}: cannot read the image ({e})") from None
+        check_camera_fits_image(im.K, rgb.shape[:2], f"{im.rgb_path}")
         detected = [None] * len(im.instances)
         if boxes == "predicted" and detector is not None:
             from pose_net.detector import box_iou, match_detections
@@ -257,7 +258,9 @@ def evaluate_all(model_dir, bop_root, boxes: str = "gt", split: str = "test", mo
               "mean": {"objects": len(scored), "instances": int(sum(v["instances"] for v in scored.values())),
                        "add_recall": mean("add_recall"), "add_s_recall": mean("add_s_recall"),
                        "score_recall": float(np.mean([v["add_s_recall" if v["symmetric"] else "add_recall"]
-                                                      for v in scored.values()])) if scored else float("nan")},
+                                                      for v in scored.values()])) if scored else float("nan"),
+                       **({"detection_recall": mean("detection_recall")}
+                          if all("detection_recall" in v for v in scored.values()) else {})},
               "not_trained": [i for i in in_test if i not in models],
               "not_in_test_set": [i for i in sorted(models) if i not in in_test]}
     if csv_path:

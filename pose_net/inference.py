@@ -169,6 +169,9 @@ class PoseEstimator:
         if image.ndim != 3 or image.shape[2] != 3:
             raise PoseInputError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
         h, w = image.shape[:2]
+        from pose_core.geometry import check_camera_fits_image
+
+        check_camera_fits_image(K, (h, w))
         if depth_mm is not None:
             depth_mm = np.asarray(depth_mm, np.float32)
             if self.head != "coords":

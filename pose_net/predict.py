@@ -1,10 +1,16 @@
 """Pose of the trained object in one photo.
 
-    python -m pose_net.predict --model_dir M --image IMG --camera K.json [--box x,y,w,h] --out overlay.png
+    python -m pose_net.predict --model_dir M --image IMG --camera K.json [--box x,y,w,h] [--detector D] \
+        --out overlay.png
 
 ``K.json`` holds the intrinsics as ``{"K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]}`` (or BOP's row-major ``cam_K``
 list). Prints the pose as JSON (R row-major, t in mm) and draws the predicted outline and axes (for the coordinate
 head also the zoomed view with its coordinate map and mask, and whether RANSAC-PnP found a pose).
+
+Whole photos: when the model folder has a detector (``M/detector``, as ``experiments.bop_train`` writes, or
+``--detector``) and no ``--box`` is given, every object it finds gets its pose from that object's model (``M`` may
+hold several, ``objects.json``): the JSON lists them (``objects``: obj_id, detection score, box, pose), and the
+picture draws every outline, labelled with its object id.
 """
 
 from __future__ import annotations
@@ -30,13 +36,17 @@ def define_flags():
     flags.DEFINE_string("camera", None, "JSON file with the intrinsics: {\"K\": 3x3} or {\"cam_K\": [9 numbers]}")
     flags.DEFINE_string("box", None, "optional 2D box x,y,w,h (pixels) around the object; default: the network's own")
     flags.DEFINE_string("out", None, "overlay picture to write")
+    flags.DEFINE_string("detector", None, "detector folder (pose_net.detector); default M/detector when it exists")
+    flags.DEFINE_integer("max_per_object", 1, "with a detector: poses of at most this many instances per object")
     flags.DEFINE_enum("translation", None, ["auto", "regressed", "box"], "direct head: the translation head's "
                       "output, or the translation that fits the model, turned by the predicted rotation, into the "
                       "2D box; auto (the default): box when --box is given, regressed otherwise")
 
 
-def load_camera(path) -> np.ndarray:
-    """``K [3, 3]`` from a JSON file (``K`` as 3x3 or 9 numbers, or BOP's ``cam_K``)."""
+def load_camera(path, image_hw=None) -> np.ndarray:
+    """``K [3, 3]`` from a JSON file (``K`` as 3x3 or 9 numbers, or BOP's ``cam_K``). With ``image_hw``, the image
+    must have the file's ``width`` and ``height`` when it gives them, and a principal point near its centre
+    (:func:`pose_core.geometry.check_camera_fits_image`)."""
     path = Path(path)
     if not path.is_file():
         raise PoseInputError(f"camera file {path} does not exist")
@@ -50,7 +60,16 @@ def load_camera(path) -> np.ndarray:
     K = np.asarray(value, dtype=np.float64)
     if K.size != 9 or not np.all(np.isfinite(K)):
         raise PoseInputError(f"camera file {path}: 'K' must be 9 finite numbers (3x3), got {K.size}")
-    return K.reshape(3, 3)
+    K = K.reshape(3, 3)
+    if image_hw is not None:
+        from pose_core.geometry import check_camera_fits_image
+
+        size = (data.get("height"), data.get("width"))
+        if None not in size and tuple(int(v) for v in size) != tuple(image_hw):
+            raise PoseInputError(f"camera file {path} is for {size[1]}x{size[0]} images, the image is "
+                                 f"{image_hw[1]}x{image_hw[0]}")
+        check_camera_fits_image(K, image_hw, f"the image ({path} gives the camera)")
+    return K
 
 
 def load_image(path) -> np.ndarray:
@@ -64,12 +83,17 @@ def load_image(path) -> np.ndarray:
         raise PoseInputError(f"image {path} cannot be read ({type(e).__name__}: {e})") from None
 
 
-def predict(model_dir, image_path, camera_path, box=None, out=None, translation: str | None = None) -> dict:
+def predict(model_dir, image_path, camera_path, box=None, out=None, translation: str | None = None,
+            detector_dir=None, max_per_object: int = 1) -> dict:
+    from pose_net.detector import find_detector
     from pose_net.draw import beside, draw_pose_overlay, zoom_to_box
     from pose_net.inference import PoseEstimator
 
     image = load_image(image_path)
-    K = load_camera(camera_path)
+    K = load_camera(camera_path, image.shape[:2])
+    found = None if box is not None else find_detector(model_dir, detector_dir)
+    if found is not None:
+        return predict_all(model_dir, image, K, found, out, translation, max_per_object)
     estimator = PoseEstimator(model_dir, translation=translation)
     est = estimator.estimate(image, K, box)
     result = {"R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "bbox_xywh": est.bbox_xywh.tolist(),
@@ -86,6 +110,51 @@ def predict(model_dir, image_path, camera_path, box=None, out=None, translation:
     return result
 
 
+def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=None, translation=None,
+                max_per_object: int = 1) -> dict:
+    """Every object the detector finds in ``image`` with a model in ``model_dir``: ``{"objects": [...]}``, best
+    detection first, and one picture with every predicted outline."""
+    from PIL import ImageDraw
+
+    from pose_net.detector import Detector
+    from pose_net.draw import PRED_COLOUR, draw_pose_overlay
+    from pose_net.inference import PoseEstimator, model_set
+
+    models = model_set(model_dir)
+    detector = Detector(detector_dir)
+    if not set(detector.obj_ids) & set(models):
+        raise PoseInputError(f"the detector in {detector_dir} finds objects {detector.obj_ids}, the model folder "
+                             f"{model_dir} knows {sorted(models)}: none in common")
+    estimators, counts, objects = {}, {}, []
+    picture = image
+    for d in detector.detect(image):
+        if d.obj_id not in models or counts.get(d.obj_id, 0) >= max_per_object:
+            continue
+        counts[d.obj_id] = counts.get(d.obj_id, 0) + 1
+        if d.obj_id not in estimators:
+            estimators[d.obj_id] = PoseEstimator(models[d.obj_id], translation=translation)
+        est = estimators[d.obj_id].estimate(image, K, d.bbox_xywh)
+        entry = {"obj_id": d.obj_id, "score": round(d.score, 4), "bbox_xywh": est.bbox_xywh.tolist(),
+                 "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "translation": est.translation}
+        if estimators[d.obj_id].head == "coords":
+            entry.update(ok=est.ok, num_inliers=est.num_inliers)
+        objects.append(entry)
+        if out:
+            e = estimators[d.obj_id]
+            picture = np.asarray(draw_pose_overlay(picture, K, e.points_mm, e.diameter_mm, est.R, est.t_mm,
+                                                   bbox_xywh=est.bbox_xywh))
+    if out:
+        from PIL import Image
+
+        img = Image.fromarray(np.asarray(picture, np.uint8))
+        draw = ImageDraw.Draw(img)
+        for o in objects:
+            x, y = o["bbox_xywh"][:2]
+            draw.text((x + 2, max(0, y - 12)), f"obj {o['obj_id']} {o['score']:.2f}", fill=PRED_COLOUR)
+        img.save(out)
+    return {"objects": objects, "detector": str(detector_dir)}
+
+
 def main(argv):
     del argv
     for name in ("model_dir", "image", "camera"):
@@ -99,7 +168,8 @@ def main(argv):
         except (ValueError, AssertionError):
             raise app.UsageError(f"--box must be x,y,w,h (4 numbers), got {FLAGS.box!r}")
     try:
-        result = predict(FLAGS.model_dir, FLAGS.image, FLAGS.camera, box, FLAGS.out, FLAGS.translation)
+        result = predict(FLAGS.model_dir, FLAGS.image, FLAGS.camera, box, FLAGS.out, FLAGS.translation,
+                         FLAGS.detector, FLAGS.max_per_object)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
     print(json.dumps(result))

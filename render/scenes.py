@@ -368,6 +368,28 @@ def _copy_models(models: list[SceneModel], src: Path, dst: Path):
     _write_json(dst / "models_info.json", {str(m.obj_id): info[str(m.obj_id)] for m in models})
 
 
+def render_scenes_in_subprocess(models_dir, out, log=None, timeout=None, **flags) -> Path:
+    """``python -m render.scenes`` in a subprocess (a GL context must not live in a process that imports
+    TensorFlow): flags by name, lists and tuples joined by commas, None left out; its stdout appended to ``log``.
+    Returns ``out``; raises :class:`SceneError` with the end of its stderr when it fails."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "render.scenes", f"--models_dir={models_dir}", f"--out={out}"]
+    for k, v in flags.items():
+        if v is not None:
+            cmd.append(f"--{k}={','.join(str(x) for x in v) if isinstance(v, (list, tuple)) else v}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with open(log or os.devnull, "a") as fh:
+        proc = subprocess.run(cmd, cwd=repo, env=env, stdout=fh, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise SceneError(f"render.scenes into {out} failed ({proc.returncode}): {proc.stderr.strip()[-3000:]}")
+    return Path(out)
+
+
 # ------------------------------------------------------------------------------------------------------ command
 def define_flags():
     flags.DEFINE_string("models_dir", None, "BOP models folder (models_info.json, obj_NNNNNN.ply/.obj)")

@@ -26,16 +26,12 @@ def generate_cmd(out, **flags) -> list[str]:
 def run_scenes(models_dir, out, timeout=300, **flags) -> Path:
     """``python -m render.scenes`` in a subprocess (flags by name; tuples/lists joined by commas); returns ``out``,
     raising AssertionError with its stderr when it fails."""
-    cmd = [sys.executable, "-m", "render.scenes", f"--models_dir={models_dir}", f"--out={out}"]
-    for k, v in flags.items():
-        if isinstance(v, (list, tuple)):
-            v = ",".join(str(x) for x in v)
-        if v is not None:
-            cmd.append(f"--{k}={v}")
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"render.scenes failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return Path(out)
+    from render.scenes import SceneError, render_scenes_in_subprocess
+
+    try:
+        return render_scenes_in_subprocess(models_dir, out, timeout=timeout, **flags)
+    except SceneError as e:
+        raise AssertionError(str(e)) from None
 
 
 def subprocess_env() -> dict:

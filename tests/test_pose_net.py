@@ -175,6 +175,15 @@ def test_clear_errors_for_predict_inputs(tmp_path):
         load_camera(tmp_path / "cam.json")
     (tmp_path / "cam2.json").write_text('{"cam_K": [1, 0, 2, 0, 1, 3, 0, 0, 1]}')
     assert np.allclose(load_camera(tmp_path / "cam2.json"), [[1, 0, 2], [0, 1, 3], [0, 0, 1]])
+    # a camera of another image size: named, not a silently wrong pose
+    linemod = {"cam_K": [572.4, 0, 325.3, 0, 573.6, 242.0, 0, 0, 1], "width": 640, "height": 480}
+    (tmp_path / "cam3.json").write_text(json.dumps(linemod))
+    assert load_camera(tmp_path / "cam3.json", (480, 640)).shape == (3, 3)
+    with pytest.raises(PoseInputError, match="for 640x480 images, the image is 320x240"):
+        load_camera(tmp_path / "cam3.json", (240, 320))
+    (tmp_path / "cam4.json").write_text(json.dumps({"cam_K": linemod["cam_K"]}))
+    with pytest.raises(PoseInputError, match="320x240.*another image size"):
+        load_camera(tmp_path / "cam4.json", (240, 320))
 
 
 def test_translation_from_the_box_fits_the_model_into_the_box():

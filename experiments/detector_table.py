@@ -1,0 +1,211 @@
+"""Whole photos: the detector trained on renderings, its recall on real photos, and pose with its boxes.
+
+    python -m experiments.detector_table --out docs/results [--budget quick|cpu] [--real_sets ycbv_banana,...]
+        [--lmo_run runs/bop_lmo_cpu]
+
+Per real set of ../shared/data:
+
+* training scenes of its object at its camera, shrunk to the detector's input (:func:`pose_net.detector.
+  training_camera`): ``complete`` randomization, and as many on the real photos of ../shared/data/ycbv_backgrounds
+  that do not show the object (``real_background``);
+* the detector trained on them (pose_net/detector.py), its detection recall at IoU 0.5 on the real photos;
+* the pose models of the other tables, when they have been trained (the direct head of ``make per-object``, the
+  coordinate head after DSAC of ``make dsac-table``), scored with the true boxes and with the detector's.
+
+With ``--lmo_run`` (an ``experiments.bop_train`` run of ../shared/data/lmo_models, ``make bop-train-lmo``): its
+detector and pose models scored on rendered multi-object test scenes of the eight objects at LINEMOD's 640x480
+camera (one BOP19 CSV, ``pose_net.evaluate --obj_id all``), with true and predicted boxes.
+
+Writes ``OUT/detector_table.md`` and ``.json``. Resumable: scenes, detectors and evaluations already made are
+reused (``RUNS/BUDGET/detectors/<set>/``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+from experiments import common, tables
+from pose_net.evaluate import report_path
+
+flags.DEFINE_list("real_sets", list(common.REAL_SETS), "real sets of ../shared/data")
+flags.DEFINE_string("lmo_run", "runs/bop_lmo_cpu", "an experiments.bop_train run of lmo_models ('' to skip)")
+FLAGS = tables.FLAGS
+# scenes per randomization mode and detector epochs
+BUDGETS = {"quick": dict(scenes=16, epochs=2, lmo_test_scenes=4),
+           "cpu": dict(scenes=1500, epochs=12, lmo_test_scenes=100),
+           "gpu": dict(scenes=5000, epochs=40, lmo_test_scenes=200)}
+SCENE_MODES = ("complete", "real_background")
+SCENE_SEED = 1
+LMO_TEST_SEED = 1000  # the test scenes' seed: not one of the training scenes' (bop_train renders with seed 0)
+
+
+def pose_models(obj: common.TestObject) -> list[tuple[str, Path]]:
+    """``(label, model folder)`` of the other tables' models of ``obj`` (those not trained yet are left out)."""
+    direct = tables.Cell(obj, "complete", FLAGS.projection_weight)
+    first = tables.Cell(obj, "complete", 0.0, head="coords", minutes=10.0)
+    dsac = tables.Cell(obj, "complete", 0.0, head="coords", minutes=5.0, stage="dsac", init=first)
+    out = [("direct head (per-object table)", direct.folder() / "model"),
+           ("coordinate head + DSAC (DSAC table)", dsac.folder() / "model")]
+    return [(label, m) for label, m in out if (m / "config.json").is_file()]
+
+
+def cached(path: Path, compute):
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def real_set_result(real_set: str, obj: common.TestObject, s: dict) -> dict:
+    from pose_net import detector as det
+    from pose_net.evaluate import evaluate
+    from render.scenes import load_camera
+
+    folder = tables.budget_dir() / "detectors" / real_set
+    detector_dir = folder / "detector"
+    t0 = time.time()
+    if not (detector_dir / det.DETECTOR_CONFIG).is_file():
+        K, width, height = load_camera(obj.real_root / "test" / "000000" / "scene_camera.json")
+        camera = det.training_camera(K, width, height)
+        roots = []
+        for mode in SCENE_MODES:
+            print(f"{real_set}: {s['scenes']} training scenes ({mode})", flush=True)
+            roots.append(det.render_training_scenes(obj.real_root / "models", folder / f"scenes_{mode}",
+                                                    [obj.obj_id], s["scenes"], camera, mode, SCENE_SEED,
+                                                    backgrounds=tables.backgrounds_dir(),
+                                                    exclude_obj_ids=[obj.obj_id], log=folder / "render.log"))
+        print(f"{real_set}: training the detector", flush=True)
+        det.train_detector(roots, detector_dir, [obj.obj_id], epochs=s["epochs"], progress=True)
+    config = json.loads((detector_dir / det.DETECTOR_CONFIG).read_text())
+    detector = det.Detector(detector_dir)
+    recall = cached(folder / "detection_recall.json", lambda: det.detection_recall(detector, obj.real_root))
+    poses = []
+    for label, model in pose_models(obj):
+        row = {"pose_model": label, "model_dir": report_path(model)}
+        for boxes in ("gt", "predicted"):
+            name = f"eval_{model.parent.name}_{boxes}"
+            row[boxes] = cached(folder / name / "metrics.json",
+                                lambda: evaluate(model, obj.real_root, obj.obj_id, boxes, report_dir=folder / name,
+                                                 detector=detector))
+        poses.append(row)
+    return {"real_set": real_set, "obj_id": obj.obj_id, "symmetric": obj.symmetric, "detector": config,
+            "recall": recall, "poses": poses, "minutes_this_run": round((time.time() - t0) / 60, 1)}
+
+
+def lmo_result(run: Path, s: dict) -> dict | None:
+    """The bop_train run of lmo_models on rendered multi-object test scenes, with true and predicted boxes."""
+    from pose_net import detector as det
+    from pose_net.evaluate import evaluate_all
+    from render.scenes import DEFAULT_CAMERA, render_scenes_in_subprocess
+
+    if not (run / "objects.json").is_file() or not (run / det.DETECTOR_SUBDIR / det.DETECTOR_CONFIG).is_file():
+        print(f"{run}: no finished bop_train run with a detector (make bop-train-lmo): the LMO section is left out")
+        return None
+    test_root = tables.budget_dir() / "test_sets" / "lmo_scenes"
+    camera = test_root.parent / "lmo_scenes_camera.json"
+    camera.parent.mkdir(parents=True, exist_ok=True)
+    camera.write_text(json.dumps(DEFAULT_CAMERA))
+    render_scenes_in_subprocess(common.SHARED_DATA / "lmo_models", test_root, log=test_root.parent / "render.log",
+                                num_images=s["lmo_test_scenes"], camera=camera, seed=LMO_TEST_SEED,
+                                objects_per_image=(2, 5), randomization="complete")
+    folder = run / "eval_lmo_scenes"
+    recall = cached(folder / "detection_recall.json",
+                    lambda: det.detection_recall(det.Detector(run / det.DETECTOR_SUBDIR), test_root))
+    out = {"run": report_path(run), "test_set": report_path(test_root), "recall": recall,
+           "bop_train": json.loads((run / "bop_train.json").read_text())}
+    for boxes in ("gt", "predicted"):
+        out[boxes] = cached(folder / f"{boxes}.json", lambda: evaluate_all(
+            run, test_root, boxes, csv_path=folder / f"{boxes}.csv", report_dir=folder / boxes))
+    log = run / "bop_train.log"
+    out["log_tail"] = log.read_text().strip().splitlines()[-12:] if log.is_file() else []
+    return out
+
+
+def score(r: dict, symmetric: bool) -> str:
+    return f"{100 * r['add_s_recall' if symmetric else 'add_recall']:.1f}"
+
+
+def median(r: dict, symmetric: bool) -> str:
+    v = r["add_s_median_mm" if symmetric else "add_median_mm"]
+    return "inf" if v == float("inf") else f"{v:.0f}"
+
+
+def markdown(results: list[dict], lmo: dict | None) -> str:
+    s = BUDGETS[FLAGS.budget]
+    lines = ["# Whole photos: the detector trained on renderings", "",
+             f"Made by `python -m experiments.detector_table --budget {FLAGS.budget}` (`make detector-table`); "
+             "pose_net/detector.py says what the detector is, docs/detector.md why it is ours.", "",
+             f"Per real set: {s['scenes']} scenes of its object per randomization mode ({', '.join(SCENE_MODES)}; "
+             "the real backgrounds never show the object), rendered at its camera shrunk to the detector's "
+             f"320-pixel input, and {s['epochs']} epochs of the detector's head on the frozen Lite0 features. "
+             "Detection recall: the share of the real photos' instances whose detection overlaps the true box "
+             "(the projected model's) by IoU >= 0.5; the detection used is the object's best-scoring one.", "",
+             "| set | training images | features + training (s) | detection recall (IoU 0.5) | median IoU | "
+             "ms per photo |", "|---|---|---|---|---|---|"]
+    for r in results:
+        c, rc = r["detector"], r["recall"]
+        lines.append(f"| {r['real_set']} | {c['images']} | {c['seconds_features']:.0f} + {c['seconds_training']:.0f} "
+                     f"| **{100 * rc['detection_recall']:.1f}%** ({rc['instances']} instances) | "
+                     f"{rc['median_iou']:.2f} | {1000 * rc['seconds_per_photo_median']:.0f} |")
+    lines += ["", "Pose with the true boxes and with the detector's (ADD for the banana, ADD-S for the box and the "
+              "can, recall at 10% of the diameter and the median error; a missed object counts as a wrong pose, "
+              "its error infinite):", "",
+              "| set | pose model | recall, true boxes | recall, detector boxes | median mm, true boxes | "
+              "median mm, detector boxes |", "|---|---|---|---|---|---|"]
+    for r in results:
+        sym = r["symmetric"]
+        for p in r["poses"]:
+            lines.append(f"| {r['real_set']} | {p['pose_model']} | {score(p['gt'], sym)} | "
+                         f"{score(p['predicted'], sym)} | {median(p['gt'], sym)} | {median(p['predicted'], sym)} |")
+        if not r["poses"]:
+            lines.append(f"| {r['real_set']} | (no pose model yet: make per-object / make dsac-table) | | | | |")
+    if lmo:
+        rc = lmo["recall"]
+        lines += ["", f"## lmo_models: `{lmo['run']}` (experiments.bop_train, budget `{lmo['bop_train']['budget']}`)",
+                  "", f"Rendered multi-object test scenes (`{lmo['test_set']}`, {rc['instances']} instances at "
+                  "least 10% visible, LINEMOD's 640x480 camera, 2-5 objects each, `complete` randomization, seed "
+                  f"{LMO_TEST_SEED}). Detection recall (IoU 0.5) **{100 * rc['detection_recall']:.1f}%**, median "
+                  f"IoU {rc['median_iou']:.2f}, {1000 * rc['seconds_per_photo_median']:.0f} ms per photo.", "",
+                  "| obj | detection recall | ADD(-S) true boxes | ADD(-S) detector boxes | median mm, true boxes | "
+                  "median mm, detector boxes |", "|---|---|---|---|---|---|"]
+        for obj_id, g in lmo["gt"]["objects"].items():
+            p = lmo["predicted"]["objects"].get(obj_id)
+            if g is None or p is None:
+                continue
+            sym = g["symmetric"]
+            lines.append(f"| {obj_id}{' (sym.)' if sym else ''} | {100 * rc['per_object'].get(obj_id, 0):.1f} | "
+                         f"{score(g, sym)} | {score(p, sym)} | {median(g, sym)} | {median(p, sym)} |")
+        lines.append(f"| mean | {100 * rc['detection_recall']:.1f} | "
+                     f"{100 * lmo['gt']['mean']['score_recall']:.1f} | "
+                     f"{100 * lmo['predicted']['mean']['score_recall']:.1f} | | |")
+        if lmo["log_tail"]:
+            lines += ["", "The run's log (its wall time per stage):", "", "```", *lmo["log_tail"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    s = BUDGETS[FLAGS.budget]
+    results = []
+    for real_set, obj in tables.real_set_objects(FLAGS.real_sets):
+        if obj.real_root is None:
+            print(f"{real_set}: {obj.note}: no real photos to detect in, left out")
+            continue
+        results.append(real_set_result(real_set, obj, s))
+    lmo = lmo_result(Path(FLAGS.lmo_run), s) if FLAGS.lmo_run else None
+    out = Path(FLAGS.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detector_table.json").write_text(json.dumps({"real_sets": results, "lmo": lmo}, indent=1,
+                                                        default=str))
+    (out / "detector_table.md").write_text(markdown(results, lmo))
+    print((out / "detector_table.md").read_text())
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,174 @@
+"""The whole-photo detector (pose_net/detector.py): its targets decode back to the boxes they came from, detections
+pair with true boxes without looking at the truth to choose them, a short training on rendered scenes finds the
+objects of those scenes, and ``pose_net.evaluate --boxes predicted`` / ``pose_net.predict`` use it; bad input is
+named."""
+import json
+
+import numpy as np
+import pytest
+
+from pose_core import PoseInputError
+
+CAMERA = {"cam_K": [240.0, 0, 79.5, 0, 240.0, 59.5, 0, 0, 1], "width": 160, "height": 120}
+
+
+def test_targets_decode_to_their_boxes():
+    from pose_net import detector as det
+
+    boxes = [np.array([30.0, 40, 80, 50]), np.array([150.0, 100, 40, 90])]  # photo pixels
+    scale, h_in, w_in = det.input_shape(480, 640)
+    assert (scale, h_in, w_in) == (0.5, 256, 320)  # 320x240, padded to a multiple of 32
+    hw = (h_in // det.STRIDE, w_in // det.STRIDE)
+    shrunk = [b * scale for b in boxes]
+    t = det.instance_targets(shrunk, [0, 1], [False, False], hw)
+    heat = det.gaussian_heatmap(shrunk, [0, 1], [False, False], hw, 2)
+    assert t["valid"].sum() == 2 and heat.max() == pytest.approx(1.0)
+    size = np.zeros((1, *hw, 2), np.float32)
+    offset = np.zeros((1, *hw, 2), np.float32)
+    for k in range(2):
+        iy, ix = divmod(int(t["centre_index"][k]), hw[1])
+        assert heat[iy, ix, k] == pytest.approx(1.0)
+        size[0, iy, ix], offset[0, iy, ix] = t["size_log"][k], t["offset"][k]
+    p = np.clip(heat, 1e-6, 1 - 1e-6)
+    found = det.decode({"heatmap": np.log(p / (1 - p))[None], "size": size, "offset": offset}, [5, 7], scale,
+                       (480, 640))
+    assert sorted(d.obj_id for d in found) == [5, 7]  # the Gaussians' shoulders are no peaks
+    for d in found:
+        true = boxes[[5, 7].index(d.obj_id)]
+        np.testing.assert_allclose(d.bbox_xywh, true, atol=1e-3)
+    # an ignored (too occluded) instance is no positive, and its box is left out of the heatmap's loss
+    t = det.instance_targets(shrunk, [0, 1], [False, True], hw)
+    assert t["valid"].sum() == 1 and t["weight"].min() == 0.0
+    assert det.gaussian_heatmap(shrunk, [0, 1], [False, True], hw, 2)[..., 1].max() == 0.0
+
+
+def test_the_loss_is_lowest_at_the_targets():
+    import tensorflow as tf
+
+    from pose_net import detector as det
+
+    hw = (8, 10)
+    boxes, classes = [np.array([16.0, 16, 24, 32])], [0]
+    t = det.instance_targets(boxes, classes, [False], hw)
+    heat = det.gaussian_heatmap(boxes, classes, [False], hw, 1)
+    batch = {k: tf.constant(v[None], tf.float32) for k, v in t.items() if k != "centre_index"}
+    batch["centre_index"] = tf.constant(t["centre_index"][None])
+    batch["heatmap"] = tf.constant(heat[None])
+    iy, ix = divmod(int(t["centre_index"][0]), hw[1])
+    size = np.zeros((1, *hw, 2), np.float32)
+    offset = np.zeros((1, *hw, 2), np.float32)
+    size[0, iy, ix], offset[0, iy, ix] = t["size_log"][0], t["offset"][0]
+    logits = np.where(heat >= 1 - 1e-6, 8.0, -8.0)[None].astype(np.float32)
+    good = det.detection_loss({"heatmap": logits, "size": size, "offset": offset}, batch)
+    bad = det.detection_loss({"heatmap": -logits, "size": size + 1, "offset": offset - 0.5}, batch)
+    for k in ("heatmap", "size", "offset"):
+        assert float(good[k]) < float(bad[k])
+    assert float(good["size"]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_detections_pair_with_the_true_boxes_they_overlap():
+    from pose_net.detector import Detection, box_iou, match_detections
+
+    assert box_iou([0, 0, 10, 10], [5, 0, 10, 10]) == pytest.approx(50 / 150)
+    dets = [Detection(3, 0.9, np.array([100.0, 100, 20, 20])), Detection(4, 0.8, np.array([0.0, 0, 20, 20])),
+            Detection(3, 0.7, np.array([0.0, 0, 20, 20])), Detection(3, 0.2, np.array([50.0, 50, 5, 5]))]
+    truth = [np.array([1.0, 1, 20, 20]), np.array([99.0, 99, 20, 20])]
+    matched = match_detections(dets, 3, truth)
+    assert [m.score for m in matched] == [0.7, 0.9]  # the top two of object 3, each to the box it overlaps
+    assert match_detections(dets, 3, truth[:1])[0].score == 0.9  # one instance: the best detection, wherever
+    assert match_detections(dets, 5, truth) == [None, None]
+
+
+def test_bad_input_is_named(tmp_path):
+    from pose_net import detector as det
+
+    with pytest.raises(det.DetectorError, match="RGB image"):
+        det.prepare_image(np.zeros((10, 10)))
+    with pytest.raises(det.DetectorError, match="no trained detector"):
+        det.Detector(tmp_path)
+    with pytest.raises(det.DetectorError, match="no scene folders"):
+        det.list_training_images([tmp_path], None)
+    with pytest.raises(det.DetectorError, match="holds no trained detector"):
+        det.find_detector(tmp_path, tmp_path / "nothing")
+    assert det.find_detector(tmp_path) is None
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """24 scenes of the built-in toy and box (1-2 per image) at a 160x120 camera, and a detector trained on them:
+    on the ImageNet Lite0 when its weights are cached (make pretrained), else on a random one, which trains and
+    runs the same path but finds nothing (a random frozen Lite0's features do not localise)."""
+    from pose_core.objects import builtin_models_dir
+    from pose_net.backbones import pretrained_weights_path
+    from pose_net.detector import train_detector
+    from render.testing import run_scenes
+
+    root = tmp_path_factory.mktemp("det")
+    cam = root / "camera.json"
+    cam.write_text(json.dumps(CAMERA))
+    scenes = run_scenes(builtin_models_dir(), root / "scenes", num_images=24, camera=str(cam), obj_ids=(1, 2),
+                        objects_per_image=(1, 2))
+    weights = "imagenet" if pretrained_weights_path() is not None else "none"
+    cfg = train_detector([scenes], root / "detector", epochs=60, batch_size=8, backbone_weights=weights,
+                         progress=False)
+    return root, scenes, cfg
+
+
+def needs_imagenet(cfg):
+    if not cfg["imagenet_weights"]:
+        pytest.skip("the ImageNet Lite0 weights are not cached (make pretrained): a detector on a random frozen "
+                    "backbone finds nothing to measure")
+
+
+def test_a_short_training_lowers_the_loss_and_finds_the_objects_of_its_scenes(trained):
+    from pose_net.detector import Detector, detection_recall
+
+    root, scenes, cfg = trained
+    assert cfg["obj_ids"] == [1, 2]
+    assert cfg["final_loss"]["total"] < 0.8 * cfg["first_epoch_loss"]["total"]
+    assert not (root / "detector" / "feature_cache").exists()  # removed once the detector is saved
+    result = detection_recall(Detector(root / "detector"), scenes, min_visib=0.3)
+    assert set(result["per_object"]) == {1, 2} and result["instances"] > 0
+    needs_imagenet(cfg)
+    assert cfg["final_loss"]["total"] < 1.0
+    assert result["detection_recall"] >= 0.7, result
+
+
+def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
+    """A pose model folder of the toy with the detector in it: evaluate --boxes predicted reports the detection
+    recall, and predict finds the toy in a scene photo with no box given."""
+    import shutil
+
+    from experiments.bop_train import bop_train
+    from pose_core.objects import builtin_models_dir
+    from pose_net.evaluate import evaluate
+    from pose_net.predict import predict
+
+    root, scenes, _ = trained
+    run = bop_train(builtin_models_dir(), tmp_path / "run", [1], budget="quick",
+                    camera=str(root / "camera.json"))
+    model = run / "obj_000001"
+    shutil.rmtree(run / "detector")
+    shutil.copytree(root / "detector", model / "detector")  # the trained one, not the quick budget's
+    gt = evaluate(model, scenes, 1, boxes="gt", min_visib=0.3)
+    result = evaluate(model, scenes, 1, boxes="predicted", min_visib=0.3, csv_path=tmp_path / "pred.csv",
+                      report_dir=tmp_path / "rep")
+    assert result["box_source"] == "detector" and result["instances"] == gt["instances"]
+    assert "detection_recall" not in gt
+    rows = (tmp_path / "pred.csv").read_text().strip().splitlines()[1:]
+    per_instance = json.loads((tmp_path / "rep" / "per_instance.json").read_text())
+    missed = sum(r["translation"] == "not detected" for r in per_instance)
+    assert len(rows) == result["instances"] - missed  # missed instances have no estimate, and a wrong pose
+    assert all(r["add_mm"] == float("inf") for r in per_instance if r["translation"] == "not detected")
+    with pytest.raises(PoseInputError, match="finds objects"):
+        evaluate(run / "obj_000001", scenes, 3, boxes="predicted", detector=model / "detector",
+                 models_dir=builtin_models_dir(), allow_object_mismatch=True)
+    needs_imagenet(json.loads((model / "detector" / "detector.json").read_text()))
+    assert result["detection_recall"] >= 0.7 and missed <= 0.3 * result["instances"]
+    gt_json = json.loads((scenes / "test" / "000000" / "scene_gt.json").read_text())
+    im_id = next(k for k, v in gt_json.items() if any(i["obj_id"] == 1 for i in v))
+    (tmp_path / "cam.json").write_text(json.dumps({"cam_K": CAMERA["cam_K"]}))
+    out = predict(model, scenes / "test" / "000000" / "rgb" / f"{int(im_id):06d}.png", tmp_path / "cam.json",
+                  out=tmp_path / "all.png")
+    assert [o["obj_id"] for o in out["objects"]] == [1] and (tmp_path / "all.png").is_file()
+    assert len(out["objects"][0]["R"]) == 9 and out["objects"][0]["score"] >= 0.1
