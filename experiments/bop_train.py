@@ -39,7 +39,7 @@ from pathlib import Path
 from absl import app, flags
 
 from experiments import common
-from pose_core import PoseInputError
+from pose_core import PoseInputError, write_json_atomic
 from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT
 
 FLAGS = flags.FLAGS
@@ -137,9 +137,7 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
 
         keras.backend.clear_session()
         index[str(m.obj_id)] = name
-        tmp = index_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"objects": index}, indent=1))
-        tmp.replace(index_path)
+        write_json_atomic(index_path, {"objects": index}, indent=1)
         log(run, f"[{k + 1}/{len(models)}] object {m.obj_id}: done in {(time.time() - t0) / 60:.1f} min")
     log(run, f"{len(models)} objects in {run} ({(time.time() - t_all) / 60:.1f} min this run); evaluate with "
              f"python -m pose_net.evaluate --model_dir {run} --bop_root BOP_ROOT --obj_id all")

@@ -129,20 +129,22 @@ def export_bop_test_set(dataset_dir: Path, out_root: Path, obj_id: int, mesh_pat
         if not (out_root / ".depth_complete").is_file():
             _export_depth(dataset_dir, scene, diameter_mm, out_root / ".depth_complete")
         return out_root
-    (scene / "rgb").mkdir(parents=True, exist_ok=True)
+    for sub in ("rgb", "depth"):
+        (scene / sub).mkdir(parents=True, exist_ok=True)
     gt, cams, gt_info = {}, {}, {}
     for k, s in enumerate(read_samples(dataset_dir)):
         Image.fromarray(s["image"]).save(scene / "rgb" / f"{k:06d}.png")
         gt[str(k)] = [{"cam_R_m2c": np.asarray(s["R"]).reshape(9).tolist(),
                        "cam_t_m2c": np.asarray(s["t_mm"]).tolist(), "obj_id": obj_id}]
-        cams[str(k)] = {"cam_K": np.asarray(s["K"]).reshape(9).tolist(), "depth_scale": 1.0}
+        cams[str(k)] = {"cam_K": np.asarray(s["K"]).reshape(9).tolist(),
+                        "depth_scale": _write_depth(s, diameter_mm, scene / "depth" / f"{k:06d}.png")}
         gt_info[str(k)] = [{"bbox_obj": np.asarray(s["bbox_xywh"]).tolist(),
                             "bbox_visib": np.asarray(s["bbox_xywh"]).tolist(),
                             "visib_fract": float(s["visib_fract"])}]
     (scene / "scene_gt.json").write_text(json.dumps(gt))
     (scene / "scene_camera.json").write_text(json.dumps(cams))
     (scene / "scene_gt_info.json").write_text(json.dumps(gt_info))
-    _export_depth(dataset_dir, scene, diameter_mm, out_root / ".depth_complete")
+    (out_root / ".depth_complete").write_text("ok")
     models = out_root / "models"
     models.mkdir(exist_ok=True)
     src = Path(mesh_path)
@@ -158,23 +160,29 @@ def export_bop_test_set(dataset_dir: Path, out_root: Path, obj_id: int, mesh_pat
     return out_root
 
 
-def _export_depth(dataset_dir: Path, scene: Path, diameter_mm: float, marker: Path):
-    """depth/<k>.png (BOP: 16-bit, mm = value * depth_scale of scene_camera.json) of each rendering: its object
-    depth, and the wall of :data:`RENDERED_WALL_BEHIND_DIAMETERS` elsewhere."""
+def _write_depth(sample: dict, diameter_mm: float, path: Path) -> float:
+    """Writes a rendering's depth/ image (BOP: 16-bit, mm = value * depth_scale): its object depth, and the wall of
+    :data:`RENDERED_WALL_BEHIND_DIAMETERS` elsewhere; returns its depth_scale."""
     from PIL import Image
 
-    from render.dataset import read_samples
     from render.records import depth_scale_for
+
+    depth = np.asarray(sample["depth_mm"], np.float64)
+    wall = float(sample["t_mm"][2]) + RENDERED_WALL_BEHIND_DIAMETERS * diameter_mm
+    depth = np.where(depth > 0, depth, wall)
+    scale = float(depth_scale_for(depth.max()))
+    Image.fromarray(np.rint(depth / scale).astype(np.uint16)).save(path)
+    return scale
+
+
+def _export_depth(dataset_dir: Path, scene: Path, diameter_mm: float, marker: Path):
+    """depth/ images (:func:`_write_depth`) added to a set exported before they were written."""
+    from render.dataset import read_samples
 
     (scene / "depth").mkdir(parents=True, exist_ok=True)
     cams = json.loads((scene / "scene_camera.json").read_text())
     for k, s in enumerate(read_samples(dataset_dir)):
-        depth = np.asarray(s["depth_mm"], np.float64)
-        wall = float(s["t_mm"][2]) + RENDERED_WALL_BEHIND_DIAMETERS * diameter_mm
-        depth = np.where(depth > 0, depth, wall)
-        scale = float(depth_scale_for(depth.max()))
-        Image.fromarray(np.rint(depth / scale).astype(np.uint16)).save(scene / "depth" / f"{k:06d}.png")
-        cams[str(k)]["depth_scale"] = scale
+        cams[str(k)]["depth_scale"] = _write_depth(s, diameter_mm, scene / "depth" / f"{k:06d}.png")
     (scene / "scene_camera.json").write_text(json.dumps(cams))
     marker.write_text("ok")
 

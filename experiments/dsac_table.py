@@ -59,8 +59,8 @@ def _inlier_error(kind: str):
 
 def _rgbd(key: str, percent: bool):
     def value(row: tables.Row) -> str:
-        done = row.rendered_cell.result() if row.rendered_cell else None
-        r = done.get("rendered_rgbd") if done else None
+        rendered = row.results.get("rendered")
+        r = rendered.get("rgbd") if isinstance(rendered, dict) else None
         if not r:
             return "-"
         return f"{100 * r[key]:.1f}" if percent else f"{r[key]:.1f}"

@@ -256,6 +256,17 @@ def render_all(cells: list[Cell]):
         common.run([sys.executable, "-c", _RENDER_MANY, json.dumps(jobs)], log=budget_dir() / "render.log")
 
 
+# What a cell keeps of pose_net.evaluate's figures (cell.json)
+KEPT_FIGURES = ("instances", "add_recall", "add_s_recall", "add_median_mm", "add_s_median_mm", "diameter_mm",
+                "inlier_error_median_px")
+
+
+def rendered_bop_test_set(obj: common.TestObject) -> Path:
+    """The object's rendered test set as a BOP folder (exported once; depth/ added to older exports)."""
+    return common.export_bop_test_set(test_set_dir(obj) / "render", test_set_dir(obj) / "bop", obj.obj_id,
+                                      obj.mesh, obj.diameter_mm, obj.symmetric)
+
+
 def run_cell(cell: Cell) -> dict:
     """Renders (when needed), trains, evaluates one cell; writes and returns cell.json's content."""
     from pose_net.evaluate import evaluate
@@ -271,8 +282,7 @@ def run_cell(cell: Cell) -> dict:
     print(f"cell {cell.name}: running in {folder}", flush=True)
     t0 = time.time()
     render_all([cell])
-    bop_test = common.export_bop_test_set(test_set_dir(obj) / "render", test_set_dir(obj) / "bop", obj.obj_id,
-                                          obj.mesh, obj.diameter_mm, obj.symmetric)
+    bop_test = rendered_bop_test_set(obj)
     train(default_flag_values(
         dataset=str(cell.data_dir()), model_dir=str(folder / "model"), backbone=s["backbone"],
         backbone_weights=s["backbone_weights"], freeze_backbone=s["freeze_backbone"], input_size=s["input_size"],
@@ -288,8 +298,7 @@ def run_cell(cell: Cell) -> dict:
     import keras
 
     keras.backend.clear_session()
-    keep = ("instances", "add_recall", "add_s_recall", "add_median_mm", "add_s_median_mm", "diameter_mm",
-            "inlier_error_median_px")
+    keep = KEPT_FIGURES
     r = evaluate(folder / "model", bop_test, obj.obj_id, "gt", report_dir=folder / "eval_rendered",
                  num_pictures=s["num_pictures"])
     result = {"name": cell.name, "config": cell.config(), "rendered": {k: r[k] for k in keep if k in r}, "real": None,
@@ -318,13 +327,9 @@ def add_rgbd_evaluation(cell: Cell) -> dict | None:
     done = cell.result()
     if done is None or "rendered_rgbd" in done:
         return done and done.get("rendered_rgbd")
-    obj = cell.obj
-    bop_test = common.export_bop_test_set(test_set_dir(obj) / "render", test_set_dir(obj) / "bop", obj.obj_id,
-                                          obj.mesh, obj.diameter_mm, obj.symmetric)  # adds depth/ to older sets
     print(f"cell {cell.name}: RGB-D evaluation on the rendered test set", flush=True)
-    r = evaluate(cell.folder() / "model", bop_test, obj.obj_id, "gt", depth=True)
-    keep = ("instances", "add_recall", "add_s_recall", "add_median_mm", "add_s_median_mm", "diameter_mm")
-    done["rendered_rgbd"] = {k: r[k] for k in keep}
+    r = evaluate(cell.folder() / "model", rendered_bop_test_set(cell.obj), cell.obj.obj_id, "gt", depth=True)
+    done["rendered_rgbd"] = {k: r[k] for k in KEPT_FIGURES if k in r}
     (cell.folder() / "cell.json").write_text(json.dumps(done, indent=1))
     return done["rendered_rgbd"]
 
@@ -359,8 +364,10 @@ def collect(rows: list[Row]):
                 row.results[kind] = cell.missing_input() or NOT_RUN
             elif done[kind] is None:
                 row.results[kind] = done.get("note") or "no real photos"
-            else:
-                row.results[kind] = dict(done[kind], cell=cell.name, wall_s=done["wall_s"])
+            else:  # (with add_rgbd_evaluation's figures, when the cell has them, as "rgbd")
+                row.results[kind] = dict(done[kind], cell=cell.name, wall_s=done["wall_s"],
+                                         **({"rgbd": done["rendered_rgbd"]}
+                                            if kind == "rendered" and done.get("rendered_rgbd") else {}))
 
 
 def _pct(v) -> str:

@@ -16,3 +16,15 @@ def shared_data_dir():
 
     default = Path(__file__).resolve().parents[2] / "shared" / "data"
     return Path(os.environ.get("SYNTHPOSE_SHARED_DATA", default))
+
+
+def write_json_atomic(path, data, indent=None):
+    """Writes ``data`` as JSON to ``path`` through a temporary file: a killed run leaves the old file or the new one,
+    never half of one."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=indent))
+    tmp.replace(path)

@@ -437,6 +437,53 @@ def cache_features(backbone, items, obj_ids: list[int], cache_dir: Path, batch_s
     return arrays
 
 
+def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_size: int = 16,
+             learning_rate: float = 2e-3, seed: int = 0, progress: bool = True, index=None):
+    """Trains a new head on cached features (:func:`cache_features`' arrays; ``index``: the images to use, default
+    all) with Adam and a cosine decay; returns ``(head, history)``, one dict of mean losses per epoch."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    head = build_head(num_classes, [data[f"features{k}"].shape[-1] for k in range(len(FEATURE_LAYERS))])
+    index = np.arange(len(data["features0"])) if index is None else np.asarray(index)
+    n = len(index)
+    steps = epochs * max(1, n // batch_size)
+    opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02))
+
+    @tf.function(reduce_retracing=True)
+    def step(feats, batch):
+        with tf.GradientTape() as tape:
+            losses = detection_loss(head(feats, training=True), batch)
+        grads = tape.gradient(losses["total"], head.trainable_variables)
+        opt.apply_gradients(zip(grads, head.trainable_variables))
+        return losses
+
+    rng = np.random.default_rng(seed)
+    history = []
+    t0 = time.time()
+    for epoch in range(epochs):
+        order = index[rng.permutation(n)]
+        sums: dict[str, float] = {}
+        count = 0
+        for s in range(0, n - batch_size + 1, batch_size):
+            idx = np.sort(order[s:s + batch_size])
+            feats = [tf.constant(data[f"features{k}"][idx], tf.float32) for k in range(len(FEATURE_LAYERS))]
+            batch = {k: tf.constant(data[k][idx], tf.float32) for k in
+                     ("heatmap", "weight", "size_log", "offset", "valid")}
+            batch["centre_index"] = tf.constant(data["centre_index"][idx])
+            losses = step(feats, batch)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+        record = {k: v / max(count, 1) for k, v in sums.items()}
+        history.append(record)
+        if progress:
+            print(f"detector epoch {epoch + 1}/{epochs}: loss {record['total']:.3f} (heatmap {record['heatmap']:.3f}, "
+                  f"size {record['size']:.3f}, offset {record['offset']:.3f}), {time.time() - t0:.0f} s", flush=True)
+    return head, history
+
+
 def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: int = 30, batch_size: int = 16,
                    learning_rate: float = 2e-3, seed: int = 0, backbone_weights: str = "imagenet",
                    progress: bool = True, keep_feature_cache: bool = False) -> dict:
@@ -445,7 +492,6 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
     The features' cache (``out/feature_cache``, about 160 KB an image) is removed once the detector is saved,
     unless ``keep_feature_cache`` (to train other heads on the same features)."""
     import keras
-    import tensorflow as tf
 
     from pose_net.evaluate import report_path
 
@@ -463,42 +509,10 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
     backbone = build_backbone(backbone_weights)
     data = cache_features(backbone, items, ids, out / "feature_cache", progress=progress)
     t_features = time.time() - t0
-    head = build_head(len(ids), [data[f"features{k}"].shape[-1] for k in range(len(FEATURE_LAYERS))])
+    t1 = time.time()
+    head, history = fit_head(data, len(ids), epochs, batch_size, learning_rate, seed, progress)
     n = len(data["features0"])
     steps = epochs * max(1, n // batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02)
-    opt = keras.optimizers.Adam(schedule)
-
-    @tf.function(reduce_retracing=True)
-    def step(feats, batch):
-        with tf.GradientTape() as tape:
-            losses = detection_loss(head(feats, training=True), batch)
-        grads = tape.gradient(losses["total"], head.trainable_variables)
-        opt.apply_gradients(zip(grads, head.trainable_variables))
-        return losses
-
-    rng = np.random.default_rng(seed)
-    history = []
-    t1 = time.time()
-    for epoch in range(epochs):
-        order = rng.permutation(n)
-        sums: dict[str, float] = {}
-        count = 0
-        for s in range(0, n - batch_size + 1, batch_size):
-            idx = np.sort(order[s:s + batch_size])
-            feats = [tf.constant(data[f"features{k}"][idx], tf.float32) for k in range(len(FEATURE_LAYERS))]
-            batch = {k: tf.constant(data[k][idx], tf.float32) for k in
-                     ("heatmap", "weight", "size_log", "offset", "valid")}
-            batch["centre_index"] = tf.constant(data["centre_index"][idx])
-            losses = step(feats, batch)
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            count += 1
-        record = {k: v / max(count, 1) for k, v in sums.items()}
-        history.append(record)
-        if progress:
-            print(f"detector epoch {epoch + 1}/{epochs}: loss {record['total']:.3f} (heatmap {record['heatmap']:.3f}, "
-                  f"size {record['size']:.3f}, offset {record['offset']:.3f}), {time.time() - t1:.0f} s", flush=True)
     if not np.isfinite(history[-1]["total"]):
         raise DetectorError(f"the detector's loss is not finite ({history[-1]}): not saved")
     model = build_detector(backbone, head)

@@ -63,6 +63,44 @@ def spherical_uv(vertices: np.ndarray) -> np.ndarray:
     return np.stack([u * 3.0, v * 2.0], axis=1)  # a few repeats: textures show at object scale
 
 
+def random_material_primitive(mesh):
+    """A pyrender primitive of ``mesh`` (in metres) with generated texture coordinates (:func:`spherical_uv`), for
+    random materials (:func:`material` is assigned to its ``material`` per image)."""
+    import pyrender
+
+    return pyrender.Primitive(
+        positions=np.asarray(mesh.vertices, np.float32), normals=np.asarray(mesh.vertex_normals, np.float32),
+        texcoord_0=spherical_uv(np.asarray(mesh.vertices)).astype(np.float32),
+        indices=np.asarray(mesh.faces, np.uint32), material=pyrender.MetallicRoughnessMaterial())
+
+
+def can_cull_back_faces(mesh) -> bool:
+    """Back faces are culled only for closed, consistently wound meshes (half the triangles, the same picture);
+    anything else (open scans, split-vertex OBJ files) is drawn two-sided."""
+    return bool(mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0)
+
+
+def add_opencv_camera(scene, K):
+    """The camera of intrinsics ``K`` (OpenCV convention) in a pyrender scene, at the origin looking down +z."""
+    import pyrender
+
+    K = np.asarray(K, np.float64)
+    # pyrender's window coordinates put pixel centres at half-integers: +0.5 maps OpenCV pixel centres onto them
+    cam = pyrender.IntrinsicsCamera(fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]) + 0.5,
+                                    cy=float(K[1, 2]) + 0.5, znear=0.01, zfar=100.0)
+    return scene.add(cam, pose=opengl_camera_pose())
+
+
+def offscreen_renderer(width: int, height: int, fast_shader: bool = True):
+    """pyrender's offscreen renderer, with the repository's leaner shaders when they are there."""
+    import pyrender
+
+    renderer = pyrender.OffscreenRenderer(width, height)
+    if fast_shader and (SHADER_DIR / "mesh.frag").is_file() and (SHADER_DIR / "mesh.vert").is_file():
+        renderer._renderer._program_cache = _fast_shader_cache()
+    return renderer
+
+
 class ParamSampler:
     """All random choices of each sample as plain numbers (no GL), from (seed, index) only."""
 
@@ -213,10 +251,7 @@ class SampleRenderer:
         own = pyrender.Mesh.from_trimesh(m, smooth=not _is_textured(m))
         self.own_node = self.scene.add(own)
         # random appearance: same geometry with generated UVs, material replaced per sample
-        self._rand_prim = pyrender.Primitive(
-            positions=np.asarray(m.vertices, np.float32), normals=np.asarray(m.vertex_normals, np.float32),
-            texcoord_0=spherical_uv(np.asarray(m.vertices)).astype(np.float32),
-            indices=np.asarray(m.faces, np.uint32), material=pyrender.MetallicRoughnessMaterial())
+        self._rand_prim = random_material_primitive(m)
         self.rand_node = self.scene.add(pyrender.Mesh([self._rand_prim]))
         self.lights = LightRig(self.scene)
         # distractors: one node per (slot, shape), hidden unless used
@@ -231,27 +266,15 @@ class SampleRenderer:
             for _ in range(MAX_DISTRACTORS):
                 slot = {}
                 for name, sh in shapes.items():
-                    prim = pyrender.Primitive(
-                        positions=np.asarray(sh.vertices, np.float32),
-                        normals=np.asarray(sh.vertex_normals, np.float32),
-                        texcoord_0=spherical_uv(np.asarray(sh.vertices)).astype(np.float32),
-                        indices=np.asarray(sh.faces, np.uint32), material=pyrender.MetallicRoughnessMaterial())
+                    prim = random_material_primitive(sh)
                     node = self.scene.add(pyrender.Mesh([prim]))
                     node.mesh.is_visible = False
                     slot[name] = (node, prim)
                 self.distractor_nodes.append(slot)
-        f = float(self.K[0, 0])
-        c = float(self.K[0, 2])
-        # pyrender's window coordinates put pixel centres at half-integers: +0.5 maps OpenCV pixel centres onto them
-        cam = pyrender.IntrinsicsCamera(fx=f, fy=f, cx=c + 0.5, cy=c + 0.5, znear=0.01, zfar=100.0)
-        self.scene.add(cam, pose=opengl_camera_pose())
+        add_opencv_camera(self.scene, self.K)
         _set_msaa(config.msaa)
-        self.renderer = pyrender.OffscreenRenderer(size, size)
-        if config.fast_shader and (SHADER_DIR / "mesh.frag").is_file() and (SHADER_DIR / "mesh.vert").is_file():
-            self.renderer._renderer._program_cache = _fast_shader_cache()
-        # Back faces are culled only for closed, consistently wound meshes (half the triangles, same picture);
-        # anything else (open scans, split-vertex OBJ files) is drawn two-sided.
-        cull = bool(m.is_watertight and m.is_winding_consistent and m.volume > 0)
+        self.renderer = offscreen_renderer(size, size, config.fast_shader)
+        cull = can_cull_back_faces(m)
         self.back_face_culling = cull
         extra = 0 if cull else pyrender.RenderFlags.SKIP_CULL_FACES
         self._flags_color = pyrender.RenderFlags.RGBA | extra

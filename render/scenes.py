@@ -2,14 +2,15 @@
 
     python -m render.scenes --models_dir DIR --out BOP_ROOT [--obj_ids 1,5,6|all] [--num_images 100]
         [--camera CAMERA.json] [--objects_per_image 2,5] [--randomization complete] [--backgrounds DIR]
-        [--seed 0] [--split test] [--scene_id 0]
+        [--exclude_obj_ids 10] [--distractors_dir MODELS] [--seed 0] [--split test] [--scene_id 0]
 
 Each image shows 2-5 (``--objects_per_image``) different objects of a BOP models folder at the test camera's
 intrinsics and image size (``--camera``: a JSON with ``cam_K`` and ``width``/``height``, or a BOP
 ``scene_camera.json``, whose first camera is used; default :data:`DEFAULT_CAMERA`, LINEMOD's 640x480 camera), at
 distances where each object's diameter spans :attr:`SceneRanges.object_size_frac` of the shorter image side, posed
 uniformly on SO(3), with the randomization of ``--randomization`` (render/modes.py: background, object appearance,
-lights, noise; each object gets its own appearance).
+lights, noise; each object gets its own appearance). ``--distractors_dir``: 0-3 objects of another BOP models
+folder per image, rendered like the others but not annotated (the other things a photo holds, for detectors).
 
 Written (BOP layout, the same as real test sets, so ``pose_net.evaluate`` and detectors read both):
 
@@ -42,11 +43,12 @@ import render  # noqa: F401  (sets PYOPENGL_PLATFORM=egl before pyrender is impo
 import numpy as np
 from absl import app, flags
 
-from pose_core import PoseInputError, bop
-from pose_core.geometry import bbox_from_mask, opengl_camera_pose, pose_matrix, random_rotations
+from pose_core import PoseInputError, bop, write_json_atomic
+from pose_core.geometry import bbox_from_mask, pose_matrix, random_rotations
 from pose_core.mesh import load_mesh, mesh_diameter
 from render import randomize as rz
-from render.engine import MM, LightRig, _is_textured, material, spherical_uv
+from render.engine import (MM, LightRig, _is_textured, add_opencv_camera, can_cull_back_faces, material,
+                           offscreen_renderer, random_material_primitive)
 from render.modes import mode_axes
 from render.records import depth_scale_for
 
@@ -56,7 +58,7 @@ DEFAULT_CAMERA = {"cam_K": [572.4114, 0.0, 325.2611, 0.0, 573.57043, 242.04899, 
 FLUSH_EVERY = 10  # images between rewrites of the scene's JSON files (what a killed run loses at most)
 SCENE_INFO = "scenes.json"  # what the folder was made with (the refusal of a different run)
 # The random streams of a scene image (render/randomize.py's STREAM_* numbers stay those of single-object data).
-STREAM_LAYOUT, STREAM_BACKGROUND, STREAM_LIGHT, STREAM_NOISE, STREAM_APPEARANCE = range(100, 105)
+STREAM_LAYOUT, STREAM_BACKGROUND, STREAM_LIGHT, STREAM_NOISE, STREAM_APPEARANCE, STREAM_DISTRACTORS = range(100, 106)
 
 
 class SceneError(PoseInputError):
@@ -69,6 +71,7 @@ class SceneRanges:
     object_size_frac: tuple = (0.15, 0.5)  # projected diameter / shorter image side (72-240 px at 640x480)
     margin_frac: float = 0.1  # object centres at least this share of the image size from the border
     objects_per_image: tuple = (2, 5)  # inclusive
+    distractors_per_image: tuple = (0, 3)  # inclusive, when distractor models are given
 
 
 @dataclass
@@ -134,8 +137,12 @@ class SceneSampler:
     """All random choices of scene image ``index`` (pure numpy; deterministic in (seed, index))."""
 
     def __init__(self, models: list[SceneModel], K, width: int, height: int, mode: str, seed: int,
-                 ranges: SceneRanges = SceneRanges(), look: rz.Ranges = rz.Ranges(), photos: list = ()):
+                 ranges: SceneRanges = SceneRanges(), look: rz.Ranges = rz.Ranges(), photos: list = (),
+                 distractors: list[SceneModel] = ()):
+        """``distractors``: models shown but not annotated (other objects a photo may hold); the renderer's models
+        are ``models + distractors``, and an instance's ``model`` indexes that list."""
         self.models, self.K, self.width, self.height = models, np.asarray(K, np.float64), width, height
+        self.distractors = list(distractors)
         self.axes, self.seed, self.ranges, self.look, self.photos = mode_axes(mode), seed, ranges, look, list(photos)
         if self.axes["background"] == "real" and not self.photos:
             raise SceneError("randomization real_background needs background photos (--backgrounds)")
@@ -145,19 +152,15 @@ class SceneSampler:
         lo, hi = self.ranges.objects_per_image
         n = min(int(rng.integers(lo, hi + 1)), len(self.models))
         chosen = rng.choice(len(self.models), size=n, replace=False)
-        side = min(self.width, self.height)
-        instances = []
-        for k in chosen:
-            m = self.models[int(k)]
-            size_px = rng.uniform(*self.ranges.object_size_frac) * side
-            z = self.K[0, 0] * m.diameter_mm / size_px  # the distance at which the diameter spans size_px
-            margin = self.ranges.margin_frac
-            u = rng.uniform(margin * self.width, (1 - margin) * self.width)
-            v = rng.uniform(margin * self.height, (1 - margin) * self.height)
-            centre_cam = z * np.linalg.solve(self.K, [u, v, 1.0])  # where the model's box centre goes
-            R = random_rotations(1, rng)[0]
-            centre_model = (m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0
-            instances.append({"model": int(k), "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ centre_model})
+        instances = [self._place(rng, int(k), self.models[int(k)]) for k in chosen]
+        distractors = []
+        if self.distractors:  # their own random stream: scenes without distractors stay as they were
+            rng_d = rz.sample_rng(self.seed, index, STREAM_DISTRACTORS)
+            lo, hi = self.ranges.distractors_per_image
+            n = min(int(rng_d.integers(lo, hi + 1)), len(self.distractors))
+            for k in rng_d.choice(len(self.distractors), size=n, replace=False):
+                distractors.append(dict(self._place(rng_d, len(self.models) + int(k), self.distractors[int(k)]),
+                                        obj_id=None))
         rng_bg = rz.sample_rng(self.seed, index, STREAM_BACKGROUND)
         big = max(self.width, self.height)
         if self.axes["background"] == "random":
@@ -169,11 +172,27 @@ class SceneSampler:
         rng_app = rz.sample_rng(self.seed, index, STREAM_APPEARANCE)
         for inst in instances:
             inst["appearance"] = rz.object_appearance(rng_app, self.look) if self.axes["object"] == "random" else "own"
+        for inst in distractors:  # drawn after the objects': their appearances stay as they were
+            inst["appearance"] = rz.object_appearance(rng_app, self.look) if self.axes["object"] == "random" else "own"
         centre_m = np.mean([i["t_mm"] for i in instances], axis=0) * MM
         light = (rz.sample_lights(rz.sample_rng(self.seed, index, STREAM_LIGHT), centre_m, self.look)
                  if self.axes["light"] == "random" else rz.FIXED_LIGHT)
-        return {"index": int(index), "instances": instances, "background": background[:self.height, :self.width],
-                "light": light, "noise": bool(self.axes["noise"])}
+        return {"index": int(index), "instances": instances, "distractors": distractors,
+                "background": background[:self.height, :self.width], "light": light,
+                "noise": bool(self.axes["noise"])}
+
+    def _place(self, rng, model_index: int, m: SceneModel) -> dict:
+        """A pose of ``m`` at a random image position, at the distance where its diameter spans a random share of
+        the shorter image side (:attr:`SceneRanges.object_size_frac`), uniformly rotated."""
+        size_px = rng.uniform(*self.ranges.object_size_frac) * min(self.width, self.height)
+        z = self.K[0, 0] * m.diameter_mm / size_px  # the distance at which the diameter spans size_px
+        margin = self.ranges.margin_frac
+        u = rng.uniform(margin * self.width, (1 - margin) * self.width)
+        v = rng.uniform(margin * self.height, (1 - margin) * self.height)
+        centre_cam = z * np.linalg.solve(self.K, [u, v, 1.0])  # where the model's box centre goes
+        R = random_rotations(1, rng)[0]
+        centre_model = (m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0
+        return {"model": model_index, "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ centre_model}
 
 
 class SceneRenderer:
@@ -185,33 +204,22 @@ class SceneRenderer:
     def __init__(self, sampler: SceneSampler):
         import pyrender
 
-        from render.engine import _fast_shader_cache, SHADER_DIR
-
         self.sampler = sampler
         self.scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.3, 0.3, 0.3])
         self.nodes = []  # per model: (own node, random node, random primitive)
         cull_all = True
-        for m in sampler.models:
+        for m in sampler.models + sampler.distractors:
             mesh = m.mesh.copy()
             mesh.apply_scale(MM)
             own = self.scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=not _is_textured(mesh)))
-            prim = pyrender.Primitive(
-                positions=np.asarray(mesh.vertices, np.float32), normals=np.asarray(mesh.vertex_normals, np.float32),
-                texcoord_0=spherical_uv(np.asarray(mesh.vertices)).astype(np.float32),
-                indices=np.asarray(mesh.faces, np.uint32), material=pyrender.MetallicRoughnessMaterial())
+            prim = random_material_primitive(mesh)
             rand = self.scene.add(pyrender.Mesh([prim]))
             own.mesh.is_visible = rand.mesh.is_visible = False
             self.nodes.append((own, rand, prim))
-            cull_all &= bool(mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0)
+            cull_all &= can_cull_back_faces(mesh)
         self.lights = LightRig(self.scene)
-        K = sampler.K
-        # pyrender's window coordinates put pixel centres at half-integers: +0.5 maps OpenCV pixel centres onto them
-        cam = pyrender.IntrinsicsCamera(fx=K[0, 0], fy=K[1, 1], cx=K[0, 2] + 0.5, cy=K[1, 2] + 0.5, znear=0.01,
-                                        zfar=100.0)
-        self.scene.add(cam, pose=opengl_camera_pose())
-        self.renderer = pyrender.OffscreenRenderer(sampler.width, sampler.height)
-        if (SHADER_DIR / "mesh.frag").is_file() and (SHADER_DIR / "mesh.vert").is_file():
-            self.renderer._renderer._program_cache = _fast_shader_cache()
+        add_opencv_camera(self.scene, sampler.K)
+        self.renderer = offscreen_renderer(sampler.width, sampler.height)
         extra = 0 if cull_all else pyrender.RenderFlags.SKIP_CULL_FACES
         self._flags_color = pyrender.RenderFlags.RGBA | extra
         self._flags_depth = pyrender.RenderFlags.DEPTH_ONLY | extra
@@ -227,7 +235,8 @@ class SceneRenderer:
         object), and per instance ``full [H, W]`` and ``visible [H, W]`` bool masks."""
         for own, rand, _ in self.nodes:
             own.mesh.is_visible = rand.mesh.is_visible = False
-        for inst in p["instances"]:
+        shown = p["instances"] + p.get("distractors", [])
+        for inst in shown:
             own, rand, prim = self.nodes[inst["model"]]
             node = own if inst["appearance"] == "own" else rand
             if inst["appearance"] != "own":
@@ -238,7 +247,7 @@ class SceneRenderer:
         color, depth = self.renderer.render(self.scene, flags=self._flags_color)
         masks = []
         for inst in p["instances"]:  # each object alone: its full silhouette and depth, to find what is hidden
-            for other in p["instances"]:
+            for other in shown:
                 self._show(other, other is inst)
             alone = self.renderer.render(self.scene, flags=self._flags_depth)
             full = alone > 0
@@ -268,19 +277,15 @@ def instance_info(full: np.ndarray, visible: np.ndarray) -> dict:
             "visib_fract": n_vis / n_all if n_all else 0.0}
 
 
-def _write_json(path: Path, data):
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)  # a killed run leaves the old file or the new one, never half of one
-
-
 def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images: int = 100, camera=None,
                   mode: str = "complete", seed: int = 0, split: str = "test", scene_id: int = 0,
                   objects_per_image: tuple = SceneRanges.objects_per_image, backgrounds: str | None = None,
-                  progress: bool = True, exclude_obj_ids=()) -> Path:
+                  progress: bool = True, exclude_obj_ids=(), distractors_dir=None) -> Path:
     """Renders (or finishes) a BOP folder of scene images; returns its root. See the module docstring.
     ``exclude_obj_ids``: background photos that show these objects (``objects_in_frame.json`` of
-    ``backgrounds``) are left out, so a photo of the test object cannot leak into its training scenes."""
+    ``backgrounds``) are left out, so a photo of the test object cannot leak into its training scenes.
+    ``distractors_dir``: a BOP models folder whose objects (those not among the scene's own) appear, 0-3 per image
+    (:attr:`SceneRanges.distractors_per_image`), unannotated: other things a photo holds."""
     from PIL import Image
 
     if num_images < 1:
@@ -296,6 +301,13 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
               "objects_per_image": [lo, hi], "split": split, "scene_id": scene_id}
     if mode_axes(mode)["background"] == "real":  # (recorded only where photos are used: older folders resume)
         wanted["backgrounds_exclude_obj_ids"] = sorted(int(i) for i in exclude_obj_ids)
+    distractors = []
+    if distractors_dir:  # (recorded only when given, likewise)
+        own = {m.path.resolve() for m in models}
+        distractors = [d for d in load_models(distractors_dir, None) if d.path.resolve() not in own]
+        if not distractors:
+            raise SceneError(f"--distractors_dir {distractors_dir}: no object there that is not one of the scene's")
+        wanted["distractors"] = [d.path.name for d in distractors]
     info_path = out / SCENE_INFO
     if info_path.is_file():
         have = json.loads(info_path.read_text())
@@ -310,7 +322,7 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
         photos = [(Path(p).name, (lambda p=p: np.asarray(Image.open(p).convert("RGB"))))
                   for p in rz.list_backgrounds(backgrounds, list(exclude_obj_ids))] if backgrounds else []
     sampler = SceneSampler(models, K, width, height, mode, seed, SceneRanges(objects_per_image=(lo, hi)),
-                           photos=photos)
+                           photos=photos, distractors=distractors)
     scene = out / split / f"{scene_id:06d}"
     for sub in ("rgb", "depth", "mask_visib"):
         (scene / sub).mkdir(parents=True, exist_ok=True)
@@ -342,7 +354,7 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
             cams[str(i)] = {"cam_K": K.reshape(9).tolist(), "depth_scale": scale}
             if (i + 1) % FLUSH_EVERY == 0 or i + 1 == num_images:
                 for name, data in (("scene_gt", gt), ("scene_camera", cams), ("scene_gt_info", infos)):
-                    _write_json(scene / f"{name}.json", data)
+                    write_json_atomic(scene / f"{name}.json", data)
                 if progress:
                     rate = (i + 1 - start) / max(time.time() - t0, 1e-9)
                     print(f"{out}: {i + 1}/{num_images} scene images ({rate:.1f} img/s)", flush=True)
@@ -365,7 +377,7 @@ def _copy_models(models: list[SceneModel], src: Path, dst: Path):
     for f in src.glob("*.png"):  # textures referenced by .mtl files keep their names
         if not (dst / f.name).is_file():
             shutil.copy(f, dst / f.name)
-    _write_json(dst / "models_info.json", {str(m.obj_id): info[str(m.obj_id)] for m in models})
+    write_json_atomic(dst / "models_info.json", {str(m.obj_id): info[str(m.obj_id)] for m in models})
 
 
 def render_scenes_in_subprocess(models_dir, out, log=None, timeout=None, **flags) -> Path:
@@ -403,6 +415,8 @@ def define_flags():
     flags.DEFINE_string("backgrounds", None, "folder of background photos (randomization real_background)")
     flags.DEFINE_list("exclude_obj_ids", [], "background photos showing these object ids (objects_in_frame.json of "
                       "--backgrounds) are left out: give the test objects' ids, so no photo of them leaks in")
+    flags.DEFINE_string("distractors_dir", None, "BOP models folder of distractors: 0-3 of its objects per image, "
+                        "shown but not annotated")
     flags.DEFINE_integer("seed", 0, "seed of every random choice")
     flags.DEFINE_string("split", "test", "BOP split folder to write")
     flags.DEFINE_integer("scene_id", 0, "BOP scene id to write")
@@ -427,7 +441,7 @@ def main(argv):
         lo, hi = (int(x) for x in F.objects_per_image)
         render_scenes(F.models_dir, F.out, parse_obj_ids(F.obj_ids), F.num_images, F.camera, F.randomization,
                       F.seed, F.split, F.scene_id, (lo, hi), F.backgrounds,
-                      exclude_obj_ids=[int(x) for x in F.exclude_obj_ids])
+                      exclude_obj_ids=[int(x) for x in F.exclude_obj_ids], distractors_dir=F.distractors_dir)
     except (PoseInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

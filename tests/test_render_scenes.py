@@ -136,3 +136,27 @@ def test_bad_input_gets_a_clear_error(models_dir, camera, tmp_path):
     scene_cam.write_text(json.dumps({"3": {"cam_K": CAMERA["cam_K"], "depth_scale": 1.0}}))
     K, w, h = load_camera(str(scene_cam))
     assert K[0, 0] == 200.0 and (w, h) == (640, 480)
+
+
+def test_distractors_are_shown_but_not_annotated(models_dir, camera, tmp_path):
+    """Objects of another models folder appear in the images (depth where no annotated object is, objects hidden
+    behind them) without an entry in scene_gt.json; the annotated objects' poses are the same as without them."""
+    from PIL import Image
+
+    from pose_core.objects import builtin_models_dir
+
+    plain = _render(models_dir, tmp_path / "plain", camera, 8, obj_ids=[1], objects_per_image=(1, 1))
+    mixed = _render(models_dir, tmp_path / "mixed", camera, 8, obj_ids=[1], objects_per_image=(1, 1),
+                    distractors_dir=builtin_models_dir())
+    gt_plain = json.loads((plain / "test" / "000000" / "scene_gt.json").read_text())
+    gt_mixed = json.loads((mixed / "test" / "000000" / "scene_gt.json").read_text())
+    assert gt_plain == gt_mixed  # one annotated object per image, posed as without distractors
+    assert [n.split(".")[0] for n in json.loads((mixed / "scenes.json").read_text())["distractors"]] == [
+        f"obj_{i:06d}" for i in (1, 2, 3)]
+    extra = 0
+    for im_id in gt_mixed:
+        scene = mixed / "test" / "000000"
+        depth = np.asarray(Image.open(scene / "depth" / f"{int(im_id):06d}.png")) > 0
+        visible = np.asarray(Image.open(scene / "mask_visib" / f"{int(im_id):06d}_000000.png")) > 0
+        extra += int((depth & ~visible).sum())
+    assert extra > 100  # something is drawn where the annotated object is not
