@@ -6,7 +6,8 @@
 First the detector of all the objects (``RUN/detector/``, pose_net/detector.py): scenes of 1-4 of the objects
 rendered at the test camera (``--camera``: ``cam_K``, ``width``, ``height``, or a BOP ``scene_camera.json``; default
 LINEMOD's) shrunk to the detector's input size, ``complete`` randomization, and as many again on real photos when
-``--backgrounds`` is given (``real_background``; ``--exclude_obj_ids`` leaves out photos showing the objects); then,
+``--backgrounds`` is given (``real_background``; ``--exclude_obj_ids`` leaves out photos showing the objects), with
+``--distractors_dir``'s objects shown unannotated and the objects at ``--object_size_frac`` of the image; then,
 for each object of ``--obj_ids`` (validated first: models_info.json, model files in millimetres, known ids):
 
 1. its training renderings, ``RUN/data/obj_NNNNNN/`` (``render.generate``, ``complete`` randomization, its
@@ -57,6 +58,10 @@ def define_flags():
     flags.DEFINE_string("backgrounds", None, "folder of real photos: as many detector scenes again on them")
     flags.DEFINE_list("exclude_obj_ids", [], "background photos showing these ids (objects_in_frame.json) are left "
                       "out")
+    flags.DEFINE_string("distractors_dir", None, "a BOP models folder of other objects, shown unannotated in the "
+                        "detector's scenes")
+    flags.DEFINE_list("object_size_frac", ["0.15", "0.5"], "MIN,MAX of an object's projected diameter over the "
+                      "shorter image side in the detector's scenes (the distances seen in practice)")
     flags.DEFINE_enum("head", "direct", ["direct", "coords"], "pose head of every object "
                       "(docs/results/method_table.md: the direct head has the lower real median errors of the two at "
                       "the CPU budget)")
@@ -86,7 +91,8 @@ def log(run: Path, text: str):
 
 
 def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", head: str = "direct",
-              camera=None, backgrounds=None, exclude_obj_ids=()) -> Path:
+              camera=None, backgrounds=None, exclude_obj_ids=(), distractors_dir=None,
+              object_size_frac=(0.15, 0.5)) -> Path:
     """Renders and trains the detector and every object's pose network; returns the run folder (see the module
     docstring)."""
     from pose_core import bop
@@ -113,7 +119,7 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
     info = bop.load_models_info(Path(models_dir) / "models_info.json")
     t_all = time.time()
     train_run_detector(run, models_dir, [m.obj_id for m in models], s, K, width, height, backgrounds,
-                       exclude_obj_ids)
+                       exclude_obj_ids, distractors_dir, object_size_frac)
     for k, m in enumerate(models):
         name = f"obj_{m.obj_id:06d}"
         model_dir = run / name
@@ -144,7 +150,8 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
     return run
 
 
-def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height, backgrounds, exclude_obj_ids):
+def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height, backgrounds, exclude_obj_ids,
+                       distractors_dir=None, object_size_frac=(0.15, 0.5)):
     """``RUN/detector/`` of all the objects, on scenes rendered at the test camera (skipped when finished)."""
     from pose_net import detector as det
 
@@ -160,7 +167,9 @@ def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height
         log(run, f"detector: rendering {n} scenes ({mode}) at {camera['width']}x{camera['height']}")
         roots.append(det.render_training_scenes(models_dir, run / "data" / f"detector_scenes_{mode}", obj_ids, n,
                                                 camera, mode, seed=0, backgrounds=backgrounds,
-                                                exclude_obj_ids=exclude_obj_ids, log=run / "render.log"))
+                                                exclude_obj_ids=exclude_obj_ids, log=run / "render.log",
+                                                distractors_dir=distractors_dir,
+                                                object_size_frac=tuple(object_size_frac)))
     log(run, f"detector: training on {len(roots)} scene folders ({s['detector_epochs']} epochs)")
     det.train_detector(roots, run / det.DETECTOR_SUBDIR, obj_ids, epochs=s["detector_epochs"], progress=False)
     import keras
@@ -177,7 +186,8 @@ def main(argv):
         raise app.UsageError("--models_dir and --out are required")
     try:
         bop_train(FLAGS.models_dir, FLAGS.out, parse_obj_ids(FLAGS.obj_ids), FLAGS.budget, FLAGS.head, FLAGS.camera,
-                  FLAGS.backgrounds, [int(x) for x in FLAGS.exclude_obj_ids])
+                  FLAGS.backgrounds, [int(x) for x in FLAGS.exclude_obj_ids], FLAGS.distractors_dir,
+                  tuple(float(x) for x in FLAGS.object_size_frac))
     except PoseInputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -6,8 +6,9 @@
 Per real set of ../shared/data:
 
 * training scenes of its object at its camera, shrunk to the detector's input (:func:`pose_net.detector.
-  training_camera`): ``complete`` randomization, and as many on the real photos of ../shared/data/ycbv_backgrounds
-  that do not show the object (``real_background``);
+  training_camera`), with 0-3 of the LINEMOD objects as unannotated distractors, at 0.2-0.8 of the image height:
+  ``complete`` randomization, and as many on the real photos of ../shared/data/ycbv_backgrounds that do not show
+  the object (``real_background``);
 * the detector trained on them (pose_net/detector.py), its detection recall at IoU 0.5 on the real photos;
 * the pose models of the other tables, when they have been trained (the direct head of ``make per-object``, the
   coordinate head after DSAC of ``make dsac-table``), scored with the true boxes and with the detector's.
@@ -40,6 +41,11 @@ BUDGETS = {"quick": dict(scenes=16, epochs=2, lmo_test_scenes=4),
            "gpu": dict(scenes=5000, epochs=40, lmo_test_scenes=200)}
 SCENE_MODES = ("complete", "real_background")
 SCENE_SEED = 1
+# Distractors: the eight scanned LINEMOD objects, shown unannotated (random materials, as the object's)
+DISTRACTORS = common.SHARED_DATA / "lmo_models"
+# The objects' projected diameter over the image height in the scenes: a tabletop at 0.5-2 m (the real sets' objects
+# span 0.39-0.59 of it; render.scenes' default, 0.15-0.5, is LINEMOD's range and misses the cracker box)
+OBJECT_SIZE_FRAC = (0.2, 0.8)
 LMO_TEST_SEED = 1000  # the test scenes' seed: not one of the training scenes' (bop_train renders with seed 0)
 
 
@@ -79,7 +85,9 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict) -> dict:
             roots.append(det.render_training_scenes(obj.real_root / "models", folder / f"scenes_{mode}",
                                                     [obj.obj_id], s["scenes"], camera, mode, SCENE_SEED,
                                                     backgrounds=tables.backgrounds_dir(),
-                                                    exclude_obj_ids=[obj.obj_id], log=folder / "render.log"))
+                                                    exclude_obj_ids=[obj.obj_id], log=folder / "render.log",
+                                                    distractors_dir=DISTRACTORS if DISTRACTORS.is_dir() else None,
+                                                    object_size_frac=OBJECT_SIZE_FRAC))
         print(f"{real_set}: training the detector", flush=True)
         det.train_detector(roots, detector_dir, [obj.obj_id], epochs=s["epochs"], progress=True)
     config = json.loads((detector_dir / det.DETECTOR_CONFIG).read_text())

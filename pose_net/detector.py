@@ -339,9 +339,13 @@ def training_camera(K, width: int, height: int) -> dict:
 
 
 def render_training_scenes(models_dir, out, obj_ids: list[int], num_images: int, camera: dict, mode: str,
-                           seed: int, objects_per_image=(1, 4), backgrounds=None, exclude_obj_ids=(), log=None):
+                           seed: int, objects_per_image=(1, 4), backgrounds=None, exclude_obj_ids=(), log=None,
+                           distractors_dir=None, object_size_frac=None):
     """Renders (or finishes) one folder of training scenes at ``camera`` (:func:`training_camera`), ``render.scenes``
-    in a subprocess; returns the folder."""
+    in a subprocess; returns the folder. ``distractors_dir``: a models folder of other objects shown unannotated
+    (without them the object is the only rendered thing on a real background, and a detector learns to find
+    whatever looks rendered); ``object_size_frac``: its projected diameter over the shorter image side, ``(min,
+    max)`` (default render.scenes')."""
     from render.scenes import render_scenes_in_subprocess
 
     out = Path(out)
@@ -351,7 +355,8 @@ def render_training_scenes(models_dir, out, obj_ids: list[int], num_images: int,
     return render_scenes_in_subprocess(
         models_dir, out, log=log, obj_ids=list(obj_ids), num_images=num_images, camera=camera_file,
         randomization=mode, seed=seed, backgrounds=backgrounds, exclude_obj_ids=list(exclude_obj_ids) or None,
-        objects_per_image=(objects_per_image[0], min(objects_per_image[1], len(obj_ids))))
+        objects_per_image=(objects_per_image[0], min(objects_per_image[1], len(obj_ids))),
+        distractors_dir=distractors_dir, object_size_frac=object_size_frac)
 
 
 def list_training_images(roots, obj_ids: list[int] | None) -> tuple[list, list[int]]:

@@ -2,7 +2,8 @@
 
     python -m render.scenes --models_dir DIR --out BOP_ROOT [--obj_ids 1,5,6|all] [--num_images 100]
         [--camera CAMERA.json] [--objects_per_image 2,5] [--randomization complete] [--backgrounds DIR]
-        [--exclude_obj_ids 10] [--distractors_dir MODELS] [--seed 0] [--split test] [--scene_id 0]
+        [--exclude_obj_ids 10] [--distractors_dir MODELS] [--object_size_frac 0.15,0.5] [--seed 0]
+        [--split test] [--scene_id 0]
 
 Each image shows 2-5 (``--objects_per_image``) different objects of a BOP models folder at the test camera's
 intrinsics and image size (``--camera``: a JSON with ``cam_K`` and ``width``/``height``, or a BOP
@@ -280,12 +281,14 @@ def instance_info(full: np.ndarray, visible: np.ndarray) -> dict:
 def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images: int = 100, camera=None,
                   mode: str = "complete", seed: int = 0, split: str = "test", scene_id: int = 0,
                   objects_per_image: tuple = SceneRanges.objects_per_image, backgrounds: str | None = None,
-                  progress: bool = True, exclude_obj_ids=(), distractors_dir=None) -> Path:
+                  progress: bool = True, exclude_obj_ids=(), distractors_dir=None,
+                  object_size_frac: tuple = SceneRanges.object_size_frac) -> Path:
     """Renders (or finishes) a BOP folder of scene images; returns its root. See the module docstring.
     ``exclude_obj_ids``: background photos that show these objects (``objects_in_frame.json`` of
     ``backgrounds``) are left out, so a photo of the test object cannot leak into its training scenes.
     ``distractors_dir``: a BOP models folder whose objects (those not among the scene's own) appear, 0-3 per image
-    (:attr:`SceneRanges.distractors_per_image`), unannotated: other things a photo holds."""
+    (:attr:`SceneRanges.distractors_per_image`), unannotated: other things a photo holds. ``object_size_frac``:
+    the range of an object's projected diameter over the shorter image side (the distances seen in practice)."""
     from PIL import Image
 
     if num_images < 1:
@@ -299,6 +302,11 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
     wanted = {"models_dir": str(Path(models_dir)), "obj_ids": [m.obj_id for m in models], "num_images": num_images,
               "cam_K": K.reshape(9).tolist(), "width": width, "height": height, "mode": mode, "seed": seed,
               "objects_per_image": [lo, hi], "split": split, "scene_id": scene_id}
+    lo_s, hi_s = (float(v) for v in object_size_frac)
+    if not 0 < lo_s <= hi_s <= 2:
+        raise SceneError(f"--object_size_frac must be 'MIN,MAX' with 0 < MIN <= MAX <= 2, got {lo_s},{hi_s}")
+    if (lo_s, hi_s) != SceneRanges.object_size_frac:  # (recorded only when not the default: older folders resume)
+        wanted["object_size_frac"] = [lo_s, hi_s]
     if mode_axes(mode)["background"] == "real":  # (recorded only where photos are used: older folders resume)
         wanted["backgrounds_exclude_obj_ids"] = sorted(int(i) for i in exclude_obj_ids)
     distractors = []
@@ -321,8 +329,9 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
     if mode_axes(mode)["background"] == "real":
         photos = [(Path(p).name, (lambda p=p: np.asarray(Image.open(p).convert("RGB"))))
                   for p in rz.list_backgrounds(backgrounds, list(exclude_obj_ids))] if backgrounds else []
-    sampler = SceneSampler(models, K, width, height, mode, seed, SceneRanges(objects_per_image=(lo, hi)),
-                           photos=photos, distractors=distractors)
+    sampler = SceneSampler(models, K, width, height, mode, seed,
+                           SceneRanges(objects_per_image=(lo, hi), object_size_frac=(lo_s, hi_s)), photos=photos,
+                           distractors=distractors)
     scene = out / split / f"{scene_id:06d}"
     for sub in ("rgb", "depth", "mask_visib"):
         (scene / sub).mkdir(parents=True, exist_ok=True)
@@ -411,6 +420,8 @@ def define_flags():
     flags.DEFINE_string("camera", None, "camera JSON (cam_K, width, height) or a BOP scene_camera.json; default: "
                         "LINEMOD's 640x480 camera")
     flags.DEFINE_list("objects_per_image", ["2", "5"], "MIN,MAX different objects per image")
+    flags.DEFINE_list("object_size_frac", [str(v) for v in SceneRanges.object_size_frac], "MIN,MAX of an object's "
+                      "projected diameter over the shorter image side (the distances seen in practice)")
     flags.DEFINE_string("randomization", "complete", "randomization mode (render/modes.py)")
     flags.DEFINE_string("backgrounds", None, "folder of background photos (randomization real_background)")
     flags.DEFINE_list("exclude_obj_ids", [], "background photos showing these object ids (objects_in_frame.json of "
@@ -441,7 +452,8 @@ def main(argv):
         lo, hi = (int(x) for x in F.objects_per_image)
         render_scenes(F.models_dir, F.out, parse_obj_ids(F.obj_ids), F.num_images, F.camera, F.randomization,
                       F.seed, F.split, F.scene_id, (lo, hi), F.backgrounds,
-                      exclude_obj_ids=[int(x) for x in F.exclude_obj_ids], distractors_dir=F.distractors_dir)
+                      exclude_obj_ids=[int(x) for x in F.exclude_obj_ids], distractors_dir=F.distractors_dir,
+                      object_size_frac=tuple(float(x) for x in F.object_size_frac))
     except (PoseInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
