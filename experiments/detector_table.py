@@ -37,7 +37,7 @@ flags.DEFINE_string("lmo_run", "runs/bop_lmo_cpu", "an experiments.bop_train run
 FLAGS = tables.FLAGS
 # scenes per randomization mode and detector epochs
 BUDGETS = {"quick": dict(scenes=16, epochs=2, lmo_test_scenes=4),
-           "cpu": dict(scenes=1500, epochs=12, lmo_test_scenes=100),
+           "cpu": dict(scenes=1000, epochs=15, lmo_test_scenes=100),
            "gpu": dict(scenes=5000, epochs=40, lmo_test_scenes=200)}
 SCENE_MODES = ("complete", "real_background")
 SCENE_SEED = 1

@@ -172,6 +172,30 @@ def test_dsac_table_second_stages_start_from_the_first_stage_model(quick_results
     assert str(REPO_ROOT) not in md
 
 
+def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_results):
+    """The detector table on the quick budget: scenes of the can with distractors, its detector, the detection
+    recall on the real photos, and the per-object table's model scored with the true and the detector's boxes."""
+    tmp, _ = quick_results
+    cmd = [sys.executable, "-m", "experiments.detector_table", "--budget=quick", f"--out={tmp / 'results'}",
+           f"--runs_dir={tmp / 'runs'}", "--real_sets=ycbv_can", "--lmo_run="]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = tmp / "runs" / "quick" / "detectors" / "ycbv_can"
+    scenes = json.loads((folder / "scenes_real_background" / "scenes.json").read_text())
+    assert scenes["distractors"] and scenes["backgrounds_exclude_obj_ids"] == [1]  # no photo of the can
+    assert json.loads((folder / "detector" / "detector.json").read_text())["obj_ids"] == [1]
+    result = json.loads((tmp / "results" / "detector_table.json").read_text())["real_sets"][0]
+    assert result["recall"]["instances"] == 20 and 0.0 <= result["recall"]["detection_recall"] <= 1.0
+    labels = [p["pose_model"] for p in result["poses"]]
+    assert "direct head (per-object table)" in labels
+    for p in result["poses"]:
+        assert p["gt"]["boxes"] == "gt" and p["predicted"]["box_source"] == "detector"
+        assert p["predicted"]["instances"] == p["gt"]["instances"] == 20
+    md = (tmp / "results" / "detector_table.md").read_text()
+    assert "| ycbv_can |" in md and "| ycbv_can | direct head (per-object table) |" in md
+    assert str(REPO_ROOT) not in md and str(tmp) not in md
+
+
 def test_render_dataset_refuses_a_finished_dataset_of_another_size(tmp_path):
     """A finished dataset is reused only when it holds what the run asks for; otherwise a clear error, and the
     folder is left as it was."""
