@@ -187,10 +187,11 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     if boxes == "predicted":
         result["box_source"] = "detector" if detector is not None else "pose network's box head"
     if detection_ious:
+        result["not_detected"] = int(sum(1 for r in rows if r["translation"] == "not detected"))
         result["detection_recall"] = float(np.mean(np.asarray(detection_ious) >= DETECTION_IOU))
         result["detection_iou_median"] = float(np.median(detection_ious))
         result["detector_dir"] = report_path(detector.dir)
-    failures = int(sum(1 for r in rows if not r.get("ok", True)))
+    failures = int(sum(1 for r in rows if not r.get("ok", True) and r["translation"] != "not detected"))
     if estimator.head == "coords":
         result["pnp_failures"] = failures
         errors = [r["inlier_error_px"] for r in rows if np.isfinite(r.get("inlier_error_px", np.nan))]
@@ -198,7 +199,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         result["inlier_error_median_px"] = float(np.median(errors)) if errors else None
     elif "box" in result["translation"]:
         result["box_translation_fallbacks"] = failures  # no box fit: the regressed translation was kept
-        regressed = np.array([r["add_mm_regressed_translation"] for r in rows])
+        regressed = np.array([r.get("add_mm_regressed_translation", np.inf) for r in rows])  # inf: not detected
         result["add_recall_regressed_translation"] = metrics.recall(regressed, diameter)
         result["add_median_mm_regressed_translation"] = float(np.median(regressed))
     result["min_visib"] = min_visib
