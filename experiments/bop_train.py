@@ -72,7 +72,7 @@ BUDGETS = {
                   train=dict(
         backbone="small", backbone_weights="none", freeze_backbone=False, epochs=1, steps_per_epoch=2,
         batch_size=8, max_val_images=4)),
-    "cpu": dict(detector_scenes=2000, detector_epochs=12, num_train=12000, image_size=128, input_size=128,
+    "cpu": dict(detector_scenes=2000, detector_epochs=30, num_train=12000, image_size=128, input_size=128,
                 num_shards=6, train=dict(
         backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
         feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", epochs=6, batch_size=32)),

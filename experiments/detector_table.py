@@ -37,7 +37,7 @@ flags.DEFINE_string("lmo_run", "runs/bop_lmo_cpu", "an experiments.bop_train run
 FLAGS = tables.FLAGS
 # scenes per randomization mode and detector epochs
 BUDGETS = {"quick": dict(scenes=16, epochs=2, lmo_test_scenes=4),
-           "cpu": dict(scenes=1000, epochs=15, lmo_test_scenes=100),
+           "cpu": dict(scenes=1000, epochs=40, lmo_test_scenes=100),
            "gpu": dict(scenes=5000, epochs=40, lmo_test_scenes=200)}
 SCENE_MODES = ("complete", "real_background")
 SCENE_SEED = 1
@@ -89,7 +89,8 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict) -> dict:
                                                     distractors_dir=DISTRACTORS if DISTRACTORS.is_dir() else None,
                                                     object_size_frac=OBJECT_SIZE_FRAC))
         print(f"{real_set}: training the detector", flush=True)
-        det.train_detector(roots, detector_dir, [obj.obj_id], epochs=s["epochs"], progress=True)
+        det.train_detector(roots, detector_dir, [obj.obj_id], epochs=s["epochs"], progress=True,
+                           keep_feature_cache=True)  # (other epochs or heads later, without the backbone again)
     config = json.loads((detector_dir / det.DETECTOR_CONFIG).read_text())
     detector = det.Detector(detector_dir)
     recall = cached(folder / "detection_recall.json", lambda: det.detection_recall(detector, obj.real_root))
