@@ -527,15 +527,29 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
            "imagenet_weights": bool(backbone.imagenet_weights_loaded),
            "seconds_features": round(t_features, 1), "seconds_training": round(time.time() - t1, 1),
            "first_epoch_loss": history[0], "final_loss": history[-1]}
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / (DETECTOR_MODEL + ".tmp.keras"))
-    (out / (DETECTOR_MODEL + ".tmp.keras")).replace(out / DETECTOR_MODEL)
-    (out / DETECTOR_CONFIG).write_text(json.dumps(cfg, indent=1))  # last: its presence means finished
+    save_detector(out, model, cfg)
     if not keep_feature_cache:
         import shutil
 
         shutil.rmtree(out / "feature_cache", ignore_errors=True)
     return cfg
+
+
+def save_detector(out, model, cfg: dict):
+    """Writes a detector folder: ``detector.keras``, then ``detector.json`` (its presence means finished)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / (DETECTOR_MODEL + ".tmp.keras"))
+    (out / (DETECTOR_MODEL + ".tmp.keras")).replace(out / DETECTOR_MODEL)
+    (out / DETECTOR_CONFIG).write_text(json.dumps(cfg, indent=1))
+
+
+def load_cached_features(cache_dir) -> dict[str, np.ndarray]:
+    """A finished feature cache of :func:`cache_features` (rows in the order of the training images)."""
+    cache_dir = Path(cache_dir)
+    if not (cache_dir / "done").is_file():
+        raise DetectorError(f"{cache_dir}: no finished feature cache (train with keep_feature_cache)")
+    return {p.stem: np.load(p) for p in cache_dir.glob("*.npy")}
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
