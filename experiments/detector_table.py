@@ -205,7 +205,7 @@ def markdown(results: list[dict], lmo: dict | None) -> str:
             if g is None or p is None:
                 continue
             sym = g["symmetric"]
-            lines.append(f"| {obj_id}{' (sym.)' if sym else ''} | {100 * rc['per_object'].get(obj_id, 0):.1f} | "
+            lines.append(f"| {obj_id}{' (sym.)' if sym else ''} | {100 * {str(k): v for k, v in rc['per_object'].items()}.get(str(obj_id), 0):.1f} | "
                          f"{score(g, sym)} | {score(p, sym)} | {median(g, sym)} | {median(p, sym)} |")
         lines.append(f"| mean | {100 * rc['detection_recall']:.1f} | "
                      f"{100 * lmo['gt']['mean']['score_recall']:.1f} | "

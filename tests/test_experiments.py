@@ -186,6 +186,9 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
     assert json.loads((folder / "detector" / "detector.json").read_text())["obj_ids"] == [1]
     result = json.loads((tmp / "results" / "detector_table.json").read_text())["real_sets"][0]
     assert result["recall"]["instances"] == 20 and 0.0 <= result["recall"]["detection_recall"] <= 1.0
+    assert result["recall_complete_only"]["instances"] == 20  # the same head on the complete-mode scenes alone
+    variant = json.loads((folder / "detector_complete_only" / "detector.json").read_text())
+    assert variant["images"] == 16 and len(variant["scenes"]) == 1
     labels = [p["pose_model"] for p in result["poses"]]
     assert "direct head (per-object table)" in labels
     for p in result["poses"]:
