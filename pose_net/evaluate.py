@@ -292,8 +292,13 @@ def report_path(path) -> str:
     """How a report names a path: relative to the repository when inside it (so a generated file does not carry
     the machine's folders), else as given."""
     repo = Path(__file__).resolve().parents[1]
+    resolved = Path(path).resolve()
     try:
-        return str(Path(path).resolve().relative_to(repo))
+        return str(resolved.relative_to(repo))
+    except ValueError:
+        pass
+    try:  # beside the checkout, as ../shared/data is
+        return str(Path("..") / resolved.relative_to(repo.parent))
     except ValueError:
         return str(path)
 
