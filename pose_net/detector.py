@@ -58,6 +58,7 @@ MIN_SIGMA_CELLS = 0.5
 SIZE_WEIGHT, OFFSET_WEIGHT = 1.0, 1.0  # of the L1 losses at the centre cells, beside the heatmap's focal loss
 TRAIN_MIN_VISIB = 0.2  # rendered instances less visible than this are ignored in training
 MIN_SCORE = 0.1  # detections below this score are dropped
+DETECTION_IOU = 0.5  # a detection is right when its box overlaps the true one this much (PASCAL VOC's criterion)
 MAX_DETECTIONS = 20  # per photo
 MAX_INSTANCES = 16  # per training image (targets are padded to this)
 DETECTOR_CONFIG, DETECTOR_MODEL = "detector.json", "detector.keras"
@@ -399,9 +400,8 @@ def cache_features(backbone, items, obj_ids: list[int], cache_dir: Path, batch_s
     cache_dir = Path(cache_dir)
     key = {"images": len(items), "first": str(items[0][0]), "last": str(items[-1][0]), "obj_ids": obj_ids,
            "layers": list(FEATURE_LAYERS), "long_side": INPUT_LONG_SIDE, "train_min_visib": TRAIN_MIN_VISIB}
-    if (cache_dir / "done").is_file():
-        if json.loads((cache_dir / "key.json").read_text()) == key:
-            return {p.stem: np.load(p) for p in cache_dir.glob("*.npy")}
+    if (cache_dir / "done").is_file() and json.loads((cache_dir / "key.json").read_text()) == key:
+        return load_cached_features(cache_dir)
     cls_of = {o: k for k, o in enumerate(obj_ids)}
     features_of = tf.function(lambda x: backbone(x, training=False))
     parts: dict[str, list] = {}
@@ -554,7 +554,7 @@ def load_cached_features(cache_dir) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def detection_recall(detector: Detector, bop_root, obj_ids: list[int] | None = None, split: str = "test",
-                     min_visib: float = bop.DEFAULT_MIN_VISIB, iou: float = 0.5) -> dict:
+                     min_visib: float = bop.DEFAULT_MIN_VISIB, iou: float = DETECTION_IOU) -> dict:
     """Share of the annotated instances (of the detector's objects, at least ``min_visib`` visible) whose matched
     detection (:func:`match_detections`) overlaps the true box (``bbox_obj``, else the projected model's box) by at
     least ``iou``; per object and over all, with the seconds per photo."""
@@ -566,11 +566,12 @@ def detection_recall(detector: Detector, bop_root, obj_ids: list[int] | None = N
     found: dict[int, list[float]] = {}
     seconds = []
     annotated = bop.object_ids_in(bop_root, split)
+    targets = bop.load_test_targets(bop_root)
     for obj_id in ids:
         if obj_id not in annotated:
             continue
         points, _, _ = load_test_object(bop_root, obj_id)
-        for im in bop.list_test_images(bop_root, obj_id, split, min_visib, bop.load_test_targets(bop_root)):
+        for im in bop.list_test_images(bop_root, obj_id, split, min_visib, targets):
             rgb = np.asarray(Image.open(im.rgb_path).convert("RGB"))
             t0 = time.time()
             dets = detector.detect_file(im.rgb_path, rgb)

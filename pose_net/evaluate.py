@@ -33,7 +33,6 @@ from pose_core import PoseInputError, bop, metrics
 from pose_core.geometry import bbox_from_points, check_camera_fits_image, project_points
 
 FLAGS = flags.FLAGS
-DETECTION_IOU = 0.5  # a detection is right when its box overlaps the true one this much (PASCAL VOC's criterion)
 
 
 def define_flags():
@@ -133,7 +132,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         check_camera_fits_image(im.K, rgb.shape[:2], f"{im.rgb_path}")
         detected = [None] * len(im.instances)
         if boxes == "predicted" and detector is not None:
-            from pose_net.detector import box_iou, match_detections
+            from pose_net.detector import DETECTION_IOU, box_iou, match_detections
 
             t0 = time.time()
             dets = detector.detect_file(im.rgb_path, rgb)

@@ -396,16 +396,15 @@ def render_scenes_in_subprocess(models_dir, out, log=None, timeout=None, **flags
     import os
     import subprocess
 
-    repo = Path(__file__).resolve().parents[1]
+    from render.testing import REPO_ROOT, subprocess_env
+
     cmd = [sys.executable, "-m", "render.scenes", f"--models_dir={models_dir}", f"--out={out}"]
     for k, v in flags.items():
         if v is not None:
             cmd.append(f"--{k}={','.join(str(x) for x in v) if isinstance(v, (list, tuple)) else v}")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with open(log or os.devnull, "a") as fh:
-        proc = subprocess.run(cmd, cwd=repo, env=env, stdout=fh, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=fh, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout)
     if proc.returncode != 0:
         raise SceneError(f"render.scenes into {out} failed ({proc.returncode}): {proc.stderr.strip()[-3000:]}")
     return Path(out)
