@@ -109,6 +109,17 @@ def load_model(model_dir, config: dict):
     return model
 
 
+def image_crops(image, centers, sizes, input_size: int):
+    """Square crops of one image ``[H, W, 3]`` resized to ``input_size``: ``(crops [B, S, S, 3] float32 0..255,
+    centers [B, 2], sizes [B])`` for crop centres ``[B, 2]`` and sizes ``[B]`` in image pixels."""
+    img = tf.convert_to_tensor(image, tf.float32)[None]
+    centers = tf.constant(np.asarray(centers, np.float32))
+    sizes = tf.constant(np.asarray(sizes, np.float32))
+    boxes = param.crop_boxes_normalized(centers, sizes, input_size, np.asarray(image).shape[:2])
+    crops = tf.image.crop_and_resize(img, boxes, tf.zeros(len(sizes), tf.int32), [input_size, input_size])
+    return crops, centers, sizes
+
+
 class PoseEstimator:
     """Pose of one object in images, from a trained model folder (or an in-memory model and its config)."""
 
@@ -134,13 +145,7 @@ class PoseEstimator:
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def _crops(self, image, K, centers, sizes):
-        img = tf.convert_to_tensor(image, tf.float32)[None]
-        centers = tf.constant(np.asarray(centers, np.float32))
-        sizes = tf.constant(np.asarray(sizes, np.float32))
-        boxes = param.crop_boxes_normalized(centers, sizes, self.input_size, image.shape[:2])
-        crops = tf.image.crop_and_resize(img, boxes, tf.zeros(len(sizes), tf.int32),
-                                         [self.input_size, self.input_size])
-        return crops, centers, sizes
+        return image_crops(image, centers, sizes, self.input_size)
 
     def _box_from_mask(self, out, c, s) -> np.ndarray:
         """The coordinate head's box: the extent of its mask on a whole-image crop (image pixels, x, y, w, h)."""

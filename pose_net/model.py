@@ -142,6 +142,32 @@ def build_feature_pyramid(backbone: str, input_size: int, weights=None, freeze: 
     return pyramid
 
 
+def coordinate_decoder(pyramid, decoder_widths=(128, 96, 64, 32), prefix: str = ""):
+    """The coordinate head's U-Net decoder over a feature pyramid ``[s2, s4, s8, s16, s32]`` (Keras tensors).
+
+    From stride 32 up to stride 2, each step a bilinear 2x upsampling, the lateral feature (1x1 conv) concatenated,
+    and a 3x3 conv; every conv with batch norm and ReLU. ``decoder_widths``: channels at strides 16, 8, 4, 2.
+    ``prefix`` names the layers (ESAC's experts, :mod:`pose_net.esac`, each have their own).
+    Returns ``(coords [B, s, s, 3], mask logit [B, s, s, 1], last features)`` at stride 2.
+    """
+    s2, s4, s8, s16, s32 = pyramid
+
+    def conv_bn_relu(x, width, kernel, name):
+        x = keras.layers.Conv2D(width, kernel, padding="same", use_bias=False, name=prefix + name)(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=prefix + name + "_bn")(x)
+        return keras.layers.ReLU(name=prefix + name + "_relu")(x)
+
+    x = conv_bn_relu(s32, decoder_widths[0], 1, "decoder_top")
+    for k, (skip, width) in enumerate(zip((s16, s8, s4, s2), decoder_widths)):
+        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"{prefix}decoder_up{k}")(x)
+        lateral = conv_bn_relu(skip, width, 1, f"decoder_lateral{k}")
+        x = keras.layers.Concatenate(name=f"{prefix}decoder_concat{k}")([x, lateral])
+        x = conv_bn_relu(x, width, 3, f"decoder_conv{k}")
+    coords = keras.layers.Conv2D(3, 1, name=prefix + "coords")(x)
+    mask = keras.layers.Conv2D(1, 1, name=prefix + "mask", bias_initializer=keras.initializers.Constant(-2.0))(x)
+    return coords, mask, x
+
+
 def build_coordinate_model(backbone: str = "efficientnet_lite0", input_size: int = 128, backbone_weights=None,
                            freeze_backbone: bool = False, decoder_widths=(128, 96, 64, 32),
                            sampling_head: bool = False) -> keras.Model:
@@ -154,30 +180,16 @@ def build_coordinate_model(backbone: str = "efficientnet_lite0", input_size: int
       (:class:`pose_net.coordinates.CoordinateFrame`: ``(x_mm - centre) / size``, in [-0.5, 0.5] on the model);
     * ``mask [B, S/2, S/2, 1]``: the logit that the pixel shows the object (visible part).
 
-    Decoder: from stride 32 up to stride 2, each step a bilinear 2x upsampling, the lateral feature (1x1 conv)
-    concatenated, and a 3x3 conv; every conv with batch norm and ReLU (without the norms, the frozen backbone's
-    large activations kill the ReLUs in the first steps and the maps collapse to a constant);
-    ``decoder_widths`` are the channels at strides 16, 8, 4, 2.
+    Decoder: :func:`coordinate_decoder` (its batch norms matter: without them, the frozen backbone's large
+    activations kill the ReLUs in the first steps and the maps collapse to a constant).
 
     ``sampling_head`` (NG-DSAC, :mod:`pose_net.dsac`) adds ``sampling [B, S/2, S/2, 1]``: a logit per pixel of how
     much a minimal set should draw on it, a 1x1 conv on the decoder's last features with their gradient stopped
     (as NG-DSAC++ does), so its policy gradient does not reach the coordinates.
     """
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    s2, s4, s8, s16, s32 = build_feature_pyramid(backbone, input_size, backbone_weights, freeze_backbone)(inputs)
-    def conv_bn_relu(x, width, kernel, name):
-        x = keras.layers.Conv2D(width, kernel, padding="same", use_bias=False, name=name)(x)
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=name + "_bn")(x)
-        return keras.layers.ReLU(name=name + "_relu")(x)
-
-    x = conv_bn_relu(s32, decoder_widths[0], 1, "decoder_top")
-    for k, (skip, width) in enumerate(zip((s16, s8, s4, s2), decoder_widths)):
-        x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"decoder_up{k}")(x)
-        lateral = conv_bn_relu(skip, width, 1, f"decoder_lateral{k}")
-        x = keras.layers.Concatenate(name=f"decoder_concat{k}")([x, lateral])
-        x = conv_bn_relu(x, width, 3, f"decoder_conv{k}")
-    coords = keras.layers.Conv2D(3, 1, name="coords")(x)
-    mask = keras.layers.Conv2D(1, 1, name="mask", bias_initializer=keras.initializers.Constant(-2.0))(x)
+    pyramid = build_feature_pyramid(backbone, input_size, backbone_weights, freeze_backbone)(inputs)
+    coords, mask, x = coordinate_decoder(pyramid, decoder_widths)
     outputs = {"coords": coords, "mask": mask}
     if sampling_head:
         outputs["sampling"] = keras.layers.Conv2D(1, 1, name="sampling", kernel_initializer="zeros")(
