@@ -159,19 +159,13 @@ def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height
         log(run, f"detector of objects {obj_ids}: trained, skipping")
         return
     t0 = time.time()
-    camera = det.training_camera(K, width, height)
     modes = ["complete"] + (["real_background"] if backgrounds else [])
-    roots = []
-    for mode in modes:
-        n = s["detector_scenes"] // len(modes)
-        log(run, f"detector: rendering {n} scenes ({mode}) at {camera['width']}x{camera['height']}")
-        roots.append(det.render_training_scenes(models_dir, run / "data" / f"detector_scenes_{mode}", obj_ids, n,
-                                                camera, mode, seed=0, backgrounds=backgrounds,
-                                                exclude_obj_ids=exclude_obj_ids, log=run / "render.log",
-                                                distractors_dir=distractors_dir,
-                                                object_size_frac=tuple(object_size_frac)))
-    log(run, f"detector: training on {len(roots)} scene folders ({s['detector_epochs']} epochs)")
-    det.train_detector(roots, run / det.DETECTOR_SUBDIR, obj_ids, epochs=s["detector_epochs"], progress=False)
+    det.train_detector_on_renderings(
+        models_dir, run / det.DETECTOR_SUBDIR, obj_ids, {m: run / "data" / f"detector_scenes_{m}" for m in modes},
+        s["detector_scenes"] // len(modes), K, width, height, epochs=s["detector_epochs"], seed=0,
+        backgrounds=backgrounds, exclude_obj_ids=exclude_obj_ids, distractors_dir=distractors_dir,
+        object_size_frac=tuple(object_size_frac), render_log=run / "render.log", progress=False,
+        say=lambda text: log(run, text))
     import keras
 
     keras.backend.clear_session()

@@ -80,19 +80,12 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict) -> dict:
     t0 = time.time()
     if not (detector_dir / det.DETECTOR_CONFIG).is_file():
         K, width, height = load_camera(obj.real_root / "test" / "000000" / "scene_camera.json")
-        camera = det.training_camera(K, width, height)
-        roots = []
-        for mode in SCENE_MODES:
-            print(f"{real_set}: {s['scenes']} training scenes ({mode})", flush=True)
-            roots.append(det.render_training_scenes(obj.real_root / "models", folder / f"scenes_{mode}",
-                                                    [obj.obj_id], s["scenes"], camera, mode, SCENE_SEED,
-                                                    backgrounds=tables.backgrounds_dir(),
-                                                    exclude_obj_ids=[obj.obj_id], log=folder / "render.log",
-                                                    distractors_dir=DISTRACTORS if DISTRACTORS.is_dir() else None,
-                                                    object_size_frac=OBJECT_SIZE_FRAC))
-        print(f"{real_set}: training the detector", flush=True)
-        det.train_detector(roots, detector_dir, [obj.obj_id], epochs=s["epochs"], progress=True,
-                           keep_feature_cache=True)  # (other epochs or heads later, without the backbone again)
+        det.train_detector_on_renderings(
+            obj.real_root / "models", detector_dir, [obj.obj_id], {m: folder / f"scenes_{m}" for m in SCENE_MODES},
+            s["scenes"], K, width, height, epochs=s["epochs"], seed=SCENE_SEED, backgrounds=tables.backgrounds_dir(),
+            exclude_obj_ids=[obj.obj_id], distractors_dir=DISTRACTORS if DISTRACTORS.is_dir() else None,
+            object_size_frac=OBJECT_SIZE_FRAC, render_log=folder / "render.log", progress=True,
+            keep_feature_cache=True, label=real_set)  # (the cache: other epochs or heads later, no backbone again)
     config = json.loads((detector_dir / det.DETECTOR_CONFIG).read_text())
     detector = det.Detector(detector_dir)
     recall = cached(folder / "detection_recall.json", lambda: det.detection_recall(detector, obj.real_root))

@@ -155,6 +155,16 @@ def build_detector(backbone, head):
 
 
 # ---------------------------------------------------------------------------------------------------- targets
+def centre_cell(box_cells, out_hw) -> tuple[float, float, int, int]:
+    """``(cx, cy, ix, iy)``: the centre of a box ``(x, y, w, h)`` in cells of the stride-:data:`STRIDE` maps, and
+    the cell ``(ix, iy)`` holding it, clipped to the ``h x w`` map (the one place the centre cell is chosen: the
+    instance targets and the heatmap's peak must agree)."""
+    h, w = out_hw
+    x, y, bw, bh = box_cells
+    cx, cy = x + bw / 2, y + bh / 2
+    return cx, cy, int(np.clip(np.floor(cx), 0, w - 1)), int(np.clip(np.floor(cy), 0, h - 1))
+
+
 def instance_targets(boxes_xywh, classes, ignore, out_hw) -> dict[str, np.ndarray]:
     """Training targets of one image from its boxes in input pixels ``[n, 4]``, class indices ``[n]`` and an
     ignore flag ``[n]`` (too occluded): the Gaussian heatmap ``[h, w, C]`` is made by the caller's class count;
@@ -174,8 +184,7 @@ def instance_targets(boxes_xywh, classes, ignore, out_hw) -> dict[str, np.ndarra
         if ign:
             weight[max(0, int(y)):int(np.ceil(y + bh)), max(0, int(x)):int(np.ceil(x + bw))] = 0.0
             continue
-        cx, cy = x + bw / 2, y + bh / 2
-        ix, iy = int(np.clip(np.floor(cx), 0, w - 1)), int(np.clip(np.floor(cy), 0, h - 1))
+        cx, cy, ix, iy = centre_cell((x, y, bw, bh), out_hw)
         if k < MAX_INSTANCES:
             centre_index[k], valid[k] = iy * w + ix, 1.0
             size_log[k] = np.log([bw, bh])
@@ -195,8 +204,8 @@ def gaussian_heatmap(boxes_xywh, classes, ignore, out_hw, num_classes: int) -> n
         x, y, bw, bh = np.asarray(box, np.float64) / STRIDE
         if ign or bw <= 0 or bh <= 0:
             continue
-        cx, cy = x + bw / 2, y + bh / 2
-        ix, iy = np.clip(np.floor(cx), 0, w - 1), np.clip(np.floor(cy), 0, h - 1)
+        _, _, ix, iy = centre_cell((x, y, bw, bh), out_hw)
+        ix, iy = np.float64(ix), np.float64(iy)  # float64 arithmetic: the Gaussian as it always was, bit for bit
         sx, sy = max(GAUSSIAN_FRACTION * bw, MIN_SIGMA_CELLS), max(GAUSSIAN_FRACTION * bh, MIN_SIGMA_CELLS)
         g = np.exp(-((xs - ix) ** 2) / (2 * sx ** 2) - ((ys - iy) ** 2) / (2 * sy ** 2))
         heat[..., c] = np.maximum(heat[..., c], g)
@@ -277,6 +286,19 @@ def match_detections(detections: list[Detection], obj_id: int, gt_boxes: list) -
         if i not in used and out[j] is None:
             out[j], _ = mine[i], used.add(i)
     return out
+
+
+def match_with_ious(detections: list[Detection], obj_id: int, gt_boxes: list) -> tuple[list[Detection | None],
+                                                                                      list[float]]:
+    """:func:`match_detections`, and each true box's IoU with its detection (0 where none): how evaluation and
+    :func:`detection_recall` both pair detections with the truth."""
+    matched = match_detections(detections, obj_id, gt_boxes)
+    return matched, [0.0 if d is None else box_iou(d.bbox_xywh, g) for d, g in zip(matched, gt_boxes)]
+
+
+def detected_share(ious, iou: float = DETECTION_IOU) -> float:
+    """The detection recall of matched IoUs (:func:`match_with_ious`): the share of at least ``iou``."""
+    return float(np.mean(np.asarray(ious) >= iou))
 
 
 # ------------------------------------------------------------------------------------------------- inference
@@ -442,18 +464,30 @@ def cache_features(backbone, items, obj_ids: list[int], cache_dir: Path, batch_s
     return arrays
 
 
+def training_steps(num_images: int, epochs: int, batch_size: int) -> int:
+    """The optimizer steps of a training of ``epochs`` over ``num_images`` in full batches of ``batch_size`` (the
+    last partial batch of an epoch is left out); raises :class:`DetectorError` when that is no step at all."""
+    if epochs < 1 or batch_size < 1:
+        raise DetectorError(f"--epochs and --batch_size must be >= 1, got {epochs}, {batch_size}")
+    if num_images < batch_size:
+        raise DetectorError(f"{num_images} training images, fewer than one batch of {batch_size}: render more scenes "
+                            "or lower --batch_size")
+    return epochs * (num_images // batch_size)
+
+
 def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_size: int = 16,
              learning_rate: float = 2e-3, seed: int = 0, progress: bool = True, index=None):
     """Trains a new head on cached features (:func:`cache_features`' arrays; ``index``: the images to use, default
-    all) with Adam and a cosine decay; returns ``(head, history)``, one dict of mean losses per epoch."""
+    all) with Adam and a cosine decay; returns ``(head, history)``, one dict of mean losses per epoch. Fewer images
+    than one batch: :class:`DetectorError` (:func:`training_steps`), before anything is built."""
     import keras
     import tensorflow as tf
 
-    keras.utils.set_random_seed(seed)
-    head = build_head(num_classes, [data[f"features{k}"].shape[-1] for k in range(len(FEATURE_LAYERS))])
     index = np.arange(len(data["features0"])) if index is None else np.asarray(index)
     n = len(index)
-    steps = epochs * max(1, n // batch_size)
+    steps = training_steps(n, epochs, batch_size)
+    keras.utils.set_random_seed(seed)
+    head = build_head(num_classes, [data[f"features{k}"].shape[-1] for k in range(len(FEATURE_LAYERS))])
     opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02))
 
     @tf.function(reduce_retracing=True)
@@ -506,9 +540,8 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
         if progress:
             print(f"{out}: detector already trained ({cfg['obj_ids']})", flush=True)
         return cfg
-    if epochs < 1 or batch_size < 1:
-        raise DetectorError(f"--epochs and --batch_size must be >= 1, got {epochs}, {batch_size}")
     items, ids = list_training_images(scene_roots, obj_ids)
+    steps = training_steps(len(items), epochs, batch_size)  # (checked before the backbone runs)
     t0 = time.time()
     keras.utils.set_random_seed(seed)
     backbone = build_backbone(backbone_weights)
@@ -517,7 +550,6 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
     t1 = time.time()
     head, history = fit_head(data, len(ids), epochs, batch_size, learning_rate, seed, progress)
     n = len(data["features0"])
-    steps = epochs * max(1, n // batch_size)
     if not np.isfinite(history[-1]["total"]):
         raise DetectorError(f"the detector's loss is not finite ({history[-1]}): not saved")
     model = build_detector(backbone, head)
@@ -533,6 +565,32 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
 
         shutil.rmtree(out / "feature_cache", ignore_errors=True)
     return cfg
+
+
+def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs: dict, scenes_per_mode: int, K,
+                                 width: int, height: int, epochs: int, seed: int = 0, backgrounds=None,
+                                 exclude_obj_ids=(), distractors_dir=None, object_size_frac=None, render_log=None,
+                                 progress: bool = True, keep_feature_cache: bool = False, label: str = "detector",
+                                 say=None) -> dict:
+    """Renders ``scenes_per_mode`` training scenes of ``obj_ids`` into each folder of ``scene_dirs`` (randomization
+    mode -> folder; :func:`render_training_scenes` with ``seed``, at :func:`training_camera` of the test camera
+    ``K``, ``width`` x ``height``), then trains the detector on all of them into ``out`` (:func:`train_detector`);
+    returns its config. A finished detector is returned as it is, nothing rendered; finished scene folders are
+    reused. ``say``: where the progress lines go, prefixed with ``label`` (default: printed)."""
+    out = Path(out)
+    if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
+        return json.loads((out / DETECTOR_CONFIG).read_text())
+    say = say or (lambda text: print(text, flush=True))
+    camera = training_camera(K, width, height)
+    roots = []
+    for mode, folder in scene_dirs.items():
+        say(f"{label}: rendering {scenes_per_mode} scenes ({mode}) at {camera['width']}x{camera['height']}")
+        roots.append(render_training_scenes(models_dir, folder, obj_ids, scenes_per_mode, camera, mode, seed,
+                                            backgrounds=backgrounds, exclude_obj_ids=exclude_obj_ids, log=render_log,
+                                            distractors_dir=distractors_dir, object_size_frac=object_size_frac))
+    say(f"{label}: training on {len(roots)} scene folders ({epochs} epochs)")
+    return train_detector(roots, out, obj_ids, epochs=epochs, progress=progress,
+                          keep_feature_cache=keep_feature_cache)
 
 
 def save_detector(out, model, cfg: dict):
@@ -577,14 +635,13 @@ def detection_recall(detector: Detector, bop_root, obj_ids: list[int] | None = N
             dets = detector.detect_file(im.rgb_path, rgb)
             seconds.append(time.time() - t0)
             gts = [gt_box(inst, points, im.K, rgb.shape[:2]) for inst in im.instances]
-            for g, d in zip(gts, match_detections(dets, obj_id, gts)):
-                found.setdefault(obj_id, []).append(0.0 if d is None else box_iou(d.bbox_xywh, g))
+            found.setdefault(obj_id, []).extend(match_with_ious(dets, obj_id, gts)[1])
     if not found:
         raise DetectorError(f"{bop_root}: no annotated instance of the detector's objects {ids}")
-    per_object = {o: float(np.mean(np.asarray(v) >= iou)) for o, v in found.items()}
+    per_object = {o: detected_share(v, iou) for o, v in found.items()}
     all_ious = np.concatenate([np.asarray(v) for v in found.values()])
     return {"bop_root": report_path(bop_root), "iou": iou, "min_visib": min_visib, "instances": int(len(all_ious)),
-            "detection_recall": float(np.mean(all_ious >= iou)), "per_object": per_object,
+            "detection_recall": detected_share(all_ious, iou), "per_object": per_object,
             "median_iou": float(np.median(all_ious)), "seconds_per_photo_median": float(np.median(seconds))}
 
 

@@ -33,6 +33,7 @@ from pose_core import PoseInputError, bop, metrics
 from pose_core.geometry import bbox_from_points, check_camera_fits_image, project_points
 
 FLAGS = flags.FLAGS
+NOT_DETECTED = "not detected"  # the "translation" of an instance the detector missed (no pose: a wrong one)
 
 
 def define_flags():
@@ -132,18 +133,18 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         check_camera_fits_image(im.K, rgb.shape[:2], f"{im.rgb_path}")
         detected = [None] * len(im.instances)
         if boxes == "predicted" and detector is not None:
-            from pose_net.detector import DETECTION_IOU, box_iou, match_detections
+            from pose_net.detector import match_with_ious
 
             t0 = time.time()
             dets = detector.detect_file(im.rgb_path, rgb)
             detect_seconds = time.time() - t0
             true_boxes = [gt_box(inst, points, im.K, rgb.shape[:2]) for inst in im.instances]
-            detected = match_detections(dets, obj_id, true_boxes)
-            detection_ious += [0.0 if d is None else box_iou(d.bbox_xywh, g) for d, g in zip(detected, true_boxes)]
+            detected, ious = match_with_ious(dets, obj_id, true_boxes)
+            detection_ious += ious
         for inst, det in zip(im.instances, detected):
             if boxes == "predicted" and detector is not None and det is None:  # missed: no pose, a wrong one
                 rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": np.inf, "add_s_mm": np.inf,
-                             "t_err_mm": np.inf, "ok": False, "num_inliers": 0, "translation": "not detected"})
+                             "t_err_mm": np.inf, "ok": False, "num_inliers": 0, "translation": NOT_DETECTED})
                 continue
             box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else \
                 (det.bbox_xywh if det is not None else None)
@@ -181,16 +182,18 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),
         "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])),
         "model_dir": report_path(model_dir), "head": estimator.head,
-        "translation": "+".join(sorted({r["translation"] for r in rows} - {"not detected"})),
+        "translation": "+".join(sorted({r["translation"] for r in rows} - {NOT_DETECTED})),
     }
     if boxes == "predicted":
         result["box_source"] = "detector" if detector is not None else "pose network's box head"
     if detection_ious:
-        result["not_detected"] = int(sum(1 for r in rows if r["translation"] == "not detected"))
-        result["detection_recall"] = float(np.mean(np.asarray(detection_ious) >= DETECTION_IOU))
+        from pose_net.detector import detected_share
+
+        result["not_detected"] = int(sum(1 for r in rows if r["translation"] == NOT_DETECTED))
+        result["detection_recall"] = detected_share(detection_ious)
         result["detection_iou_median"] = float(np.median(detection_ious))
         result["detector_dir"] = report_path(detector.dir)
-    failures = int(sum(1 for r in rows if not r.get("ok", True) and r["translation"] != "not detected"))
+    failures = int(sum(1 for r in rows if not r.get("ok", True) and r["translation"] != NOT_DETECTED))
     if estimator.head == "coords":
         result["pnp_failures"] = failures
         errors = [r["inlier_error_px"] for r in rows if np.isfinite(r.get("inlier_error_px", np.nan))]

@@ -67,7 +67,7 @@ def test_the_loss_is_lowest_at_the_targets():
 
 
 def test_detections_pair_with_the_true_boxes_they_overlap():
-    from pose_net.detector import Detection, box_iou, match_detections
+    from pose_net.detector import Detection, box_iou, detected_share, match_detections, match_with_ious
 
     assert box_iou([0, 0, 10, 10], [5, 0, 10, 10]) == pytest.approx(50 / 150)
     dets = [Detection(3, 0.9, np.array([100.0, 100, 20, 20])), Detection(4, 0.8, np.array([0.0, 0, 20, 20])),
@@ -77,6 +77,11 @@ def test_detections_pair_with_the_true_boxes_they_overlap():
     assert [m.score for m in matched] == [0.7, 0.9]  # the top two of object 3, each to the box it overlaps
     assert match_detections(dets, 3, truth[:1])[0].score == 0.9  # one instance: the best detection, wherever
     assert match_detections(dets, 5, truth) == [None, None]
+    matched, ious = match_with_ious(dets, 3, truth)  # what evaluate and detection_recall score
+    assert matched == match_detections(dets, 3, truth)
+    assert ious == pytest.approx([box_iou(m.bbox_xywh, g) for m, g in zip(matched, truth)])
+    assert match_with_ious(dets, 5, truth)[1] == [0.0, 0.0]
+    assert detected_share([0.9, 0.5, 0.49, 0.0]) == 0.5  # at least DETECTION_IOU (0.5)
 
 
 def test_bad_input_is_named(tmp_path):
@@ -91,6 +96,31 @@ def test_bad_input_is_named(tmp_path):
     with pytest.raises(det.DetectorError, match="holds no trained detector"):
         det.find_detector(tmp_path, tmp_path / "nothing")
     assert det.find_detector(tmp_path) is None
+
+
+def test_fewer_training_images_than_one_batch_is_named_before_any_work(tmp_path):
+    """Too few images for one batch would train no step (and then fail on an empty record): a clear error instead,
+    from fit_head before it builds anything, and from train_detector before the backbone runs."""
+    from pose_net import detector as det
+
+    data = {f"features{k}": np.zeros((3, 4, 4, c), np.float16) for k, c in enumerate((40, 112, 320))}
+    with pytest.raises(det.DetectorError, match="3 training images, fewer than one batch of 16: render more scenes "
+                                                "or lower --batch_size"):
+        det.fit_head(data, 1, epochs=2, batch_size=16, progress=False)
+    with pytest.raises(det.DetectorError, match="2 training images, fewer than one batch of 3"):
+        det.fit_head(data, 1, epochs=2, batch_size=3, index=[0, 2], progress=False)
+    with pytest.raises(det.DetectorError, match="--epochs and --batch_size must be >= 1"):
+        det.training_steps(10, 0, 4)
+    assert det.training_steps(10, 3, 4) == 6  # full batches only, the last partial one left out
+    scene = tmp_path / "scenes" / "test" / "000000"
+    scene.mkdir(parents=True)
+    inst = {"obj_id": 1}
+    (scene / "scene_gt.json").write_text(json.dumps({str(i): [inst] for i in range(3)}))
+    (scene / "scene_gt_info.json").write_text(json.dumps({str(i): [{"bbox_obj": [1, 1, 5, 5], "visib_fract": 1.0}]
+                                                          for i in range(3)}))  # (no images: none is read)
+    with pytest.raises(det.DetectorError, match="3 training images, fewer than one batch of 8"):
+        det.train_detector([tmp_path / "scenes"], tmp_path / "detector", batch_size=8, progress=False)
+    assert not (tmp_path / "detector").exists()  # no features computed, nothing written
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +171,7 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
 
     from experiments.bop_train import bop_train
     from pose_core.objects import builtin_models_dir
-    from pose_net.evaluate import evaluate
+    from pose_net.evaluate import NOT_DETECTED, evaluate
     from pose_net.predict import predict
 
     root, scenes, _ = trained
@@ -157,9 +187,9 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
     assert "detection_recall" not in gt
     rows = (tmp_path / "pred.csv").read_text().strip().splitlines()[1:]
     per_instance = json.loads((tmp_path / "rep" / "per_instance.json").read_text())
-    missed = sum(r["translation"] == "not detected" for r in per_instance)
+    missed = sum(r["translation"] == NOT_DETECTED for r in per_instance)
     assert len(rows) == result["instances"] - missed  # missed instances have no estimate, and a wrong pose
-    assert all(r["add_mm"] == float("inf") for r in per_instance if r["translation"] == "not detected")
+    assert all(r["add_mm"] == float("inf") for r in per_instance if r["translation"] == NOT_DETECTED)
     with pytest.raises(PoseInputError, match="finds objects"):
         evaluate(run / "obj_000001", scenes, 3, boxes="predicted", detector=model / "detector",
                  models_dir=builtin_models_dir(), allow_object_mismatch=True)
