@@ -10,7 +10,7 @@ RUN_DIR ?= runs
 
 .PHONY: setup system-deps build-ops bazel-build-ops test test-all test-gpu demo train evaluate \
         bench-ops bench-render bench-train pretrained rotation-study ablation projection-loss-table per-object results backbone-table method-table dsac-table \
-        detector-table bop-train-lmo \
+        detector-table bop-train-lmo esac-table \
         objects clean
 
 setup: $(VENV_STAMP)
@@ -109,6 +109,12 @@ method-table: build-ops pretrained
 # 1.7 hours on 2 cores, resumable).
 dsac-table: build-ops pretrained
 	$(PY) -m experiments.dsac_table --out docs/results --budget $(BUDGET)
+
+# ESAC: one network with an expert per real set's object (gating + experts on one frozen Lite0, 20 + 10 minutes)
+# against the DSAC table's per-object coordinate models at equal training time (docs/results/esac_table.md; about
+# 1 hour on 2 cores once the DSAC table's cells exist, resumable).
+esac-table: build-ops pretrained
+	$(PY) -m experiments.esac_table --out docs/results --budget $(BUDGET)
 
 # Whole photos: detectors of the real sets' objects trained on renderings, their recall on the real photos, and pose
 # with their boxes against the true boxes; plus the bop-train-lmo run on rendered multi-object scenes when it exists

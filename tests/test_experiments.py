@@ -172,6 +172,35 @@ def test_dsac_table_second_stages_start_from_the_first_stage_model(quick_results
     assert str(REPO_ROOT) not in md
 
 
+def test_esac_table_trains_one_model_for_two_objects_beside_the_per_object_ones(quick_results):
+    """The ESAC table: the per-object coordinate cells (reused from the DSAC table's where they exist), one ESAC
+    model of both objects on the same renderings (experts stage, then esac stage from it), each scored in both
+    modes on both objects' real and rendered sets; a second run reuses everything."""
+    tmp, _ = quick_results
+    cmd = [sys.executable, "-m", "experiments.esac_table", "--budget=quick", f"--out={tmp / 'results'}",
+           f"--runs_dir={tmp / 'runs'}", "--real_sets=ycbv_can,ycbv_box", "--first_stage_minutes=1",
+           "--second_stage_minutes=1", "--experts_minutes=1", "--esac_minutes=1"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    root = tmp / "runs" / "quick" / "esac" / "ycbv_can+ycbv_box"
+    experts = json.loads((root / "experts" / "esac.json").read_text())
+    assert [e["obj_id"] for e in experts["experts"]] == [1, 2]
+    cells = tmp / "runs" / "quick" / "cells"
+    assert [e["dataset"] for e in experts["experts"]] == [
+        str(cells / f"{name}-complete-pl0" / "data" / "train") for name in ("ycbv_can", "ycbv_box")]
+    assert json.loads((root / "esac" / "esac.json").read_text())["init_from"] == str(root / "experts")
+    for stage in ("experts", "esac"):
+        for name in ("real_ycbv_can_esac", "real_ycbv_box_top_expert", "rendered_ycbv_box_esac"):
+            r = json.loads((root / stage / "eval" / f"{name}.json").read_text())
+            assert r["instances"] > 0 and 0.0 <= r["gating_accuracy"] <= 1.0
+    md = (tmp / "results" / "esac_table.md").read_text()
+    for label in ("per object, stage 1", "ESAC, experts stage only", "ESAC (+ esac stage), top expert only"):
+        assert f"| {label} |" in md
+    assert "## Real photos" in md and "## Rendered test sets" in md and str(REPO_ROOT) not in md
+    again = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and "training stage" not in again.stdout and "esac table:" not in again.stdout
+
+
 def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_results):
     """The detector table on the quick budget: scenes of the can with distractors, its detector, the detection
     recall on the real photos, and the per-object table's model scored with the true and the detector's boxes."""
