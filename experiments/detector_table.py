@@ -48,7 +48,6 @@ DISTRACTORS = common.SHARED_DATA / "lmo_models"
 # The objects' projected diameter over the image height in the scenes: a tabletop at 0.5-2 m (the real sets' objects
 # span 0.39-0.59 of it; render.scenes' default, 0.15-0.5, is LINEMOD's range and misses the cracker box)
 OBJECT_SIZE_FRAC = (0.2, 0.8)
-LMO_TEST_SEED = 1000  # the test scenes' seed: not one of the training scenes' (bop_train renders with seed 0)
 
 
 def pose_models(obj: common.TestObject) -> list[tuple[str, Path]]:
@@ -117,18 +116,11 @@ def lmo_result(run: Path, s: dict) -> dict | None:
     """The bop_train run of lmo_models on rendered multi-object test scenes, with true and predicted boxes."""
     from pose_net import detector as det
     from pose_net.evaluate import evaluate_all
-    from render.scenes import DEFAULT_CAMERA, render_scenes_in_subprocess
 
     if not (run / "objects.json").is_file() or not (run / det.DETECTOR_SUBDIR / det.DETECTOR_CONFIG).is_file():
         print(f"{run}: no finished bop_train run with a detector (make bop-train-lmo): the LMO section is left out")
         return None
-    test_root = tables.budget_dir() / "test_sets" / "lmo_scenes"
-    camera = test_root.parent / "lmo_scenes_camera.json"
-    camera.parent.mkdir(parents=True, exist_ok=True)
-    camera.write_text(json.dumps(DEFAULT_CAMERA))
-    render_scenes_in_subprocess(common.SHARED_DATA / "lmo_models", test_root, log=test_root.parent / "render.log",
-                                num_images=s["lmo_test_scenes"], camera=camera, seed=LMO_TEST_SEED,
-                                objects_per_image=(2, 5), randomization="complete")
+    test_root = tables.lmo_test_scenes(s["lmo_test_scenes"])
     folder = run / "eval_lmo_scenes"
     recall = cached(folder / "detection_recall.json",
                     lambda: det.detection_recall(det.Detector(run / det.DETECTOR_SUBDIR), test_root))
@@ -189,7 +181,7 @@ def markdown(results: list[dict], lmo: dict | None) -> str:
         lines += ["", f"## lmo_models: `{lmo['run']}` (experiments.bop_train, budget `{lmo['bop_train']['budget']}`)",
                   "", f"Rendered multi-object test scenes (`{lmo['test_set']}`, {rc['instances']} instances at "
                   "least 10% visible, LINEMOD's 640x480 camera, 2-5 objects each, `complete` randomization, seed "
-                  f"{LMO_TEST_SEED}). Detection recall (IoU 0.5) **{100 * rc['detection_recall']:.1f}%**, median "
+                  f"{tables.LMO_TEST_SEED}). Detection recall (IoU 0.5) **{100 * rc['detection_recall']:.1f}%**, median "
                   f"IoU {rc['median_iou']:.2f}, {1000 * rc['seconds_per_photo_median']:.0f} ms per photo.", "",
                   "| obj | detection recall | ADD(-S) true boxes | ADD(-S) detector boxes | median mm, true boxes | "
                   "median mm, detector boxes |", "|---|---|---|---|---|---|"]

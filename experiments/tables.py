@@ -248,12 +248,36 @@ for job in json.loads(sys.argv[1]):
 """
 
 
-def render_all(cells: list[Cell]):
-    """Renders what the cells need (each dataset resumes from its finished shards)."""
-    jobs = render_jobs(cells)
+def render_datasets(jobs: list[dict]):
+    """Runs render.generate jobs (its options by name, ``out`` included) in one subprocess; each dataset resumes
+    from its finished shards. Log: ``BUDGET/render.log``."""
     if jobs:
         print(f"rendering {len(jobs)} dataset(s), log: {budget_dir() / 'render.log'}", flush=True)
         common.run([sys.executable, "-c", _RENDER_MANY, json.dumps(jobs)], log=budget_dir() / "render.log")
+
+
+def render_all(cells: list[Cell]):
+    """Renders what the cells need (each dataset resumes from its finished shards)."""
+    render_datasets(render_jobs(cells))
+
+
+# The rendered lmo_models test scenes' seed (experiments.detector_table, experiments.esac_table): not one of the
+# training scenes' (bop_train renders with seed 0).
+LMO_TEST_SEED = 1000
+
+
+def lmo_test_scenes(num_scenes: int) -> Path:
+    """The rendered multi-object test scenes of ../shared/data/lmo_models (a BOP test folder, rendered once):
+    LINEMOD's 640x480 camera, 2-5 objects each, `complete` randomization, seed :data:`LMO_TEST_SEED`."""
+    from render.scenes import DEFAULT_CAMERA, render_scenes_in_subprocess
+
+    test_root = budget_dir() / "test_sets" / "lmo_scenes"
+    camera = test_root.parent / "lmo_scenes_camera.json"
+    camera.parent.mkdir(parents=True, exist_ok=True)
+    camera.write_text(json.dumps(DEFAULT_CAMERA))
+    return render_scenes_in_subprocess(common.SHARED_DATA / "lmo_models", test_root,
+                                       log=test_root.parent / "render.log", num_images=num_scenes, camera=camera,
+                                       seed=LMO_TEST_SEED, objects_per_image=(2, 5), randomization="complete")
 
 
 # What a cell keeps of pose_net.evaluate's figures (cell.json)

@@ -175,11 +175,12 @@ def test_dsac_table_second_stages_start_from_the_first_stage_model(quick_results
 def test_esac_table_trains_one_model_for_two_objects_beside_the_per_object_ones(quick_results):
     """The ESAC table: the per-object coordinate cells (reused from the DSAC table's where they exist), one ESAC
     model of both objects on the same renderings (experts stage, then esac stage from it), each scored in both
-    modes on both objects' real and rendered sets; a second run reuses everything."""
+    modes on both objects' real and rendered sets; a second run reuses everything. (Its lmo_models section, 8
+    objects, is left out here for time: run by hand with the quick budget.)"""
     tmp, _ = quick_results
     cmd = [sys.executable, "-m", "experiments.esac_table", "--budget=quick", f"--out={tmp / 'results'}",
            f"--runs_dir={tmp / 'runs'}", "--real_sets=ycbv_can,ycbv_box", "--first_stage_minutes=1",
-           "--second_stage_minutes=1", "--experts_minutes=1", "--esac_minutes=1"]
+           "--second_stage_minutes=1", "--experts_minutes=1", "--esac_minutes=1", "--lmo_models="]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     root = tmp / "runs" / "quick" / "esac" / "ycbv_can+ycbv_box"
