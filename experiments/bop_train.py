@@ -1,7 +1,7 @@
 """One command per BOP models folder: renders and trains a pose model for each object, into one model folder.
 
     python -m experiments.bop_train --models_dir DIR [--obj_ids 1,5,6|all] --out RUN [--budget quick|cpu|gpu]
-        [--head direct|coords] [--camera CAMERA.json] [--backgrounds PHOTOS]
+        [--head direct|coords | --esac] [--camera CAMERA.json] [--backgrounds PHOTOS]
 
 First the detector of all the objects (``RUN/detector/``, pose_net/detector.py): scenes of 1-4 of the objects
 rendered at the test camera (``--camera``: ``cam_K``, ``width``, ``height``, or a BOP ``scene_camera.json``; default
@@ -18,6 +18,12 @@ for each object of ``--obj_ids`` (validated first: models_info.json, model files
    a BOP test folder into one BOP19 CSV, with the true boxes or the detector's (``render.scenes`` makes
    multi-object test folders from the same models), and ``pose_net.predict --model_dir RUN`` finds every object
    in a photo.
+
+With ``--esac``, step 2 is one ESAC model of all the objects instead (pose_net/esac.py: a gating network over a
+coordinate expert per object on one frozen backbone; its experts stage in ``RUN/esac_experts/``, then through the
+solver in ``RUN/esac/``, ``esac_minutes_per_object`` times the objects in all), and ``objects.json`` points every
+object at ``esac``: ``pose_net.evaluate`` scores it with ground-truth boxes, ``pose_net.predict`` with the detector's
+boxes, the ESAC model naming each object itself.
 
 Resumable: run the same command again and it goes on (finished renderings and networks are skipped, an
 interrupted training resumes from its checkpoint); a folder made with another budget or head is refused. Progress
@@ -65,23 +71,28 @@ def define_flags():
     flags.DEFINE_enum("head", "direct", ["direct", "coords"], "pose head of every object "
                       "(docs/results/method_table.md: the direct head has the lower real median errors of the two at "
                       "the CPU budget)")
+    flags.DEFINE_bool("esac", False, "one ESAC model of all the objects (pose_net/esac.py: a gating network over "
+                      "coordinate experts on one backbone, RUN/esac) instead of a model per object; "
+                      "docs/results/esac_table.md compares the two")
 
 
 BUDGETS = {
     "quick": dict(detector_scenes=16, detector_epochs=2, num_train=32, image_size=64, input_size=64, num_shards=1,
-                  train=dict(
+                  esac_minutes_per_object=0.02, train=dict(
         backbone="small", backbone_weights="none", freeze_backbone=False, epochs=1, steps_per_epoch=2,
         batch_size=8, max_val_images=4)),
     "cpu": dict(detector_scenes=2000, detector_epochs=30, num_train=12000, image_size=128, input_size=128,
-                num_shards=6, train=dict(
+                num_shards=6, esac_minutes_per_object=6.0, train=dict(
         backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
         feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", epochs=6, batch_size=32)),
     "gpu": dict(detector_scenes=10000, detector_epochs=40, num_train=20000, image_size=256, input_size=128,
-                num_shards=10, train=dict(
+                num_shards=10, esac_minutes_per_object=20.0, train=dict(
         backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=False, epochs=30,
         batch_size=64)),
 }
 RUN_FILE = "bop_train.json"  # what the run folder was made with
+ESAC_SUBDIR = "esac"  # --esac: the ESAC model (its experts stage in esac_experts/)
+ESAC_EXPERTS_SHARE = 2 / 3  # --esac: the share of its training time in the experts stage, the rest through the solver
 
 
 def log(run: Path, text: str):
@@ -92,7 +103,7 @@ def log(run: Path, text: str):
 
 def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", head: str = "direct",
               camera=None, backgrounds=None, exclude_obj_ids=(), distractors_dir=None,
-              object_size_frac=(0.15, 0.5)) -> Path:
+              object_size_frac=(0.15, 0.5), esac: bool = False) -> Path:
     """Renders and trains the detector and every object's pose network; returns the run folder (see the module
     docstring)."""
     from pose_core import bop
@@ -103,6 +114,9 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
     models = load_models(models_dir, obj_ids)  # every object checked before anything is written
     K, width, height = load_camera(camera)
     run = Path(out)
+    if esac and len(models) < 2:
+        raise PoseInputError(f"--esac: one model of several objects needs at least 2, --obj_ids chose {len(models)}")
+    head = "esac" if esac else head
     wanted = {"budget": budget, "head": head, "models_dir": str(Path(models_dir).resolve())}
     if (run / RUN_FILE).is_file():
         have = json.loads((run / RUN_FILE).read_text())
@@ -123,7 +137,7 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
     for k, m in enumerate(models):
         name = f"obj_{m.obj_id:06d}"
         model_dir = run / name
-        if str(m.obj_id) in index and (model_dir / "model.keras").is_file():
+        if str(m.obj_id) in index and ((model_dir / "model.keras").is_file() or esac):
             log(run, f"[{k + 1}/{len(models)}] object {m.obj_id}: trained, skipping")
             continue
         t0 = time.time()
@@ -135,6 +149,8 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
                               num_shards=s["num_shards"],
                               extra=[f"--obj_id={m.obj_id}"] + (["--symmetric"] if symmetric else []),
                               log=run / "render.log")
+        if esac:  # the ESAC model trains on every object's renderings at once, below
+            continue
         log(run, f"[{k + 1}/{len(models)}] object {m.obj_id}: training the {head} head ({budget} budget)")
         train(default_flag_values(dataset=str(data), model_dir=str(model_dir), head=head,
                                   input_size=s["input_size"], progress=False, seed=0,
@@ -145,9 +161,33 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
         index[str(m.obj_id)] = name
         write_json_atomic(index_path, {"objects": index}, indent=1)
         log(run, f"[{k + 1}/{len(models)}] object {m.obj_id}: done in {(time.time() - t0) / 60:.1f} min")
+    if esac and not all(str(m.obj_id) in index for m in models):
+        train_run_esac(run, [run / "data" / f"obj_{m.obj_id:06d}" for m in models], s)
+        index.update({str(m.obj_id): ESAC_SUBDIR for m in models})
+        write_json_atomic(index_path, {"objects": index}, indent=1)
     log(run, f"{len(models)} objects in {run} ({(time.time() - t_all) / 60:.1f} min this run); evaluate with "
              f"python -m pose_net.evaluate --model_dir {run} --bop_root BOP_ROOT --obj_id all")
     return run
+
+
+def train_run_esac(run: Path, datasets: list[Path], s: dict):
+    """``--esac``: one ESAC model of all the objects, its experts stage in ``RUN/esac_experts`` and the stage through
+    the solver in ``RUN/esac`` (each resumed from its checkpoint), ``esac_minutes_per_object`` per object in all."""
+    import keras
+
+    from pose_net.esac import train_esac
+
+    minutes = s["esac_minutes_per_object"] * len(datasets)
+    t = s["train"]
+    kw = dict(input_size=s["input_size"], backbone=t["backbone"], backbone_weights=t["backbone_weights"],
+              progress=False, seed=0)
+    for stage, folder, share, init in (("experts", "esac_experts", ESAC_EXPERTS_SHARE, None),
+                                       ("esac", ESAC_SUBDIR, 1 - ESAC_EXPERTS_SHARE, run / "esac_experts")):
+        t0 = time.time()
+        log(run, f"ESAC of {len(datasets)} objects: {stage} stage, {minutes * share:.1f} min, in {run / folder}")
+        summary = train_esac([str(d) for d in datasets], run / folder, stage, minutes * share, init_from=init, **kw)
+        keras.backend.clear_session()
+        log(run, f"ESAC {stage} stage: {summary['steps']} steps, done in {(time.time() - t0) / 60:.1f} min")
 
 
 def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height, backgrounds, exclude_obj_ids,
@@ -181,7 +221,7 @@ def main(argv):
     try:
         bop_train(FLAGS.models_dir, FLAGS.out, parse_obj_ids(FLAGS.obj_ids), FLAGS.budget, FLAGS.head, FLAGS.camera,
                   FLAGS.backgrounds, [int(x) for x in FLAGS.exclude_obj_ids], FLAGS.distractors_dir,
-                  tuple(float(x) for x in FLAGS.object_size_frac))
+                  tuple(float(x) for x in FLAGS.object_size_frac), FLAGS.esac)
     except PoseInputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

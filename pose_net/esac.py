@@ -427,13 +427,15 @@ class EsacEstimator:
 
 def evaluate_esac(estimator: EsacEstimator, bop_root, obj_id: int, mode: str = "esac", split: str = "test",
                   num_hypotheses: int = DEFAULT_NUM_HYPOTHESES, min_visib: float | None = None,
-                  report_dir=None, num_pictures: int = 12) -> dict:
+                  report_dir=None, num_pictures: int = 12, estimates_out: list | None = None,
+                  models_dir=None) -> dict:
     """Scores ``obj_id``'s instances of a BOP test folder with ground-truth boxes: the ESAC model must name the
     object (its expert) and find its pose. A crop explained by another object's expert is a wrong pose (inf).
 
     Returns figures as :func:`pose_net.evaluate.evaluate` does (``add_recall``, ``add_s_recall``, medians in mm),
     plus ``gating_accuracy`` (the gating ranks the true expert first), ``routed_accuracy`` (the winning hypothesis
-    is the true expert's) and ``seconds_per_crop``.
+    is the true expert's) and ``seconds_per_crop``. ``estimates_out``: a list the BOP19 rows are appended to, each
+    under the object the model named, scored by the gating's probability of it.
     """
     from PIL import Image
 
@@ -441,7 +443,7 @@ def evaluate_esac(estimator: EsacEstimator, bop_root, obj_id: int, mode: str = "
     from pose_net.evaluate import gt_box, load_test_object, report_path
 
     true_m = estimator.expert_of(obj_id)
-    points, diameter, symmetric = load_test_object(bop_root, obj_id)
+    points, diameter, symmetric = load_test_object(bop_root, obj_id, models_dir)
     min_visib = bop.DEFAULT_MIN_VISIB if min_visib is None else min_visib
     images = bop.list_test_images(bop_root, obj_id, split, min_visib, bop.load_test_targets(bop_root))
     if not images:
@@ -454,12 +456,18 @@ def evaluate_esac(estimator: EsacEstimator, bop_root, obj_id: int, mode: str = "
             box = gt_box(inst, points, im.K, rgb.shape[:2])
             t0 = time.time()
             est = estimator.estimate(rgb, im.K, box, mode, num_hypotheses)
-            seconds += time.time() - t0
+            elapsed = time.time() - t0
+            seconds += elapsed
             right_object = est.expert == true_m
+            if estimates_out is not None:
+                estimates_out.append(bop.PoseEstimate(im.scene_id, im.im_id, est.obj_id,
+                                                      float(est.gating_probabilities[est.expert]), est.R, est.t_mm,
+                                                      elapsed))
             e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points) if right_object else np.inf
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points) if right_object else np.inf
             rows.append({"add_mm": e_add, "add_s_mm": e_adds, "gated": int(np.argmax(est.gating_probabilities)) == true_m,
-                         "routed": right_object})
+                         "routed": right_object,
+                         "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"])) if right_object else np.inf})
             if k in pick and report_dir is not None:
                 from pose_net.draw import draw_pose_overlay
 
@@ -471,6 +479,8 @@ def evaluate_esac(estimator: EsacEstimator, bop_root, obj_id: int, mode: str = "
     add_errors = np.array([r["add_mm"] for r in rows])
     adds_errors = np.array([r["add_s_mm"] for r in rows])
     result = {"bop_root": report_path(bop_root), "obj_id": obj_id, "mode": mode, "instances": len(rows),
+              "boxes": "gt", "head": "esac", "translation": f"ransac_pnp ({mode})",
+              "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])), "min_visib": min_visib,
               "num_hypotheses": num_hypotheses, "diameter_mm": diameter, "symmetric": symmetric,
               "add_recall": metrics.recall(add_errors, diameter), "add_s_recall": metrics.recall(adds_errors, diameter),
               "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),

@@ -94,8 +94,12 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     from PIL import Image
 
     from pose_net.draw import beside, contact_sheet, draw_pose_overlay, zoom_to_box
+    from pose_net.esac import ESAC_FILE
     from pose_net.inference import PoseEstimator
 
+    if (Path(model_dir) / ESAC_FILE).is_file():  # one ESAC model of several objects (pose_net/esac.py)
+        return _evaluate_esac_model(model_dir, bop_root, obj_id, boxes, split, models_dir, csv_path, report_dir,
+                                    num_pictures, depth, min_visib, estimates_out)
     estimator = PoseEstimator(model_dir, translation=translation)
     points, diameter, symmetric = load_test_object(bop_root, obj_id, models_dir)
     trained_d = estimator.diameter_mm
@@ -212,6 +216,31 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         bop.write_results_csv(csv_path, estimates)
     if report_dir:
         write_report(Path(report_dir), result, rows, add_errors, adds_errors, diameter, pictures, contact_sheet)
+    return result
+
+
+_ESAC_ESTIMATORS = {}  # model folder -> EsacEstimator, loaded once per process (evaluate_all: once per object)
+
+
+def _evaluate_esac_model(model_dir, bop_root, obj_id, boxes, split, models_dir, csv_path, report_dir, num_pictures,
+                         depth, min_visib, estimates_out) -> dict:
+    """:func:`evaluate` of an ESAC model folder: ground-truth boxes, RGB (``pose_net.esac.evaluate_esac``)."""
+    from pose_net.esac import EsacEstimator, evaluate_esac
+
+    if boxes != "gt" or depth:
+        raise PoseInputError(f"{model_dir} holds an ESAC model: it is scored with ground-truth boxes and RGB only "
+                             f"(--boxes gt, no --depth)")
+    key = str(Path(model_dir).resolve())
+    estimator = _ESAC_ESTIMATORS.get(key) or _ESAC_ESTIMATORS.setdefault(key, EsacEstimator(model_dir))
+    estimates = []
+    result = evaluate_esac(estimator, bop_root, obj_id, "esac", split, min_visib=min_visib, report_dir=report_dir,
+                           num_pictures=num_pictures, estimates_out=estimates, models_dir=models_dir)
+    result["model_dir"] = report_path(model_dir)
+    if estimates_out is not None:
+        estimates_out.extend(estimates)
+    if csv_path:
+        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+        bop.write_results_csv(csv_path, estimates)
     return result
 
 

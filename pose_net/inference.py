@@ -66,7 +66,8 @@ MODEL_SET_FILE = "objects.json"  # a folder of several objects' models: {"object
 
 def model_set(model_dir) -> dict[int, Path]:
     """``{obj_id: model folder}`` of a model folder: the objects of its ``objects.json`` (a folder of per-object
-    model folders), or the one object of a single model's ``config.json``."""
+    model folders), the experts of an ESAC model (``esac.json``, all in that folder), or the one object of a single
+    model's ``config.json``."""
     model_dir = Path(model_dir)
     index = model_dir / MODEL_SET_FILE
     if index.is_file():
@@ -76,10 +77,16 @@ def model_set(model_dir) -> dict[int, Path]:
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise PoseInputError(f"{index}: expected {{\"objects\": {{\"<obj_id>\": \"<subfolder>\"}}}} "
                                  f"({e})") from None
+        from pose_net.esac import ESAC_FILE
+
         for obj_id, folder in out.items():
-            if not (folder / CONFIG_FILE).is_file():
+            if not (folder / CONFIG_FILE).is_file() and not (folder / ESAC_FILE).is_file():
                 raise PoseInputError(f"{index}: object {obj_id}'s model folder {folder} holds no {CONFIG_FILE}")
         return out
+    from pose_net.esac import ESAC_FILE, load_esac
+
+    if (model_dir / ESAC_FILE).is_file():  # one ESAC model: an expert per object
+        return {e.obj_id: model_dir for e in load_esac(model_dir)[1]}
     return {int(load_config(model_dir)["obj_id"]): model_dir}
 
 

@@ -94,6 +94,10 @@ def predict(model_dir, image_path, camera_path, box=None, out=None, translation:
     found = None if box is not None else find_detector(model_dir, detector_dir)
     if found is not None:
         return predict_all(model_dir, image, K, found, out, translation, max_per_object)
+    from pose_net.esac import ESAC_FILE
+
+    if (Path(model_dir) / ESAC_FILE).is_file():
+        return predict_esac(model_dir, image, K, box, out)
     estimator = PoseEstimator(model_dir, translation=translation)
     est = estimator.estimate(image, K, box)
     result = {"R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "bbox_xywh": est.bbox_xywh.tolist(),
@@ -110,6 +114,26 @@ def predict(model_dir, image_path, camera_path, box=None, out=None, translation:
     return result
 
 
+def predict_esac(model_dir, image: np.ndarray, K: np.ndarray, box, out=None) -> dict:
+    """An ESAC model (several objects, pose_net/esac.py) on the object in ``box``: which object it is and its pose."""
+    from pose_net.draw import draw_pose_overlay
+    from pose_net.esac import EsacEstimator
+
+    if box is None:
+        raise PoseInputError(f"{model_dir} holds an ESAC model, which needs the object's box: give --box x,y,w,h (or "
+                             f"a detector, --detector)")
+    esac = EsacEstimator(model_dir)
+    est = esac.estimate(image, K, box)
+    expert = esac.experts[est.expert]
+    result = {"obj_id": est.obj_id, "gating_probability": round(float(est.gating_probabilities[est.expert]), 4),
+              "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "bbox_xywh": list(map(float, box)),
+              "ok": est.ok, "num_inliers": est.num_inliers}
+    if out:
+        draw_pose_overlay(image, K, expert.model_points_mm, expert.diameter_mm, est.R, est.t_mm,
+                          bbox_xywh=np.asarray(box, np.float64), label=f"obj {est.obj_id}").save(out)
+    return result
+
+
 def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=None, translation=None,
                 max_per_object: int = 1) -> dict:
     """Every object the detector finds in ``image`` with a model in ``model_dir``: ``{"objects": [...]}``, best
@@ -118,6 +142,7 @@ def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=N
 
     from pose_net.detector import Detector
     from pose_net.draw import PRED_COLOUR, draw_pose_overlay
+    from pose_net.esac import ESAC_FILE, EsacEstimator
     from pose_net.inference import PoseEstimator, model_set
 
     models = model_set(model_dir)
@@ -131,18 +156,33 @@ def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=N
         if d.obj_id not in models or counts.get(d.obj_id, 0) >= max_per_object:
             continue
         counts[d.obj_id] = counts.get(d.obj_id, 0) + 1
-        if d.obj_id not in estimators:
-            estimators[d.obj_id] = PoseEstimator(models[d.obj_id], translation=translation)
-        est = estimators[d.obj_id].estimate(image, K, d.bbox_xywh)
-        entry = {"obj_id": d.obj_id, "score": round(d.score, 4), "bbox_xywh": est.bbox_xywh.tolist(),
-                 "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "translation": est.translation}
-        if estimators[d.obj_id].head == "coords":
-            entry.update(ok=est.ok, num_inliers=est.num_inliers)
-        objects.append(entry)
-        if out:
+        folder = models[d.obj_id]
+        if (folder / ESAC_FILE).is_file():  # one ESAC model of several objects: it names the object itself
+            if folder not in estimators:
+                estimators[folder] = EsacEstimator(folder)
+            esac = estimators[folder]
+            est = esac.estimate(image, K, d.bbox_xywh)
+            expert = esac.experts[est.expert]
+            objects.append({"obj_id": est.obj_id, "detected_as": d.obj_id, "score": round(d.score, 4),
+                            "gating_probability": round(float(est.gating_probabilities[est.expert]), 4),
+                            "bbox_xywh": np.asarray(d.bbox_xywh, np.float64).tolist(),
+                            "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "ok": est.ok,
+                            "num_inliers": est.num_inliers})
+            points, diameter, R, t, bbox = (expert.model_points_mm, expert.diameter_mm, est.R, est.t_mm,
+                                            np.asarray(d.bbox_xywh, np.float64))
+        else:
+            if d.obj_id not in estimators:
+                estimators[d.obj_id] = PoseEstimator(folder, translation=translation)
             e = estimators[d.obj_id]
-            picture = np.asarray(draw_pose_overlay(picture, K, e.points_mm, e.diameter_mm, est.R, est.t_mm,
-                                                   bbox_xywh=est.bbox_xywh))
+            est = e.estimate(image, K, d.bbox_xywh)
+            entry = {"obj_id": d.obj_id, "score": round(d.score, 4), "bbox_xywh": est.bbox_xywh.tolist(),
+                     "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "translation": est.translation}
+            if e.head == "coords":
+                entry.update(ok=est.ok, num_inliers=est.num_inliers)
+            objects.append(entry)
+            points, diameter, R, t, bbox = e.points_mm, e.diameter_mm, est.R, est.t_mm, est.bbox_xywh
+        if out:
+            picture = np.asarray(draw_pose_overlay(picture, K, points, diameter, R, t, bbox_xywh=bbox))
     if out:
         from PIL import Image
 

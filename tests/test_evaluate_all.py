@@ -123,3 +123,41 @@ def test_bop_train_command_line_names_a_bad_object(tmp_path):
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no object 9" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_bop_train_esac_one_model_scored_and_used_like_the_per_object_ones(setup, tmp_path):
+    """``bop_train --esac``: one ESAC model of the toy and the symmetric object (RUN/esac, objects.json pointing
+    both at it), scored by ``evaluate_all`` into one CSV (each row under the object the model named) and used by
+    ``predict`` on the detector's boxes; an ESAC model asked for predicted boxes is refused by name."""
+    import shutil
+
+    from experiments.bop_train import bop_train
+    from pose_core.objects import builtin_models_dir
+    from pose_net.evaluate import evaluate_all
+    from pose_net.predict import predict
+
+    root, bop_root, _, other = setup
+    run = tmp_path / "esac_run"
+    run.mkdir()
+    shutil.copytree(root / "set" / "detector", run / "detector")  # the same objects' detector: not trained again
+    bop_train(builtin_models_dir(), run, [1, 3], budget="quick", esac=True)
+    assert json.loads((run / "objects.json").read_text())["objects"] == {"1": "esac", "3": "esac"}
+    assert json.loads((run / "esac" / "esac.json").read_text())["init_from"] == str(run / "esac_experts")
+    result = evaluate_all(run, bop_root, csv_path=tmp_path / "all.csv", min_visib=0.0)
+    assert sorted(int(k) for k in result["objects"]) == [1, 3] and result["not_trained"] == [other]
+    assert all(0.0 <= v["gating_accuracy"] <= 1.0 and v["head"] == "esac" for v in result["objects"].values())
+    rows = bop.read_results_csv(tmp_path / "all.csv")
+    assert len(rows) == 8 and {r.obj_id for r in rows} <= {1, 3}
+    with pytest.raises(PoseInputError, match="ground-truth boxes"):
+        evaluate_all(run, bop_root, boxes="predicted", min_visib=0.0)
+    cam = tmp_path / "camera.json"
+    cam.write_text(json.dumps(CAMERA))
+    image = sorted((bop_root / "test" / "000000" / "rgb").iterdir())[0]
+    out = predict(run, image, cam, out=tmp_path / "p.png")
+    assert (tmp_path / "p.png").is_file()
+    for o in out["objects"]:
+        assert o["obj_id"] in (1, 3) and 0.0 <= o["gating_probability"] <= 1.0 and len(o["R"]) == 9
+    single = predict(run / "esac", image, cam, box=[40, 30, 60, 50])
+    assert single["obj_id"] in (1, 3)
+    with pytest.raises(PoseInputError, match="--box"):
+        predict(run / "esac", image, cam)
