@@ -65,6 +65,10 @@ GATING_DROPOUT = 0.2
 DEFAULT_BATCH_SIZE = 30  # stage experts: 10 crops of each of 3 objects
 DEFAULT_ESAC_BATCH_SIZE = 12  # stage esac: every expert runs on every crop
 CHECKPOINT_EVERY_S = 120.0  # seconds of training between checkpoints (and always at the end)
+# Adam's starting learning rate per stage: the coordinate head's (experiments.tables.HEAD_SETTINGS) for the experts
+# stage; a tenth of it through the solver, as the DSAC table's second stages (its pose loss is in degrees + 0.1 mm,
+# about 100 at first, so its gradients are far larger than the coordinate loss').
+LEARNING_RATES = {"experts": 3e-3, "esac": 3e-4}
 
 
 # ------------------------------------------------------------------------------------------------------ experts
@@ -526,7 +530,7 @@ def _batches(experts: list[ExpertSpec], per_expert: int, cfg, seed: int, start_e
 
 
 def train_esac(datasets: list[str], model_dir, stage: str = "experts", time_budget_min: float = 10.0,
-               batch_size: int | None = None, learning_rate: float = 3e-3, init_from=None, seed: int = 0,
+               batch_size: int | None = None, learning_rate: float | None = None, init_from=None, seed: int = 0,
                settings: EsacSettings = EsacSettings(), input_size: int = 128, backbone: str = "efficientnet_lite0",
                backbone_weights="imagenet", progress: bool = True, max_steps: int = 0,
                freeze_backbone: bool | None = None) -> dict:
@@ -535,7 +539,7 @@ def train_esac(datasets: list[str], model_dir, stage: str = "experts", time_budg
 
     ``stage``: ``experts`` (gating cross-entropy + coordinate losses) or ``esac`` (from ``init_from``, an
     ``experts`` model folder: + the expected pose loss through the solver, the gating by REINFORCE). The learning
-    rate follows a cosine over ``time_budget_min``; a run killed and started again resumes from its checkpoint.
+    rate (default :data:`LEARNING_RATES` of the stage) follows a cosine over ``time_budget_min``; a run killed and started again resumes from its checkpoint.
     ``max_steps`` > 0 stops there too (tests). ``freeze_backbone``: None freezes a pretrained backbone (its
     features computed once per crop for every expert) and trains one without weights with the heads.
     """
@@ -557,6 +561,7 @@ def train_esac(datasets: list[str], model_dir, stage: str = "experts", time_budg
         raise PoseInputError(f"--batch_size {batch_size} is smaller than the {M} objects: each batch holds crops of "
                              "every object")
     per_expert = batch_size // M
+    learning_rate = LEARNING_RATES[stage] if learning_rate is None else learning_rate
     if stage == "esac" and init_from is None and not (model_dir / "checkpoints").is_dir():
         raise PoseInputError("--stage esac starts from a trained `experts` stage: give --init_from")
     config = {"format_version": 1, "stage": stage, "input_size": input_size, "backbone": backbone,
@@ -668,7 +673,7 @@ def train_esac(datasets: list[str], model_dir, stage: str = "experts", time_budg
         for k, v in {"total": total, **terms}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         bar.update(int(float(seconds_var.numpy())) - bar.n)
-        bar.set_postfix({k: f"{v / n:.3f}" for k, v in sums.items()})
+        bar.set_postfix({"step": int(step_var.numpy()), **{k: f"{v / n:.3f}" for k, v in sums.items()}})
         if time.time() - last_ckpt > CHECKPOINT_EVERY_S:
             manager.save()
             last_ckpt = time.time()
@@ -694,7 +699,8 @@ def define_flags():
     flags.DEFINE_float("time_budget_min", 10.0, "training wall time, minutes (the learning rate's cosine spans it)")
     flags.DEFINE_integer("batch_size", 0, "crops per step, split evenly over the objects (0: 30 for experts, 12 "
                          "for esac)")
-    flags.DEFINE_float("learning_rate", 3e-3, "Adam's learning rate at the start")
+    flags.DEFINE_float("learning_rate", None, "Adam's learning rate at the start (default: 3e-3 for experts, "
+                       "3e-4 for esac)")
     flags.DEFINE_integer("hypotheses", TRAIN_HYPOTHESES, "--stage esac: hypotheses per draw, spread over the experts")
     flags.DEFINE_integer("seed", 0, "seed")
     flags.mark_flags_as_required(["datasets", "model_dir"])
