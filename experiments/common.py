@@ -82,6 +82,17 @@ def run(cmd: list[str], log: Path | None = None) -> None:
     print(f"  done in {time.time() - t0:.0f} s", flush=True)
 
 
+def cached_json(path: Path, compute) -> dict:
+    """The JSON in ``path`` when it exists, else ``compute()``'s result written there (a table's finished
+    evaluations are kept and reused, so a rerun goes on where it stopped)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def dataset_complete(out: Path) -> bool:
     info = out / "dataset.json"
     if not info.is_file():

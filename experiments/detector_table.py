@@ -60,15 +60,6 @@ def pose_models(obj: common.TestObject) -> list[tuple[str, Path]]:
     return [(label, m) for label, m in out if (m / "config.json").is_file()]
 
 
-def cached(path: Path, compute):
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    return result
-
-
 def real_set_result(real_set: str, obj: common.TestObject, s: dict) -> dict:
     from pose_net import detector as det
     from pose_net.evaluate import evaluate
@@ -87,7 +78,7 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict) -> dict:
             keep_feature_cache=True, label=real_set)  # (the cache: other epochs or heads later, no backbone again)
     config = json.loads((detector_dir / det.DETECTOR_CONFIG).read_text())
     detector = det.Detector(detector_dir)
-    recall = cached(folder / "detection_recall.json", lambda: det.detection_recall(detector, obj.real_root))
+    recall = common.cached_json(folder / "detection_recall.json", lambda: det.detection_recall(detector, obj.real_root))
     # the same head trained on the complete-mode scenes only (no real backgrounds), from the same cached features
     variant_dir = folder / "detector_complete_only"
     if not (variant_dir / det.DETECTOR_CONFIG).is_file():
@@ -97,14 +88,14 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict) -> dict:
         det.save_detector(variant_dir, det.build_detector(det.build_backbone(), head),
                           dict(config, scenes=[report_path(folder / f"scenes_{SCENE_MODES[0]}")],
                                images=len(n_complete), final_loss=history[-1]))
-    recall_complete = cached(folder / "detection_recall_complete_only.json",
+    recall_complete = common.cached_json(folder / "detection_recall_complete_only.json",
                              lambda: det.detection_recall(det.Detector(variant_dir), obj.real_root))
     poses = []
     for label, model in pose_models(obj):
         row = {"pose_model": label, "model_dir": report_path(model)}
         for boxes in ("gt", "predicted"):
             name = f"eval_{model.parent.name}_{boxes}"
-            row[boxes] = cached(folder / name / "metrics.json",
+            row[boxes] = common.cached_json(folder / name / "metrics.json",
                                 lambda: evaluate(model, obj.real_root, obj.obj_id, boxes, report_dir=folder / name,
                                                  detector=detector))
         poses.append(row)
@@ -122,12 +113,12 @@ def lmo_result(run: Path, s: dict) -> dict | None:
         return None
     test_root = tables.lmo_test_scenes(s["lmo_test_scenes"])
     folder = run / "eval_lmo_scenes"
-    recall = cached(folder / "detection_recall.json",
+    recall = common.cached_json(folder / "detection_recall.json",
                     lambda: det.detection_recall(det.Detector(run / det.DETECTOR_SUBDIR), test_root))
     out = {"run": report_path(run), "test_set": report_path(test_root), "recall": recall,
            "bop_train": json.loads((run / "bop_train.json").read_text())}
     for boxes in ("gt", "predicted"):
-        out[boxes] = cached(folder / f"{boxes}.json", lambda: evaluate_all(
+        out[boxes] = common.cached_json(folder / f"{boxes}.json", lambda: evaluate_all(
             run, test_root, boxes, csv_path=folder / f"{boxes}.csv", report_dir=folder / boxes))
     log = run / "bop_train.log"
     out["log_tail"] = log.read_text().strip().splitlines()[-12:] if log.is_file() else []

@@ -94,15 +94,6 @@ def train_stages(root: Path, datasets: list[str], experts_minutes: float, esac_m
     return summaries
 
 
-def evaluate_cached(path: Path, compute) -> dict:
-    if path.is_file():
-        return json.loads(path.read_text())
-    r = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(r, indent=1))
-    return r
-
-
 def esac_results(root: Path, test_sets: list[tuple[str, str, int, Path]]) -> dict:
     """``{(stage, mode, kind, key): figures}`` of the ESAC stages in ``root`` on ``test_sets``, a list of
     ``(kind, key, obj_id, BOP test folder)``; each evaluation is kept in ``root/<stage>/eval/`` and reused."""
@@ -123,7 +114,7 @@ def esac_results(root: Path, test_sets: list[tuple[str, str, int, Path]]) -> dic
                     return evaluate_esac(estimator, bop_root, obj_id, mode, num_hypotheses=NUM_HYPOTHESES,
                                          report_dir=model_dir / "eval" / f"{kind}_{key}",
                                          num_pictures=tables.sizes()["num_pictures"])
-                out[(stage, mode, kind, key)] = evaluate_cached(model_dir / "eval" / f"{kind}_{key}_{mode}.json",
+                out[(stage, mode, kind, key)] = common.cached_json(model_dir / "eval" / f"{kind}_{key}_{mode}.json",
                                                                 compute)
         keras.backend.clear_session()
     return out
@@ -259,7 +250,8 @@ def lmo_objects(models_dir: Path) -> list[common.TestObject]:
 
     info = bop.load_models_info(models_dir / "models_info.json")
     return [common.TestObject(f"obj_{obj_id:06d}", str(bop.find_model_file(models_dir, obj_id)), obj_id,
-                              float(entry["diameter"]), bop.is_symmetric(entry)) for obj_id, entry in sorted(info.items())]
+                              float(entry["diameter"]), bop.is_symmetric(entry))
+            for obj_id, entry in sorted(info.items())]
 
 
 def lmo_section(models_dir: Path) -> dict:
@@ -308,7 +300,7 @@ def lmo_section(models_dir: Path) -> dict:
             r["training"] = {"steps": sum(e["steps"] for e in history),
                              "train_seconds": history[-1].get("train_seconds", 0.0) if history else 0.0}
             return r
-        per_object[o.name] = evaluate_cached(folder / "result.json", compute)
+        per_object[o.name] = common.cached_json(folder / "result.json", compute)
     summaries = train_stages(root / "esac_model", [str(data[o.obj_id]) for o in objects],
                              len(objects) * minutes * 2 / 3, len(objects) * minutes / 3,
                              experts_batch_size=LMO_ESAC_BATCH_SIZE)

@@ -469,7 +469,8 @@ def evaluate_esac(estimator: EsacEstimator, bop_root, obj_id: int, mode: str = "
                                                       elapsed))
             e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points) if right_object else np.inf
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points) if right_object else np.inf
-            rows.append({"add_mm": e_add, "add_s_mm": e_adds, "gated": int(np.argmax(est.gating_probabilities)) == true_m,
+            rows.append({"add_mm": e_add, "add_s_mm": e_adds,
+                         "gated": int(np.argmax(est.gating_probabilities)) == true_m,
                          "routed": right_object,
                          "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"])) if right_object else np.inf})
             if k in pick and report_dir is not None:
@@ -539,7 +540,8 @@ def train_esac(datasets: list[str], model_dir, stage: str = "experts", time_budg
 
     ``stage``: ``experts`` (gating cross-entropy + coordinate losses) or ``esac`` (from ``init_from``, an
     ``experts`` model folder: + the expected pose loss through the solver, the gating by REINFORCE). The learning
-    rate (default :data:`LEARNING_RATES` of the stage) follows a cosine over ``time_budget_min``; a run killed and started again resumes from its checkpoint.
+    rate (default :data:`LEARNING_RATES` of the stage) follows a cosine over ``time_budget_min``; a run killed and
+    started again resumes from its checkpoint.
     ``max_steps`` > 0 stops there too (tests). ``freeze_backbone``: None freezes a pretrained backbone (its
     features computed once per crop for every expert) and trains one without weights with the heads.
     """
