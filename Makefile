@@ -111,8 +111,9 @@ dsac-table: build-ops pretrained
 	$(PY) -m experiments.dsac_table --out docs/results --budget $(BUDGET)
 
 # ESAC: one network with an expert per real set's object (gating + experts on one frozen Lite0, 20 + 10 minutes)
-# against the DSAC table's per-object coordinate models at equal training time (docs/results/esac_table.md; about
-# 1 hour on 2 cores once the DSAC table's cells exist, resumable).
+# against the DSAC table's per-object coordinate models at equal training time; on lmo_models, 8 per-object models
+# (2 minutes each) against one ESAC model of all 8 (16 minutes). docs/results/esac_table.md; about 1.5 hours on
+# 2 cores once the DSAC table's cells exist, resumable.
 esac-table: build-ops pretrained
 	$(PY) -m experiments.esac_table --out docs/results --budget $(BUDGET)
 

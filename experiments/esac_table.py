@@ -2,7 +2,7 @@
 
     python -m experiments.esac_table --out docs/results [--budget cpu] [--experts_minutes 20] [--esac_minutes 10]
         [--real_sets ycbv_banana,ycbv_box,ycbv_can] [--lmo_models ../shared/data/lmo_models]
-        [--lmo_minutes_per_object 3]
+        [--lmo_minutes_per_object 2]
 
 On the renderings of the DSAC table's cells (experiments/dsac_table.py, `complete` mode, one dataset per real
 set's object), with the same frozen ImageNet Lite0:
@@ -47,7 +47,7 @@ flags.DEFINE_float("second_stage_minutes", 5.0, "the per-object models' continue
 flags.DEFINE_list("real_sets", list(common.REAL_SETS), "real sets of ../shared/data")
 flags.DEFINE_string("lmo_models", str(common.SHARED_DATA / "lmo_models"), "a BOP models folder of several objects "
                     "('' to skip): per-object models against one ESAC model on its rendered multi-object scenes")
-flags.DEFINE_float("lmo_minutes_per_object", 3.0, "lmo: each per-object model's training; ESAC gets the objects "
+flags.DEFINE_float("lmo_minutes_per_object", 2.0, "lmo: each per-object model's training; ESAC gets the objects "
                    "times this, two thirds in its experts stage")
 flags.DEFINE_integer("lmo_num_train", 4000, "lmo: training renderings per object")
 FLAGS = tables.FLAGS
