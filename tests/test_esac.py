@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY_INPUT
+TINY_INPUT = 64  # the side of the renderings and the network input (as conftest.TINY_INPUT)
 
 pytest.importorskip("tensorflow")
 
