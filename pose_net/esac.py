@@ -273,6 +273,7 @@ def esac_expected_loss(outputs: dict, experts: list[ExpertSpec], true_expert, R_
     """
     from pose_net import coordinates
     from pose_net.dsac import canonical_true_pose, pose_losses
+    from tf_ops import ransac_pnp_hypotheses
 
     s = settings.dsac()
     cut = s.cut()
@@ -289,8 +290,6 @@ def esac_expected_loss(outputs: dict, experts: list[ExpertSpec], true_expert, R_
         n = tf.shape(pixels)[1]
         order = tf.random.shuffle(tf.range(n))  # the op's per-crop draws must not repeat from step to step
         pixels, coords_mm, valid = (tf.gather(x, order, axis=1) for x in (pixels, coords_mm, valid))
-        from tf_ops import ransac_pnp_hypotheses
-
         hyp = ransac_pnp_hypotheses(pixels, coords_mm, K_out, valid=valid, num_hypotheses=H,
                                     threshold_px=settings.threshold_px, seed=m,
                                     max_refine_iterations=settings.max_refine_iterations)
@@ -341,6 +340,12 @@ class EsacResult:
     hypotheses_per_expert: np.ndarray  # [M] int
     num_inliers: int
     bbox_xywh: np.ndarray
+
+    def as_json(self) -> dict:
+        """What ``pose_net.predict`` prints: the object, the gating's probability of it, the pose (R row-major)."""
+        return {"obj_id": self.obj_id, "gating_probability": round(float(self.gating_probabilities[self.expert]), 4),
+                "bbox_xywh": np.asarray(self.bbox_xywh, np.float64).tolist(), "R": self.R.reshape(9).tolist(),
+                "t_mm": self.t_mm.tolist(), "ok": self.ok, "num_inliers": self.num_inliers}
 
 
 def load_esac(model_dir) -> tuple[dict, list[ExpertSpec]]:

@@ -125,9 +125,7 @@ def predict_esac(model_dir, image: np.ndarray, K: np.ndarray, box, out=None) -> 
     esac = EsacEstimator(model_dir)
     est = esac.estimate(image, K, box)
     expert = esac.experts[est.expert]
-    result = {"obj_id": est.obj_id, "gating_probability": round(float(est.gating_probabilities[est.expert]), 4),
-              "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "bbox_xywh": list(map(float, box)),
-              "ok": est.ok, "num_inliers": est.num_inliers}
+    result = est.as_json()
     if out:
         draw_pose_overlay(image, K, expert.model_points_mm, expert.diameter_mm, est.R, est.t_mm,
                           bbox_xywh=np.asarray(box, np.float64), label=f"obj {est.obj_id}").save(out)
@@ -163,11 +161,7 @@ def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=N
             esac = estimators[folder]
             est = esac.estimate(image, K, d.bbox_xywh)
             expert = esac.experts[est.expert]
-            objects.append({"obj_id": est.obj_id, "detected_as": d.obj_id, "score": round(d.score, 4),
-                            "gating_probability": round(float(est.gating_probabilities[est.expert]), 4),
-                            "bbox_xywh": np.asarray(d.bbox_xywh, np.float64).tolist(),
-                            "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "ok": est.ok,
-                            "num_inliers": est.num_inliers})
+            objects.append({**est.as_json(), "detected_as": d.obj_id, "score": round(d.score, 4)})
             points, diameter, R, t, bbox = (expert.model_points_mm, expert.diameter_mm, est.R, est.t_mm,
                                             np.asarray(d.bbox_xywh, np.float64))
         else:
