@@ -46,6 +46,7 @@ class Ranges:
     metallic: tuple = (0.0, 0.7)
     roughness: tuple = (0.2, 1.0)
     texture_prob: float = 0.5                  # random procedural texture, else one random colour
+    photo_texture_prob: float = 0.5            # of the textures, the share cut from photos (when photos are given)
     noise_sigma: tuple = (0.0, 8.0)            # Gaussian pixel noise, in grey levels
     blur_prob: float = 0.3
     blur_radius: tuple = (0.3, 1.2)
@@ -256,11 +257,24 @@ def real_background(rng, photos: list, size: int) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(out), name
 
 
-def object_appearance(rng, ranges: Ranges, texture_size: int = 64) -> dict:
-    """Random material for the object or a distractor: one colour or a procedural texture, metallic, roughness."""
+# Side of a texture cut from a photo, pixels: larger than a procedural one, so print and edges keep some detail
+PHOTO_TEXTURE_SIZE = 128
+
+
+def object_appearance(rng, ranges: Ranges, texture_size: int = 64, texture_photos: list = ()) -> dict:
+    """Random material for the object or a distractor: one colour or a texture, metallic, roughness.
+
+    The texture is procedural (:func:`procedural_image`), or with ``texture_photos`` (``[(name, loader)]`` as for
+    :func:`real_background`) and probability ``ranges.photo_texture_prob`` a random square cut from one of those
+    photos: real print, labels and clutter on an untextured model, so that real printed things are not all
+    "background" to a network that saw them only behind the objects. Without photos the random draws are those of
+    older versions (the same seeds give the same appearances)."""
     out = {"metallic": float(rng.uniform(*ranges.metallic)), "roughness": float(rng.uniform(*ranges.roughness))}
     if rng.uniform() < ranges.texture_prob:
-        out["texture"] = procedural_image(rng, texture_size)
+        if texture_photos and rng.uniform() < ranges.photo_texture_prob:
+            out["texture"] = real_background(rng, texture_photos, PHOTO_TEXTURE_SIZE)[0]
+        else:
+            out["texture"] = procedural_image(rng, texture_size)
         out["colour"] = [1.0, 1.0, 1.0]
     else:
         out["texture"] = None

@@ -32,6 +32,7 @@ No TensorFlow here.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -139,12 +140,14 @@ class SceneSampler:
 
     def __init__(self, models: list[SceneModel], K, width: int, height: int, mode: str, seed: int,
                  ranges: SceneRanges = SceneRanges(), look: rz.Ranges = rz.Ranges(), photos: list = (),
-                 distractors: list[SceneModel] = ()):
+                 distractors: list[SceneModel] = (), texture_photos: list = ()):
         """``distractors``: models shown but not annotated (other objects a photo may hold); the renderer's models
-        are ``models + distractors``, and an instance's ``model`` indexes that list."""
+        are ``models + distractors``, and an instance's ``model`` indexes that list. ``texture_photos``: photos
+        that random appearances cut textures from (:func:`render.randomize.object_appearance`)."""
         self.models, self.K, self.width, self.height = models, np.asarray(K, np.float64), width, height
         self.distractors = list(distractors)
         self.axes, self.seed, self.ranges, self.look, self.photos = mode_axes(mode), seed, ranges, look, list(photos)
+        self.texture_photos = list(texture_photos)
         if self.axes["background"] == "real" and not self.photos:
             raise SceneError("randomization real_background needs background photos (--backgrounds)")
 
@@ -171,10 +174,9 @@ class SceneSampler:
         else:
             background = np.full((big, big, 3), rz.PLAIN_BACKGROUND_RGB, np.uint8)
         rng_app = rz.sample_rng(self.seed, index, STREAM_APPEARANCE)
-        for inst in instances:
-            inst["appearance"] = rz.object_appearance(rng_app, self.look) if self.axes["object"] == "random" else "own"
-        for inst in distractors:  # drawn after the objects': their appearances stay as they were
-            inst["appearance"] = rz.object_appearance(rng_app, self.look) if self.axes["object"] == "random" else "own"
+        for inst in instances + distractors:  # the distractors' after the objects': those stay as they were
+            inst["appearance"] = (rz.object_appearance(rng_app, self.look, texture_photos=self.texture_photos)
+                                  if self.axes["object"] == "random" else "own")
         centre_m = np.mean([i["t_mm"] for i in instances], axis=0) * MM
         light = (rz.sample_lights(rz.sample_rng(self.seed, index, STREAM_LIGHT), centre_m, self.look)
                  if self.axes["light"] == "random" else rz.FIXED_LIGHT)
@@ -282,13 +284,15 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
                   mode: str = "complete", seed: int = 0, split: str = "test", scene_id: int = 0,
                   objects_per_image: tuple = SceneRanges.objects_per_image, backgrounds: str | None = None,
                   progress: bool = True, exclude_obj_ids=(), distractors_dir=None,
-                  object_size_frac: tuple = SceneRanges.object_size_frac) -> Path:
+                  object_size_frac: tuple = SceneRanges.object_size_frac, texture_photos: str | None = None) -> Path:
     """Renders (or finishes) a BOP folder of scene images; returns its root. See the module docstring.
     ``exclude_obj_ids``: background photos that show these objects (``objects_in_frame.json`` of
     ``backgrounds``) are left out, so a photo of the test object cannot leak into its training scenes.
     ``distractors_dir``: a BOP models folder whose objects (those not among the scene's own) appear, 0-3 per image
     (:attr:`SceneRanges.distractors_per_image`), unannotated: other things a photo holds. ``object_size_frac``:
-    the range of an object's projected diameter over the shorter image side (the distances seen in practice)."""
+    the range of an object's projected diameter over the shorter image side (the distances seen in practice).
+    ``texture_photos``: a folder of photos (``exclude_obj_ids`` applies to it too) that random object appearances
+    cut textures from (:func:`render.randomize.object_appearance`): real print on untextured models."""
     from PIL import Image
 
     if num_images < 1:
@@ -316,6 +320,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
         if not distractors:
             raise SceneError(f"--distractors_dir {distractors_dir}: no object there that is not one of the scene's")
         wanted["distractors"] = [d.path.name for d in distractors]
+    if texture_photos:  # (recorded only when given, likewise)
+        wanted["texture_photos_exclude_obj_ids"] = sorted(int(i) for i in exclude_obj_ids)
     info_path = out / SCENE_INFO
     if info_path.is_file():
         have = json.loads(info_path.read_text())
@@ -325,13 +331,15 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
             raise SceneError(f"{out} holds scenes made with other settings ({', '.join(differing)}: "
                              f"{', '.join(f'{have.get(k)} now {wanted[k]}' for k in differing)}): choose another "
                              f"--out or remove that folder")
-    photos = []
-    if mode_axes(mode)["background"] == "real":
-        photos = [(Path(p).name, (lambda p=p: np.asarray(Image.open(p).convert("RGB"))))
-                  for p in rz.list_backgrounds(backgrounds, list(exclude_obj_ids))] if backgrounds else []
+    def photo_list(folder):  # [(name, loader)], each photo decoded once
+        return [(Path(p).name, functools.lru_cache(maxsize=1)(lambda p=p: np.asarray(Image.open(p).convert("RGB"))))
+                for p in rz.list_backgrounds(folder, list(exclude_obj_ids))]
+
+    photos = photo_list(backgrounds) if mode_axes(mode)["background"] == "real" and backgrounds else []
     sampler = SceneSampler(models, K, width, height, mode, seed,
                            SceneRanges(objects_per_image=(lo, hi), object_size_frac=(lo_s, hi_s)), photos=photos,
-                           distractors=distractors)
+                           distractors=distractors,
+                           texture_photos=photo_list(texture_photos) if texture_photos else [])
     scene = out / split / f"{scene_id:06d}"
     for sub in ("rgb", "depth", "mask_visib"):
         (scene / sub).mkdir(parents=True, exist_ok=True)
@@ -427,6 +435,9 @@ def define_flags():
                       "--backgrounds) are left out: give the test objects' ids, so no photo of them leaks in")
     flags.DEFINE_string("distractors_dir", None, "BOP models folder of distractors: 0-3 of its objects per image, "
                         "shown but not annotated")
+    flags.DEFINE_string("texture_photos", None, "folder of photos (e.g. ../shared/data/ycbv_backgrounds) that random "
+                        "object appearances cut textures from (real print on untextured models); --exclude_obj_ids "
+                        "applies")
     flags.DEFINE_integer("seed", 0, "seed of every random choice")
     flags.DEFINE_string("split", "test", "BOP split folder to write")
     flags.DEFINE_integer("scene_id", 0, "BOP scene id to write")
@@ -452,7 +463,8 @@ def main(argv):
         render_scenes(F.models_dir, F.out, parse_obj_ids(F.obj_ids), F.num_images, F.camera, F.randomization,
                       F.seed, F.split, F.scene_id, (lo, hi), F.backgrounds,
                       exclude_obj_ids=[int(x) for x in F.exclude_obj_ids], distractors_dir=F.distractors_dir,
-                      object_size_frac=tuple(float(x) for x in F.object_size_frac))
+                      object_size_frac=tuple(float(x) for x in F.object_size_frac),
+                      texture_photos=F.texture_photos)
     except (PoseInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
