@@ -160,3 +160,44 @@ def test_distractors_are_shown_but_not_annotated(models_dir, camera, tmp_path):
         visible = np.asarray(Image.open(scene / "mask_visib" / f"{int(im_id):06d}_000000.png")) > 0
         extra += int((depth & ~visible).sum())
     assert extra > 100  # something is drawn where the annotated object is not
+
+
+def test_texture_photos_put_real_print_on_random_appearances(models_dir, tmp_path):
+    """With ``texture_photos``, about texture_prob * photo_texture_prob of the random appearances (objects and
+    distractors alike) wear a square cut from one of the photos; a photo showing an excluded object is never used;
+    the poses are those of the same seed without photos, whose textures are all procedural."""
+    from PIL import Image
+
+    from render import randomize as rz
+    from render.scenes import SceneSampler, load_models
+
+    photos_dir = tmp_path / "photos"
+    photos_dir.mkdir()
+    colours = {"red.png": (255, 0, 0), "green.png": (0, 255, 0)}
+    for name, rgb in colours.items():
+        Image.fromarray(np.full((60, 80, 3), rgb, np.uint8)).save(photos_dir / name)
+    (photos_dir / "objects_in_frame.json").write_text(json.dumps({"green.png": [7], "red.png": []}))
+    photos = [(p.rsplit("/", 1)[-1], (lambda p=p: np.asarray(Image.open(p).convert("RGB"))))
+              for p in rz.list_backgrounds(str(photos_dir), [7])]
+    assert [name for name, _ in photos] == ["red.png"]
+
+    models = load_models(models_dir, None)
+    K = np.asarray(CAMERA["cam_K"]).reshape(3, 3)
+    plain = SceneSampler(models, K, 160, 120, "complete", seed=3)
+    printed = SceneSampler(models, K, 160, 120, "complete", seed=3, texture_photos=photos)
+    apps_plain, apps_printed = [], []
+    for i in range(200):
+        a, b = plain.params(i), printed.params(i)
+        assert [x["R"].tolist() for x in a["instances"]] == [x["R"].tolist() for x in b["instances"]]
+        apps_plain += [x["appearance"] for x in a["instances"]]
+        apps_printed += [x["appearance"] for x in b["instances"]]
+    from_photo = [a for a in apps_printed
+                  if a["texture"] is not None and a["texture"].shape[0] == rz.PHOTO_TEXTURE_SIZE]
+    share = len(from_photo) / len(apps_printed)
+    expected = rz.Ranges().texture_prob * rz.Ranges().photo_texture_prob
+    assert abs(share - expected) < 0.08, (share, expected)
+    for a in from_photo:  # the red photo only: the green one shows obj 7
+        assert a["texture"].shape == (rz.PHOTO_TEXTURE_SIZE, rz.PHOTO_TEXTURE_SIZE, 3)
+        assert (a["texture"] == [255, 0, 0]).all()
+    assert any(a["texture"] is not None and a["texture"].shape[0] != rz.PHOTO_TEXTURE_SIZE for a in apps_plain)
+    assert not any(a["texture"] is not None and a["texture"].shape[0] == rz.PHOTO_TEXTURE_SIZE for a in apps_plain)
