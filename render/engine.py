@@ -42,6 +42,7 @@ class RenderConfig:
     mode: str = "complete"
     mesh_scale: float = 1.0
     background_files: list = field(default_factory=list)  # real photos (mode real_background)
+    texture_files: list = field(default_factory=list)  # photos random appearances cut textures from (any mode)
     distractors: bool = False
     png_compress_level: int = 1
     msaa: bool = False                 # 4x multisampling: anti-aliased edges, ~4x slower on llvmpipe
@@ -117,6 +118,8 @@ class ParamSampler:
                         for p in config.background_files]
         if self.axes["background"] == "real" and not self._photos:
             raise PoseInputError("mode real_background needs background photos (--backgrounds)")
+        self._texture_photos = [(Path(p).name, functools.lru_cache(maxsize=None)(functools.partial(_load_rgb, p)))
+                                for p in config.texture_files]
 
     # ------------------------------------------------------------------------------------------ params
     def sample_params(self, index: int) -> dict:
@@ -135,7 +138,8 @@ class ParamSampler:
         else:
             p["background"] = np.full((cfg.image_size, cfg.image_size, 3), rz.PLAIN_BACKGROUND_RGB, np.uint8)
             p["background_kind"] = "plain"
-        p["appearance"] = (rz.object_appearance(rz.sample_rng(seed, index, rz.STREAM_OBJECT), rg)
+        p["appearance"] = (rz.object_appearance(rz.sample_rng(seed, index, rz.STREAM_OBJECT), rg,
+                                                texture_photos=self._texture_photos)
                            if axes["object"] == "random" else "own")
         p["light"] = (rz.sample_lights(rz.sample_rng(seed, index, rz.STREAM_LIGHT), t * MM, rg)
                       if axes["light"] == "random" else rz.FIXED_LIGHT)
@@ -158,7 +162,8 @@ class ParamSampler:
             scale = size * rng.uniform(0.5, 1.0, size=3)
             out.append({"shape": DISTRACTOR_SHAPES[int(rng.integers(len(DISTRACTOR_SHAPES)))],
                         "R": rz.random_rotations(1, rng)[0], "t_mm": pos, "scale_mm": scale,
-                        "appearance": rz.object_appearance(rng, self.ranges, texture_size=32)})
+                        "appearance": rz.object_appearance(rng, self.ranges, texture_size=32,
+                                                           texture_photos=self._texture_photos)})
         return out
 
 

@@ -46,6 +46,9 @@ flags.DEFINE_integer("image_size", 128, "Square image size in pixels.")
 flags.DEFINE_string("backgrounds", None, "Folder of real background photos (needed by mode real_background).")
 flags.DEFINE_integer("exclude_obj_id", None, "Skip background photos showing this YCB-V obj_id "
                      "(objects_in_frame.json in --backgrounds).")
+flags.DEFINE_string("texture_photos", None, "Folder of photos (e.g. ../shared/data/ycbv_backgrounds) that random "
+                    "object appearances cut textures from: real print on untextured models (--exclude_obj_id "
+                    "applies).")
 flags.DEFINE_integer("workers", 2, "Render processes (each with its own GL context).")
 flags.DEFINE_integer("num_shards", None, "Number of shards (default: one per 2000 images).")
 flags.DEFINE_integer("shard_index", None, "Render only this shard (0-based); default: all shards.")
@@ -71,7 +74,8 @@ flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 EXECUTION_FLAGS = ("workers", "shard_index", "progress", "chunk_size")
 DATA_FLAGS = ("mesh", "num_images", "seed", "randomization", "image_size", "backgrounds", "exclude_obj_id",
               "num_shards", "mesh_scale", "obj_id", "num_model_points", "focal_px", "object_size_frac_range",
-              "elevation_range_deg", "out_of_frame_prob", "distractors", "symmetric", "msaa", "png_compress_level")
+              "elevation_range_deg", "out_of_frame_prob", "distractors", "symmetric", "msaa", "png_compress_level",
+              "texture_photos")
 DATASET_JSON = "dataset.json"
 
 
@@ -149,6 +153,8 @@ def plan(opts: dict) -> dict:
         backgrounds = list_backgrounds(opts["backgrounds"], opts["exclude_obj_id"])
     elif opts["backgrounds"]:
         list_backgrounds(opts["backgrounds"], opts["exclude_obj_id"])  # still validate the folder
+    texture_files = (list_backgrounds(opts["texture_photos"], opts["exclude_obj_id"], "--texture_photos")
+                     if opts["texture_photos"] else [])
 
     mesh_path, builtin = resolve_mesh(opts["mesh"])
     mesh = load_mesh(mesh_path, opts["mesh_scale"])
@@ -191,11 +197,13 @@ def plan(opts: dict) -> dict:
                    for k, (a, b) in enumerate(counts)],
         "background_files": [Path(p).name for p in backgrounds],
     }
+    if texture_files:  # (only when used: older dataset.json files stay as they were)
+        info["texture_photo_files"] = [Path(p).name for p in texture_files]
     from render.engine import RenderConfig
 
     config = RenderConfig(mesh_path=mesh_path, obj_id=int(obj_id), image_size=opts["image_size"],
                           focal_px=opts["focal_px"], seed=opts["seed"], mode=opts["randomization"],
-                          mesh_scale=opts["mesh_scale"], background_files=backgrounds,
+                          mesh_scale=opts["mesh_scale"], background_files=backgrounds, texture_files=texture_files,
                           distractors=opts["distractors"], png_compress_level=opts["png_compress_level"],
                           msaa=opts["msaa"], ranges=ranges)
     return {"info": info, "config": config, "counts": counts}

@@ -212,15 +212,15 @@ class BackgroundError(PoseInputError):
     """A background photo folder that cannot serve (absent, empty, or every photo shows the object)."""
 
 
-def list_backgrounds(folder: str, exclude_obj_id) -> list[str]:
+def list_backgrounds(folder: str, exclude_obj_id, flag: str = "--backgrounds") -> list[str]:
     """Photo files of ``folder`` (sorted), without those that show ``exclude_obj_id`` (an id, several ids, or None)
-    per objects_in_frame.json."""
+    per objects_in_frame.json. ``flag``: the option that named the folder, for the error messages."""
     d = Path(folder)
     if not d.is_dir():
-        raise BackgroundError(f"--backgrounds folder {folder!r} does not exist")
+        raise BackgroundError(f"{flag} folder {folder!r} does not exist")
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in PHOTO_EXTENSIONS and p.is_file())
     if not files:
-        raise BackgroundError(f"--backgrounds folder {folder!r} holds no images ({', '.join(PHOTO_EXTENSIONS)})")
+        raise BackgroundError(f"{flag} folder {folder!r} holds no images ({', '.join(PHOTO_EXTENSIONS)})")
     excluded = ({int(exclude_obj_id)} if isinstance(exclude_obj_id, (int, str))
                 else {int(v) for v in exclude_obj_id or ()})
     if excluded:

@@ -331,15 +331,16 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
             raise SceneError(f"{out} holds scenes made with other settings ({', '.join(differing)}: "
                              f"{', '.join(f'{have.get(k)} now {wanted[k]}' for k in differing)}): choose another "
                              f"--out or remove that folder")
-    def photo_list(folder):  # [(name, loader)], each photo decoded once
+    def photo_list(folder, flag):  # [(name, loader)], each photo decoded once
         return [(Path(p).name, functools.lru_cache(maxsize=1)(lambda p=p: np.asarray(Image.open(p).convert("RGB"))))
-                for p in rz.list_backgrounds(folder, list(exclude_obj_ids))]
+                for p in rz.list_backgrounds(folder, list(exclude_obj_ids), flag)]
 
-    photos = photo_list(backgrounds) if mode_axes(mode)["background"] == "real" and backgrounds else []
+    photos = (photo_list(backgrounds, "--backgrounds") if mode_axes(mode)["background"] == "real" and backgrounds
+              else [])
     sampler = SceneSampler(models, K, width, height, mode, seed,
                            SceneRanges(objects_per_image=(lo, hi), object_size_frac=(lo_s, hi_s)), photos=photos,
                            distractors=distractors,
-                           texture_photos=photo_list(texture_photos) if texture_photos else [])
+                           texture_photos=photo_list(texture_photos, "--texture_photos") if texture_photos else [])
     scene = out / split / f"{scene_id:06d}"
     for sub in ("rgb", "depth", "mask_visib"):
         (scene / sub).mkdir(parents=True, exist_ok=True)

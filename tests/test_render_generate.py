@@ -121,6 +121,8 @@ def test_bad_input_clear_error_and_no_shard(tmp_path, builtin_models):
         "no_backgrounds": (dict(base, randomization="real_background"), "needs --backgrounds"),
         "empty_backgrounds": (dict(base, randomization="real_background", backgrounds=str(tmp_path / "empty_bg")),
                               "holds no images"),
+        "empty_texture_photos": (dict(base, texture_photos=str(tmp_path / "empty_bg")),
+                                 "--texture_photos folder .* holds no images"),
         "unwritable": (dict(base, out=str(not_a_dir / "sub")), "not writable"),
         "worker_failure": (dict(base, randomization="real_background", backgrounds=str(corrupt_bg)),
                            "rendering failed"),
@@ -140,6 +142,25 @@ def test_bad_input_clear_error_and_no_shard(tmp_path, builtin_models):
         if Path(out).is_dir():
             assert not list(Path(out).glob("*.tfrecord")), f"{name}: a shard was left looking complete"
             assert not list(Path(out).glob("*.tmp")), f"{name}: a temporary shard was left behind"
+
+
+def test_texture_photos_are_recorded_and_change_only_the_appearance(tmp_path, ref):
+    """--texture_photos: the photos used are named in dataset.json, the poses are those of the same seed without
+    them, and some images differ (object appearances cut from the photo)."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((48, 64, 3), (250, 20, 20), np.uint8)).save(photos / "red.png")
+    out = tmp_path / "printed"
+    proc = run_generate(out, **dict(FLAGS, workers=1, texture_photos=str(photos)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = load_dataset_info(out)
+    assert info["texture_photo_files"] == ["red.png"] and info["flags"]["texture_photos"] == str(photos)
+    plain, printed = list(read_samples(ref / "w1")), list(read_samples(out))
+    poses = [[(s["R"].tolist(), s["t_mm"].tolist()) for s in samples] for samples in (plain, printed)]
+    assert poses[0] == poses[1]
+    assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(plain, printed))
 
 
 def test_records_match_tensorflow_and_round_trip():
