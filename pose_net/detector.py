@@ -125,6 +125,27 @@ def build_backbone(weights: str = "imagenet"):
     return model
 
 
+# Fine-tuning Lite0's last stage (blocks 11-15) from the cached stride-16 features, as the pose network does: its
+# learning rate is this share of the head's (docs/results/README.md: at the head's own rate it forgets ImageNet)
+TOP_STAGE_INPUT, TOP_STAGE_OUTPUT = FEATURE_LAYERS[1], FEATURE_LAYERS[2]
+TOP_LEARNING_RATE_SCALE = 0.1
+
+
+def backbone_top_stage(backbone):
+    """Lite0's last stage of ``backbone`` (:func:`build_backbone`) as a model, stride-16 features -> stride-32,
+    sharing its layers: training it changes ``backbone``. Its convolutions become trainable, its batch norms stay
+    frozen (ImageNet statistics), as in :func:`pose_net.feature_cache.split_backbone`."""
+    import keras
+
+    top = keras.Model(backbone.get_layer(TOP_STAGE_INPUT).output, backbone.get_layer(TOP_STAGE_OUTPUT).output,
+                      name="detector_backbone_top")
+    backbone.trainable = True
+    top_layers = {id(l) for l in top.layers}
+    for l in backbone.layers:
+        l.trainable = id(l) in top_layers and not isinstance(l, keras.layers.BatchNormalization)
+    return top
+
+
 def build_head(num_classes: int, channels=(40, 112, 320)):
     """The trainable part: stride-8/16/32 features -> ``{"heatmap", "size", "offset"}`` at stride 8."""
     import keras
@@ -477,10 +498,13 @@ def training_steps(num_images: int, epochs: int, batch_size: int) -> int:
 
 
 def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_size: int = 16,
-             learning_rate: float = 2e-3, seed: int = 0, progress: bool = True, index=None):
+             learning_rate: float = 2e-3, seed: int = 0, progress: bool = True, index=None, backbone=None):
     """Trains a new head on cached features (:func:`cache_features`' arrays; ``index``: the images to use, default
-    all) with Adam and a cosine decay; returns ``(head, history)``, one dict of mean losses per epoch. Fewer images
-    than one batch: :class:`DetectorError` (:func:`training_steps`), before anything is built."""
+    all) with Adam and a cosine decay; returns ``(head, history)``, one dict of mean losses per epoch. With
+    ``backbone`` (:func:`build_backbone`), its last stage is trained too (:func:`backbone_top_stage`, at
+    :data:`TOP_LEARNING_RATE_SCALE` of the rate), from the cached stride-16 features: the stride-32 ones cached
+    are then not used, and ``backbone`` is changed in place. Fewer images than one batch: :class:`DetectorError`
+    (:func:`training_steps`), before anything is built."""
     import keras
     import tensorflow as tf
 
@@ -490,13 +514,22 @@ def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_s
     keras.utils.set_random_seed(seed)
     head = build_head(num_classes, [data[f"features{k}"].shape[-1] for k in range(len(FEATURE_LAYERS))])
     opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02))
+    top = backbone_top_stage(backbone) if backbone is not None else None
+    top_vars = top.trainable_variables if top is not None else []
+    top_opt = (keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+        learning_rate * TOP_LEARNING_RATE_SCALE, steps, alpha=0.02)) if top is not None else None)
+    head_vars = head.trainable_variables
 
     @tf.function(reduce_retracing=True)
     def step(feats, batch):
         with tf.GradientTape() as tape:
+            if top is not None:
+                feats = [feats[0], feats[1], top(feats[1], training=True)]
             losses = detection_loss(head(feats, training=True), batch)
-        grads = tape.gradient(losses["total"], head.trainable_variables)
-        opt.apply_gradients(zip(grads, head.trainable_variables))
+        grads = tape.gradient(losses["total"], head_vars + top_vars)
+        opt.apply_gradients(zip(grads[:len(head_vars)], head_vars))
+        if top is not None:
+            top_opt.apply_gradients(zip(grads[len(head_vars):], top_vars))
         return losses
 
     rng = np.random.default_rng(seed)
@@ -526,7 +559,7 @@ def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_s
 
 def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: int = 30, batch_size: int = 16,
                    learning_rate: float = 2e-3, seed: int = 0, backbone_weights: str = "imagenet",
-                   progress: bool = True, keep_feature_cache: bool = False) -> dict:
+                   progress: bool = True, keep_feature_cache: bool = False, fine_tune_top: bool = False) -> dict:
     """Trains a detector of ``obj_ids`` (default: every object the scenes show) on rendered scene folders and
     writes it to ``out`` (see the module docstring); returns its config. A finished detector is not retrained.
     The features' cache (``out/feature_cache``, about 160 KB an image) is removed once the detector is saved,
@@ -549,14 +582,15 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
     data = cache_features(backbone, items, ids, out / "feature_cache", progress=progress)
     t_features = time.time() - t0
     t1 = time.time()
-    head, history = fit_head(data, len(ids), epochs, batch_size, learning_rate, seed, progress)
+    head, history = fit_head(data, len(ids), epochs, batch_size, learning_rate, seed, progress,
+                             backbone=backbone if fine_tune_top else None)
     n = len(data["features0"])
     if not np.isfinite(history[-1]["total"]):
         raise DetectorError(f"the detector's loss is not finite ({history[-1]}): not saved")
     model = build_detector(backbone, head)
     cfg = {"obj_ids": ids, "input_long_side": INPUT_LONG_SIDE, "feature_layers": list(FEATURE_LAYERS),
            "scenes": [report_path(r) for r in scene_roots], "images": n, "epochs": epochs, "batch_size": batch_size,
-           "steps": steps, "learning_rate": learning_rate, "seed": seed,
+           "steps": steps, "learning_rate": learning_rate, "seed": seed, "fine_tune_top": bool(fine_tune_top),
            "imagenet_weights": bool(backbone.imagenet_weights_loaded),
            "seconds_features": round(t_features, 1), "seconds_training": round(time.time() - t1, 1),
            "first_epoch_loss": history[0], "final_loss": history[-1]}
@@ -571,9 +605,8 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
 def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs: dict, scenes_per_mode: int, K,
                                  width: int, height: int, epochs: int, seed: int = 0, backgrounds=None,
                                  exclude_obj_ids=(), distractors_dir=None, object_size_frac=None, texture_photos=None,
-                                 render_log=None,
-                                 progress: bool = True, keep_feature_cache: bool = False, label: str = "detector",
-                                 say=None) -> dict:
+                                 render_log=None, progress: bool = True, keep_feature_cache: bool = False,
+                                 label: str = "detector", fine_tune_top: bool = False, say=None) -> dict:
     """Renders ``scenes_per_mode`` training scenes of ``obj_ids`` into each folder of ``scene_dirs`` (randomization
     mode -> folder; :func:`render_training_scenes` with ``seed``, at :func:`training_camera` of the test camera
     ``K``, ``width`` x ``height``), then trains the detector on all of them into ``out`` (:func:`train_detector`);
@@ -593,7 +626,7 @@ def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs
                                             texture_photos=texture_photos))
     say(f"{label}: training on {len(roots)} scene folders ({epochs} epochs)")
     return train_detector(roots, out, obj_ids, epochs=epochs, progress=progress,
-                          keep_feature_cache=keep_feature_cache)
+                          keep_feature_cache=keep_feature_cache, fine_tune_top=fine_tune_top)
 
 
 def save_detector(out, model, cfg: dict):
@@ -663,6 +696,8 @@ def define_flags():
     flags.DEFINE_list("eval", [], "BOP test folders to measure the detection recall on")
     flags.DEFINE_float("min_visib", bop.DEFAULT_MIN_VISIB, "instances less visible than this are not scored")
     flags.DEFINE_bool("keep_feature_cache", False, "keep OUT/feature_cache (to train again with other settings)")
+    flags.DEFINE_bool("fine_tune_top", False, "train Lite0's last stage too (blocks 11-15, at a tenth of the "
+                      "learning rate), from the cached stride-16 features")
 
 
 def main(argv):
@@ -679,7 +714,7 @@ def main(argv):
             if not F.out:
                 raise app.UsageError("--out is required with --scenes")
             train_detector(F.scenes, F.out, ids, F.epochs, F.batch_size, F.learning_rate, F.seed,
-                           keep_feature_cache=F.keep_feature_cache)
+                           keep_feature_cache=F.keep_feature_cache, fine_tune_top=F.fine_tune_top)
         if F.eval:
             det = Detector(F.detector_dir or F.out)
             for root in F.eval:

@@ -164,6 +164,35 @@ def test_a_short_training_lowers_the_loss_and_finds_the_objects_of_its_scenes(tr
     assert result["detection_recall"] >= 0.7, result
 
 
+def test_fine_tuning_the_last_stage_changes_only_that_stage_and_is_saved(trained, tmp_path):
+    """--fine_tune_top: Lite0's blocks 11-15 train with the head (from the cached stride-16 features); the saved
+    detector carries them, changed, while every block below is the ImageNet one; its loss falls as the head's."""
+    import keras
+
+    from pose_net import detector as det
+
+    root, scenes, _ = trained
+    cfg = det.train_detector([scenes], tmp_path / "tuned", epochs=6, batch_size=8, progress=False,
+                             backbone_weights="imagenet" if trained[2]["imagenet_weights"] else "none",
+                             fine_tune_top=True)
+    assert cfg["fine_tune_top"] and cfg["final_loss"]["total"] < cfg["first_epoch_loss"]["total"]
+    saved = keras.models.load_model(tmp_path / "tuned" / det.DETECTOR_MODEL, compile=False)
+    fresh = det.build_backbone("imagenet" if cfg["imagenet_weights"] else "none")
+    saved_backbone = saved.get_layer("detector_backbone")
+
+    def kernel(model, name):
+        return model.get_layer(name).get_weights()[0]
+
+    for name in ("block2_expand_conv", "block10_project_conv"):  # below the split: untouched
+        if not cfg["imagenet_weights"]:
+            break  # (a random backbone differs between builds anyway)
+        np.testing.assert_array_equal(kernel(saved_backbone, name), kernel(fresh, name))
+    tuned = [n for n in ("block11_expand_conv", "block15_project_conv")
+             if not np.array_equal(kernel(saved_backbone, n), kernel(fresh, n))]
+    assert tuned == ["block11_expand_conv", "block15_project_conv"] or not cfg["imagenet_weights"]
+    det.Detector(tmp_path / "tuned").detect(np.zeros((120, 160, 3), np.uint8))  # loads and runs
+
+
 def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
     """A pose model folder of the toy with the detector in it: evaluate --boxes predicted reports the detection
     recall, and predict finds the toy in a scene photo with no box given."""
