@@ -54,7 +54,8 @@ demo: build-ops pretrained
 # stride-8 features (block4_add) for at most 45 minutes (docs/results/README.md); started again, it resumes.
 train: build-ops pretrained
 	$(PY) -m experiments.demo --object $(OBJ) --out $(RUN_DIR)/train_$(OBJ) --num_train 40000 --num_test 500 \
-	    --image_size 256 --feature_cache_layer block4_add --epochs 10 --time_budget_min 45
+	    --image_size 256 --feature_cache_layer block4_add --epochs 10 --time_budget_min 45 \
+	    $(if $(TEXTURE_PHOTOS),--texture_photos $(TEXTURE_PHOTOS))
 
 bench-ops: build-ops
 	$(PY) -m tf_ops.bench

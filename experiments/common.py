@@ -107,6 +107,11 @@ def render_dataset(mesh: str, out: Path, num_images: int, seed: int, mode: str =
     another size or resolution is refused (``SystemExit`` naming the folder), never silently reused."""
     if dataset_complete(out):
         have = json.loads((out / "dataset.json").read_text())
+        textures = next((x.split("=", 1)[1] for x in extra or [] if x.startswith("--texture_photos=")), None)
+        had = have.get("flags", {}).get("texture_photos")
+        if textures != had:
+            raise SystemExit(f"{out} holds renderings made with --texture_photos={had}, this run wants {textures}: "
+                             "remove that folder or choose another output folder")
         if (have.get("num_images"), have.get("image_size")) != (num_images, image_size):
             raise SystemExit(f"{out} holds {have.get('num_images')} renderings of {have.get('image_size')} pixels, "
                              f"this run wants {num_images} of {image_size}: remove that folder or choose another "

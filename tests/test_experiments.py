@@ -227,7 +227,7 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
     assert str(REPO_ROOT) not in md and str(tmp) not in md
 
 
-def test_render_dataset_refuses_a_finished_dataset_of_another_size(tmp_path):
+def test_render_dataset_refuses_a_finished_dataset_of_another_size_or_texture_photos(tmp_path):
     """A finished dataset is reused only when it holds what the run asks for; otherwise a clear error, and the
     folder is left as it was."""
     from experiments import common
@@ -242,4 +242,6 @@ def test_render_dataset_refuses_a_finished_dataset_of_another_size(tmp_path):
         common.render_dataset("toy", out, 10, 0, image_size=256)
     with pytest.raises(SystemExit, match="this run wants 20 of 128"):
         common.render_dataset("toy", out, 20, 0, image_size=128)
+    with pytest.raises(SystemExit, match="--texture_photos=None, this run wants photos"):
+        common.render_dataset("toy", out, 10, 0, image_size=128, extra=["--texture_photos=photos"])
     assert json.loads((out / "dataset.json").read_text()) == info
