@@ -93,6 +93,21 @@ def cached_json(path: Path, compute) -> dict:
     return result
 
 
+def report_paths(value):
+    """``value`` (JSON-like: dicts, lists, strings) with every absolute path inside the repository or beside it
+    named as reports name paths (:func:`pose_net.evaluate.report_path`): for generated files, which must not carry
+    the machine's folders (cached evaluations may hold absolute ones)."""
+    from pose_net.evaluate import report_path
+
+    if isinstance(value, dict):
+        return {k: report_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [report_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        return report_path(value)
+    return value
+
+
 def dataset_complete(out: Path) -> bool:
     info = out / "dataset.json"
     if not info.is_file():

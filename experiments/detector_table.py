@@ -205,8 +205,8 @@ def main(argv):
     lmo = lmo_result(Path(FLAGS.lmo_run), s) if FLAGS.lmo_run else None
     out = Path(FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "detector_table.json").write_text(json.dumps({"real_sets": results, "lmo": lmo}, indent=1,
-                                                        default=str))
+    (out / "detector_table.json").write_text(json.dumps(common.report_paths({"real_sets": results, "lmo": lmo}),
+                                                        indent=1, default=str))
     (out / "detector_table.md").write_text(markdown(results, lmo))
     print((out / "detector_table.md").read_text())
 

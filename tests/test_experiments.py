@@ -245,3 +245,14 @@ def test_render_dataset_refuses_a_finished_dataset_of_another_size_or_texture_ph
     with pytest.raises(SystemExit, match="--texture_photos=None, this run wants photos"):
         common.render_dataset("toy", out, 10, 0, image_size=128, extra=["--texture_photos=photos"])
     assert json.loads((out / "dataset.json").read_text()) == info
+
+
+def test_report_paths_name_the_repositorys_folders_relatively():
+    """Generated tables carry no path of the machine: absolute paths inside the checkout (or beside it, as
+    ../shared/data is) become relative ones, wherever they sit in the JSON; other values are left alone."""
+    from experiments import common
+
+    value = {"model_dir": str(REPO_ROOT / "runs" / "cell" / "model"), "n": 3,
+             "rows": [{"bop_root": str(REPO_ROOT.parent / "shared" / "data" / "ycbv_can")}, "text", "/elsewhere"]}
+    assert common.report_paths(value) == {"model_dir": "runs/cell/model", "n": 3,
+                                          "rows": [{"bop_root": "../shared/data/ycbv_can"}, "text", "/elsewhere"]}
