@@ -134,15 +134,14 @@ TOP_LEARNING_RATE_SCALE = 0.1
 def backbone_top_stage(backbone):
     """Lite0's last stage of ``backbone`` (:func:`build_backbone`) as a model, stride-16 features -> stride-32,
     sharing its layers: training it changes ``backbone``. Its convolutions become trainable, its batch norms stay
-    frozen (ImageNet statistics), as in :func:`pose_net.feature_cache.split_backbone`."""
+    frozen (ImageNet statistics): :func:`pose_net.feature_cache.train_only`."""
     import keras
+
+    from pose_net.feature_cache import train_only
 
     top = keras.Model(backbone.get_layer(TOP_STAGE_INPUT).output, backbone.get_layer(TOP_STAGE_OUTPUT).output,
                       name="detector_backbone_top")
-    backbone.trainable = True
-    top_layers = {id(l) for l in top.layers}
-    for l in backbone.layers:
-        l.trainable = id(l) in top_layers and not isinstance(l, keras.layers.BatchNormalization)
+    train_only(backbone, top)
     return top
 
 

@@ -156,8 +156,17 @@ def split_backbone(backbone, layer: str | None):
                              f"{', '.join(names) or 'none'}") from None
     lower = keras.Model(backbone.input, split.output, name=f"{backbone.name}_cached")
     top = keras.Model(split.output, backbone.output, name=f"{backbone.name}_top")
+    train_only(backbone, top)
+    return lower, top
+
+
+def train_only(backbone, top):
+    """Makes ``top`` (a model on layers of ``backbone``) the only trainable part of ``backbone``: its convolutions
+    train, its batch norms stay frozen (inference mode, the ImageNet statistics), as when fine-tuning with small
+    batches; every layer outside ``top`` is frozen."""
+    import keras
+
     backbone.trainable = True  # then every layer below the split and every batch norm back to frozen
     top_layers = {id(l) for l in top.layers}
     for l in backbone.layers:
         l.trainable = id(l) in top_layers and not isinstance(l, keras.layers.BatchNormalization)
-    return lower, top

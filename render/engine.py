@@ -10,7 +10,6 @@ No TensorFlow here (see render/__init__.py).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,12 +113,10 @@ class ParamSampler:
         self.diameter_mm = mesh_diameter(mesh)
         self.centre_mm = (mesh.bounds[0] + mesh.bounds[1]) / 2.0
         self.K = config.K()
-        self._photos = [(Path(p).name, functools.lru_cache(maxsize=None)(functools.partial(_load_rgb, p)))
-                        for p in config.background_files]
+        self._photos = rz.photo_loaders(config.background_files)
         if self.axes["background"] == "real" and not self._photos:
             raise PoseInputError("mode real_background needs background photos (--backgrounds)")
-        self._texture_photos = [(Path(p).name, functools.lru_cache(maxsize=None)(functools.partial(_load_rgb, p)))
-                                for p in config.texture_files]
+        self._texture_photos = rz.photo_loaders(config.texture_files)
 
     # ------------------------------------------------------------------------------------------ params
     def sample_params(self, index: int) -> dict:
@@ -454,8 +451,3 @@ def _is_textured(mesh) -> bool:
     return getattr(mesh.visual, "kind", None) == "texture"
 
 
-def _load_rgb(path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))

@@ -240,6 +240,19 @@ def list_backgrounds(folder: str, exclude_obj_id, flag: str = "--backgrounds") -
     return [str(p) for p in files]
 
 
+def photo_loaders(files) -> list[tuple[str, object]]:
+    """``[(name, loader)]`` of photo ``files`` for :func:`real_background` and :func:`object_appearance`: each
+    loader decodes its photo (RGB uint8) on first use and keeps it."""
+    return [(Path(p).name, functools.lru_cache(maxsize=1)(functools.partial(_load_rgb, p))) for p in files]
+
+
+def _load_rgb(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 def real_background(rng, photos: list, size: int) -> tuple[np.ndarray, str]:
     """A random square crop (random scale, random horizontal flip) of one of ``photos`` = [(name, loader)]."""
     from PIL import Image

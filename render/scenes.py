@@ -32,7 +32,6 @@ No TensorFlow here.
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import sys
@@ -331,9 +330,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
             raise SceneError(f"{out} holds scenes made with other settings ({', '.join(differing)}: "
                              f"{', '.join(f'{have.get(k)} now {wanted[k]}' for k in differing)}): choose another "
                              f"--out or remove that folder")
-    def photo_list(folder, flag):  # [(name, loader)], each photo decoded once
-        return [(Path(p).name, functools.lru_cache(maxsize=1)(lambda p=p: np.asarray(Image.open(p).convert("RGB"))))
-                for p in rz.list_backgrounds(folder, list(exclude_obj_ids), flag)]
+    def photo_list(folder, flag):
+        return rz.photo_loaders(rz.list_backgrounds(folder, list(exclude_obj_ids), flag))
 
     photos = (photo_list(backgrounds, "--backgrounds") if mode_axes(mode)["background"] == "real" and backgrounds
               else [])
