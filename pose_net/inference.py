@@ -101,6 +101,7 @@ def load_model(model_dir, config: dict):
         return keras.models.load_model(export, compile=False)
     model = build_model(config.get("head", "direct"), config["backbone"], config["input_size"], None,
                         rotation_repr=config.get("rotation_repr", "quaternion"),
+                        rotation_hypotheses=config.get("rotation_hypotheses", 1),
                         sampling_head=config.get("stage") == "ngdsac")
     ckpt_dir = Path(model_dir) / "checkpoints"
     latest = tf.train.latest_checkpoint(str(ckpt_dir))

@@ -60,6 +60,34 @@ def rotation_point_matching_loss_symmetric(R_pred, R_true, points_mm, diameter_m
     return tf.reduce_mean(tf.sqrt(tf.maximum(tf.reduce_min(d2, axis=-1), 0.0) + _EPS), axis=-1) / diameter_mm
 
 
+# Relaxed winner-takes-all (Rupprecht et al., ICCV'17): the share of the mean over all hypotheses in the rotation
+# hypotheses' term, so that hypotheses that never win still move towards the data instead of dying.
+ROTATION_WTA_SPREAD = 0.05
+
+
+def rotation_hypotheses_loss(hypotheses, logits, R_true, points_mm, diameter_mm: float, symmetric: bool):
+    """The rotation term of a head that proposes M rotations and scores them (multiple-hypothesis learning for
+    ambiguous views, as Manhardt et al., ICCV'19, do for pose).
+
+    Args:
+      hypotheses: ``[B, M, 6]`` rotations in the 6D representation. logits: ``[B, M]`` their scores.
+      R_true: ``[B, 3, 3]``. points_mm: ``[P, 3]`` in mm. diameter_mm: scalar. symmetric: the ADD-S form of Lq.
+    Returns:
+      ``(hypotheses_term [B], selection_term [B])``: the point-matching loss (a fraction of the diameter) of the
+      best hypothesis, plus :data:`ROTATION_WTA_SPREAD` of the mean over all; and the cross-entropy of the scores
+      against the best hypothesis (nats), which teaches the head to pick it.
+    """
+    num = hypotheses.shape[1]
+    R = param.six_d_to_matrix(tf.reshape(hypotheses, [-1, 6]))
+    rot_fn = rotation_point_matching_loss_symmetric if symmetric else rotation_point_matching_loss
+    per_hypothesis = tf.reshape(rot_fn(R, tf.repeat(R_true, num, axis=0), points_mm, diameter_mm), [-1, num])
+    best = tf.stop_gradient(tf.argmin(per_hypothesis, axis=-1))
+    hypotheses_term = ((1.0 - ROTATION_WTA_SPREAD) * tf.reduce_min(per_hypothesis, axis=-1)
+                       + ROTATION_WTA_SPREAD * tf.reduce_mean(per_hypothesis, axis=-1))
+    selection_term = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=best, logits=logits)
+    return hypotheses_term, selection_term
+
+
 def constant_rotation_level(R_true, points_mm, diameter_mm: float, num_candidates: int = 2048, seed: int = 0):
     """The rotation term's level for a network that ignores its input: the lowest mean of
     :func:`rotation_point_matching_loss` over a set of rotations that one *constant* prediction reaches.
@@ -166,7 +194,9 @@ def total_loss(outputs, batch, model, weights: LossWeights, points_mm, diameter_
 
     ``batch`` holds ``box_target [B, 4]``, ``translation_target [B, 3]``, ``R [B, 3, 3]``, ``t_mm [B, 3]``,
     ``K_crop [B, 3, 3]``. Returns ``(total, {"box": .., "rotation": .., "translation": .., "projection": ..,
-    "regularization": ..})``.
+    "regularization": ..})``. "rotation" is always the term of the output rotation; a head with rotation hypotheses
+    (``outputs["rotation_hypotheses"]``) is trained on :func:`rotation_hypotheses_loss` instead (its two parts
+    are the terms "rotation_hypotheses" and "rotation_selection", both weighted by lq).
     """
     R_true, t_true = batch["R"], batch["t_mm"]
     R_allo_pred = param.rotation_matrix(outputs["rotation"])
@@ -177,6 +207,12 @@ def total_loss(outputs, batch, model, weights: LossWeights, points_mm, diameter_
         "rotation": tf.reduce_mean(rot_fn(R_allo_pred, R_allo_true, points_mm, diameter_mm)),
         "translation": tf.reduce_mean(translation_loss(outputs["translation"], batch["translation_target"])),
     }
+    rotation_objective = terms["rotation"]
+    if "rotation_hypotheses" in outputs:
+        hyp, sel = rotation_hypotheses_loss(outputs["rotation_hypotheses"], outputs["rotation_logits"], R_allo_true,
+                                            points_mm, diameter_mm, symmetric)
+        terms["rotation_hypotheses"], terms["rotation_selection"] = tf.reduce_mean(hyp), tf.reduce_mean(sel)
+        rotation_objective = terms["rotation_hypotheses"] + terms["rotation_selection"]
     if weights.projection > 0:
         t_pred = param.target_to_translation(outputs["translation"], batch["K"], batch["crop_center"],
                                              batch["crop_size"], diameter_mm)
@@ -186,7 +222,7 @@ def total_loss(outputs, batch, model, weights: LossWeights, points_mm, diameter_
     else:
         terms["projection"] = tf.constant(0.0)
     terms["regularization"] = regularization_loss(model) if weights.regularization > 0 else tf.constant(0.0)
-    total = (weights.box * terms["box"] + weights.rotation * terms["rotation"]
+    total = (weights.box * terms["box"] + weights.rotation * rotation_objective
              + weights.translation * terms["translation"] + weights.projection * terms["projection"]
              + weights.regularization * terms["regularization"])
     return total, terms

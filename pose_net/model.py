@@ -7,7 +7,9 @@ Outputs of the multi-task network (a dict):
 * ``box [B, 4]``: (x0, y0, x1, y1) / crop size, the object's 2D box in the crop;
 * ``rotation``: the allocentric rotation, ``[B, 4]`` a unit quaternion (w, x, y, z), sign canonical (w >= 0), or
   with ``rotation_repr="6d"`` ``[B, 6]`` the first two columns of its matrix, not yet orthonormalised
-  (:func:`pose_net.parametrization.rotation_matrix` turns either into ``[B, 3, 3]``);
+  (:func:`pose_net.parametrization.rotation_matrix` turns either into ``[B, 3, 3]``); with
+  ``rotation_hypotheses=M > 1`` (6D only) the head proposes M rotations and scores them:
+  ``rotation_hypotheses [B, M, 6]``, ``rotation_logits [B, M]``, and ``rotation`` is the best-scored hypothesis;
 * ``translation [B, 3]``: (dx, dy, z_s), the scale-invariant translation.
 """
 
@@ -19,6 +21,13 @@ import tensorflow as tf
 BACKBONES = ("efficientnet_lite0", "mobilenet_v2", "efficientnet_b0", "small")
 BN_MOMENTUM = 0.9
 ROTATION_REPRS = ("quaternion", "6d")
+# The anchors of the rotation hypotheses (rotation_hypotheses > 1): the farthest-point subset of this many random
+# rotations (seed ROTATION_ANCHOR_SEED), so that the hypotheses start spread over SO(3).
+ROTATION_ANCHOR_CANDIDATES = 4096
+ROTATION_ANCHOR_SEED = 0
+# Variance scale of the hypotheses' output layer at initialisation (Keras' VarianceScaling; 1 is the usual): small,
+# so that each hypothesis starts near its anchor instead of at a random rotation.
+HYPOTHESIS_INIT_SCALE = 0.01
 
 
 # The layers whose outputs are the feature pyramid (strides 2, 4, 8, 16, 32) of each backbone that has one.
@@ -85,16 +94,22 @@ def build_backbone(name: str, input_size: int, weights=None, freeze: bool = Fals
 
 
 def build_direct_head(feature_shape, head_width: int = 256, dropout: float = 0.1,
-                      rotation_repr: str = "quaternion") -> keras.Model:
+                      rotation_repr: str = "quaternion", rotation_hypotheses: int = 1) -> keras.Model:
     """The thesis' three heads on the backbone's last features: ``[B, h, w, C] -> {box, rotation, translation}``.
 
     A separate model so that a frozen backbone's features can be computed once and the heads trained on them
     (:mod:`pose_net.feature_cache`); :func:`build_pose_model` calls it on the backbone's output.
     ``rotation_repr``: ``quaternion`` (the thesis: ``rotation [B, 4]``) or ``6d`` (Zhou et al. 2019, the first two
     columns of the matrix: ``rotation [B, 6]``); :func:`pose_net.parametrization.rotation_matrix` reads both.
+    ``rotation_hypotheses`` M > 1 (6D only): M rotations, each biased towards its own anchor rotation, and a score
+    per rotation (``rotation_hypotheses [B, M, 6]``, ``rotation_logits [B, M]``; ``rotation`` the best-scored one),
+    trained winner-takes-all (:func:`pose_net.losses.rotation_hypotheses_loss`).
     """
     if rotation_repr not in ROTATION_REPRS:
         raise ValueError(f"unknown rotation representation {rotation_repr!r}: choose one of {ROTATION_REPRS}")
+    if rotation_hypotheses < 1 or (rotation_hypotheses > 1 and rotation_repr != "6d"):
+        raise ValueError(f"rotation_hypotheses must be 1, or more with the 6d representation; got "
+                         f"{rotation_hypotheses} with {rotation_repr!r}")
     features = keras.Input(tuple(feature_shape), name="features")
     # Keep the spatial layout (where the object is matters for box and translation): reduce channels, flatten.
     x = keras.layers.Conv2D(64, 1, activation="relu", name="reduce")(features)
@@ -102,18 +117,28 @@ def build_direct_head(feature_shape, head_width: int = 256, dropout: float = 0.1
     x = keras.layers.Dense(head_width, activation="relu", name="shared_fc")(x)
     x = keras.layers.Dropout(dropout)(x)
 
-    def head(name, units, hidden=128):
+    def head(name, units, hidden=128, out_init="glorot_uniform"):
         h = keras.layers.Dense(hidden, activation="relu", name=f"{name}_fc")(x)
-        return keras.layers.Dense(units, name=f"{name}_out")(h)
+        return keras.layers.Dense(units, name=f"{name}_out", kernel_initializer=out_init)(h)
 
     box = keras.layers.Activation("linear", name="box")(head("box", 4))
-    if rotation_repr == "6d":
+    extra = {}
+    if rotation_hypotheses > 1:
+        # small initial outputs: each hypothesis starts at its anchor
+        hypotheses = AnchoredSixDRotations(rotation_hypotheses, name="rotation_hypotheses")(
+            head("rotation", 6 * rotation_hypotheses, out_init=keras.initializers.VarianceScaling(
+                HYPOTHESIS_INIT_SCALE, seed=ROTATION_ANCHOR_SEED)))
+        logits = keras.layers.Activation("linear", name="rotation_logits")(head("rotation_score", rotation_hypotheses))
+        rotation = SelectRotation(name="rotation")([hypotheses, logits])
+        extra = {"rotation_hypotheses": hypotheses, "rotation_logits": logits}
+    elif rotation_repr == "6d":
         rotation = SixDRotation(name="rotation")(head("rotation", 6))
     else:
         # biased towards the identity so that early normalisation is well defined
         rotation = CanonicalQuaternion(name="rotation")(head("rotation", 4))
     translation = PositiveDepth(name="translation")(head("translation", 3))
-    return keras.Model(features, {"box": box, "rotation": rotation, "translation": translation}, name="direct_head")
+    return keras.Model(features, {"box": box, "rotation": rotation, "translation": translation, **extra},
+                       name="direct_head")
 
 
 def build_pose_model(backbone: str = "efficientnet_lite0", input_size: int = 128, backbone_weights=None,
@@ -123,7 +148,7 @@ def build_pose_model(backbone: str = "efficientnet_lite0", input_size: int = 128
     named ``backbone_<name>``) and :func:`build_direct_head` (named ``direct_head``)."""
     inputs = keras.Input((input_size, input_size, 3), name="image")
     features_model = build_backbone(backbone, input_size, backbone_weights, freeze_backbone)
-    head = build_direct_head(features_model.output.shape[1:], head_width, dropout, rotation_repr)
+    head = build_direct_head(features_model.output.shape[1:], head_width, dropout, rotation_repr, rotation_hypotheses)
     outputs = head(features_model(inputs))
     model = keras.Model(inputs, dict(outputs), name="pose_net")
     model.imagenet_weights_loaded = getattr(features_model, "imagenet_weights_loaded", False)
@@ -198,15 +223,16 @@ def build_coordinate_model(backbone: str = "efficientnet_lite0", input_size: int
 
 
 def build_model(head: str, backbone: str, input_size: int, backbone_weights=None, freeze_backbone: bool = False,
-                rotation_repr: str = "quaternion", sampling_head: bool = False):
-    """``head="direct"``: :func:`build_pose_model` (the thesis' network, with ``rotation_repr``); ``"coords"``:
+                rotation_repr: str = "quaternion", sampling_head: bool = False, rotation_hypotheses: int = 1):
+    """``head="direct"``: :func:`build_pose_model` (the thesis' network, with ``rotation_repr`` and
+    ``rotation_hypotheses``); ``"coords"``:
     :func:`build_coordinate_model` (``sampling_head``: NG-DSAC's sampling output)."""
     if head == "coords":
         return build_coordinate_model(backbone, input_size, backbone_weights, freeze_backbone,
                                       sampling_head=sampling_head)
     if head == "direct":
         return build_pose_model(backbone, input_size, backbone_weights, freeze_backbone=freeze_backbone,
-                                rotation_repr=rotation_repr)
+                                rotation_repr=rotation_repr, rotation_hypotheses=rotation_hypotheses)
     raise ValueError(f"unknown head {head!r}: choose direct or coords")
 
 
@@ -242,3 +268,53 @@ class SixDRotation(keras.layers.Layer):
 
     def call(self, v):
         return v + tf.constant([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]])
+
+
+def rotation_anchors(num: int):
+    """``[num, 3, 3]`` float32 rotations spread over SO(3): the identity first, then each next one the farthest
+    (largest smallest angle) from those chosen, among :data:`ROTATION_ANCHOR_CANDIDATES` random rotations."""
+    import numpy as np
+
+    from pose_core.geometry import random_rotations
+
+    candidates = random_rotations(ROTATION_ANCHOR_CANDIDATES, np.random.default_rng(ROTATION_ANCHOR_SEED))
+    chosen = [np.eye(3)]
+    # the angle between rotations A and B grows as trace(A^T B) falls
+    nearest_trace = np.einsum("nij,ij->n", candidates, chosen[0])
+    while len(chosen) < num:
+        k = int(np.argmin(nearest_trace))
+        chosen.append(candidates[k])
+        nearest_trace = np.maximum(nearest_trace, np.einsum("nij,ij->n", candidates, candidates[k]))
+    return np.asarray(chosen, np.float32)
+
+
+@keras.saving.register_keras_serializable(package="pose_net")
+class AnchoredSixDRotations(keras.layers.Layer):
+    """``[B, 6 M]`` -> ``[B, M, 6]``: M rotations in the 6D representation, the k-th biased towards the k-th of
+    :func:`rotation_anchors` (so that the hypotheses start spread over SO(3), not all at the identity)."""
+
+    def __init__(self, num_hypotheses: int, anchors_six_d=None, **kwargs):
+        super().__init__(**kwargs)
+        self.num_hypotheses = int(num_hypotheses)
+        if anchors_six_d is None:  # the 6D representation: the first two columns
+            anchors = rotation_anchors(self.num_hypotheses)
+            anchors_six_d = anchors[:, :, :2].transpose(0, 2, 1).reshape(self.num_hypotheses, 6).tolist()
+        self.anchors_six_d = [[float(x) for x in a] for a in anchors_six_d]  # saved with the model
+        if len(self.anchors_six_d) != self.num_hypotheses:
+            raise ValueError(f"{len(self.anchors_six_d)} anchors for {self.num_hypotheses} rotation hypotheses")
+        self._anchor_six_d = tf.constant([self.anchors_six_d], tf.float32)
+
+    def call(self, v):
+        return tf.reshape(v, [-1, self.num_hypotheses, 6]) + self._anchor_six_d
+
+    def get_config(self):
+        return {**super().get_config(), "num_hypotheses": self.num_hypotheses, "anchors_six_d": self.anchors_six_d}
+
+
+@keras.saving.register_keras_serializable(package="pose_net")
+class SelectRotation(keras.layers.Layer):
+    """``([B, M, 6] hypotheses, [B, M] logits)`` -> ``[B, 6]``: the hypothesis with the highest score."""
+
+    def call(self, inputs):
+        hypotheses, logits = inputs
+        return tf.gather(hypotheses, tf.argmax(logits, axis=-1), batch_dims=1)

@@ -58,6 +58,9 @@ flags.DEFINE_string("feature_cache_dir", None, "--feature_cache: folder of the c
                     flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("rotation_repr", "quaternion", ["quaternion", "6d"], "direct head: the rotation output, the "
                   "thesis' quaternion or the continuous 6D representation (Zhou et al. 2019)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("rotation_hypotheses", 1, "direct head, --rotation_repr 6d: propose this many rotations and "
+                     "score them, trained winner-takes-all (pose_net.losses.rotation_hypotheses_loss); 1: one "
+                     "rotation, the thesis' head", flag_values=TRAIN_FLAGS)
 flags.DEFINE_integer("input_size", 128, "side of the network input crop in pixels", flag_values=TRAIN_FLAGS)
 flags.DEFINE_enum("input_mode", "roi", ["roi", "full"], "roi: crops around the object's 2D box (scale-invariant "
                   "translation); full: the whole image, as in the thesis", flag_values=TRAIN_FLAGS)
@@ -118,8 +121,9 @@ flags.DEFINE_integer("stop_after_steps", 0, "testing aid: exit (as if killed) af
 
 
 CONFIG_KEYS = ("head", "backbone", "input_size", "input_mode", "roi_enlarge", "seed", "freeze_backbone",
-               "rotation_repr", "feature_cache_layer", "stage")
-CONFIG_DEFAULTS = {"head": "direct", "rotation_repr": "quaternion", "feature_cache_layer": ""}  # for config.json files written before the key
+               "rotation_repr", "rotation_hypotheses", "feature_cache_layer", "stage")
+CONFIG_DEFAULTS = {"head": "direct", "rotation_repr": "quaternion", "rotation_hypotheses": 1,
+                   "feature_cache_layer": ""}  # for config.json files written before the key
 
 
 def make_config(flag_values, info: dict) -> dict:
@@ -150,6 +154,7 @@ def make_config(flag_values, info: dict) -> dict:
         "roi_enlarge": flag_values["roi_enlarge"],
         "freeze_backbone": flag_values["freeze_backbone"],
         "rotation_repr": flag_values.get("rotation_repr", "quaternion"),
+        "rotation_hypotheses": int(flag_values.get("rotation_hypotheses", 1)) if head == "direct" else 1,
         "feature_cache_layer": flag_values.get("feature_cache_layer", "") if flag_values.get("feature_cache") else "",
         "stage": flag_values.get("stage", "coords") if head == "coords" else "",
         "seed": flag_values["seed"],
@@ -302,7 +307,8 @@ def train(flag_values: dict) -> dict:
     with strategy.scope():
         weights_arg = resolve_backbone_weights(f["backbone"], f["backbone_weights"])
         model = build_model(config["head"], f["backbone"], f["input_size"], weights_arg, f["freeze_backbone"],
-                            rotation_repr=config["rotation_repr"], sampling_head=config["stage"] == "ngdsac")
+                            rotation_repr=config["rotation_repr"], sampling_head=config["stage"] == "ngdsac",
+                            rotation_hypotheses=config["rotation_hypotheses"])
         head_model = backbone_lower = backbone_top = None
         if use_cache:
             from pose_net.feature_cache import split_backbone
