@@ -143,7 +143,7 @@ def build_direct_head(feature_shape, head_width: int = 256, dropout: float = 0.1
 
 def build_pose_model(backbone: str = "efficientnet_lite0", input_size: int = 128, backbone_weights=None,
                      head_width: int = 256, dropout: float = 0.1, freeze_backbone: bool = False,
-                     rotation_repr: str = "quaternion") -> keras.Model:
+                     rotation_repr: str = "quaternion", rotation_hypotheses: int = 1) -> keras.Model:
     """The multi-task pose network (see the module docstring for inputs and outputs): the backbone (a sub-model
     named ``backbone_<name>``) and :func:`build_direct_head` (named ``direct_head``)."""
     inputs = keras.Input((input_size, input_size, 3), name="image")
