@@ -59,8 +59,8 @@ BUDGETS = {
     # same 3,000 steps need 20 minutes (docs/results/README.md, "Why rotation did not train").
     "cpu": dict(num_train=16000, num_test=200, image_size=128, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
-                feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", epochs=8, steps_per_epoch=0,
-                batch_size=32, num_shards=8, workers=2, num_pictures=12),
+                feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", rotation_hypotheses=8, epochs=8,
+                steps_per_epoch=0, batch_size=32, num_shards=8, workers=2, num_pictures=12),
     "gpu": dict(num_train=20000, num_test=500, image_size=256, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=False, epochs=30, steps_per_epoch=0, batch_size=64,
                 num_shards=10, workers=8, num_pictures=12),
@@ -139,7 +139,8 @@ class Cell:
             s.pop("feature_cache_layer", None)
         if self.head:  # the wall clock decides, not the epochs (the quick budget's smoke test keeps its steps)
             s.update(head=self.head, time_budget_min=self.minutes, **HEAD_SETTINGS[self.head])
-            for key in ("feature_cache", "feature_cache_layer", "rotation_repr"):  # head cells train end to end
+            for key in ("feature_cache", "feature_cache_layer", "rotation_repr", "rotation_hypotheses"):
+                # head cells train end to end
                 s.pop(key, None)
             if FLAGS.budget != "quick":
                 s["epochs"] = 10_000
@@ -314,6 +315,7 @@ def run_cell(cell: Cell) -> dict:
         steps_per_epoch=s["steps_per_epoch"], batch_size=s["batch_size"], seed=FLAGS.train_seed,
         lambda_projection=cell.lambda_projection, progress=False, head=s.get("head", "direct"),
         learning_rate=s.get("learning_rate", 1e-3), rotation_repr=s.get("rotation_repr", "quaternion"),
+        rotation_hypotheses=s.get("rotation_hypotheses", 1),
         feature_cache=s.get("feature_cache", False), feature_cache_layer=s.get("feature_cache_layer", ""),
         # cells on the same renderings (with and without Projection Loss) share the features of their crops
         feature_cache_dir=str(cell.data_dir().parent / f"feature_cache_{s['backbone']}_{s['input_size']}"),
