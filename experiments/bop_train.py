@@ -84,7 +84,8 @@ BUDGETS = {
     "cpu": dict(detector_scenes=2000, detector_epochs=30, num_train=12000, image_size=128, input_size=128,
                 num_shards=6, esac_minutes_per_object=6.0, train=dict(
         backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
-        feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", epochs=6, batch_size=32)),
+        feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", rotation_hypotheses=8, epochs=6,
+        batch_size=32)),
     "gpu": dict(detector_scenes=10000, detector_epochs=40, num_train=20000, image_size=256, input_size=128,
                 num_shards=10, esac_minutes_per_object=20.0, train=dict(
         backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=False, epochs=30,

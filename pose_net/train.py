@@ -271,6 +271,9 @@ def train(flag_values: dict) -> dict:
     if f.get("init_from") and not (Path(f["init_from"]) / EXPORT_FILE).is_file():
         raise PoseInputError(f"--init_from {f['init_from']}: no model.keras there (a finished training run's "
                              f"--model_dir)")
+    hypotheses = f.get("rotation_hypotheses", 1)
+    if hypotheses < 1 or (hypotheses > 1 and f["head"] == "direct" and f["rotation_repr"] != "6d"):
+        raise PoseInputError(f"--rotation_hypotheses {hypotheses}: must be 1, or more with --rotation_repr 6d")
     if f["feature_cache_passes"] < 1:
         raise PoseInputError(f"--feature_cache_passes must be >= 1, got {f['feature_cache_passes']}")
     info = load_dataset_info(f["dataset"])
