@@ -53,10 +53,10 @@ BUDGETS = {
                   num_pictures=4),
     # The demo's recipe (experiments/demo.py): the ImageNet backbone's stride-16 features of each training crop
     # computed once (block10_add), Lite0's last stage and the heads trained on them for 8 epochs (about 3,500
-    # steps): about 2 minutes of rendering, 7 of features and training and 1 of evaluation, 10-12 minutes a cell on
-    # 2 quiet cores. Deeper recipes learn rotation better per step but not per minute: trained on the last two
-    # stages from 256-pixel renderings, 1,500 steps (12 minutes a cell) reached 3.5% rendered ADD on the toy, the
-    # same 3,000 steps need 20 minutes (docs/results/README.md, "Why rotation did not train").
+    # steps), 8 rotation hypotheses trained winner-takes-all: about 2.5 minutes of rendering, 9 of features and
+    # training and 1 of evaluation on 2 quiet cores; rendered toy ADD 33% (15.5% with one rotation). The last two
+    # stages on 256-pixel renderings reach 50% in 12 minutes of training but need twice the rendering
+    # (docs/results/README.md, "Why rotation did not train", fifth round).
     "cpu": dict(num_train=16000, num_test=200, image_size=128, input_size=128, backbone="efficientnet_lite0",
                 backbone_weights="imagenet", freeze_backbone=True, feature_cache=True,
                 feature_cache_layer=LITE0_TOP_STAGE_INPUT, rotation_repr="6d", rotation_hypotheses=8, epochs=8,
