@@ -118,7 +118,11 @@ def test_evaluate_writes_bop_results_and_report(tiny_dataset, tmp_path):
     from pose_net.evaluate import evaluate
     from pose_net.train import train
 
-    train(_train_flags(tiny_dataset, tmp_path / "m", epochs=1))
+    # with rotation hypotheses (the default of the demo and the tables), which evaluation must load
+    train(_train_flags(tiny_dataset, tmp_path / "m", epochs=1, rotation_repr="6d", rotation_hypotheses=4))
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["rotation_hypotheses"] == 4
+    history = [json.loads(line) for line in (tmp_path / "m" / "history.jsonl").read_text().splitlines()]
+    assert {"rotation_hypotheses", "rotation_selection"} <= set(history[-1]), history[-1]
     info = json.loads((tiny_dataset / "dataset.json").read_text())
     root = export_bop_test_set(tiny_dataset, tmp_path / "bop", 1, str(builtin_model_path("toy")),
                                info["diameter_mm"], False)

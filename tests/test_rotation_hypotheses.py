@@ -1,11 +1,9 @@
 """The direct head's rotation hypotheses (--rotation_hypotheses M): anchors spread over SO(3), a winner-takes-all
-term that trains the best hypothesis, a score that learns to pick it, and a model folder that evaluation loads."""
-import json
+term that trains the best hypothesis and a score that learns to pick it (a trained model with hypotheses is
+evaluated in test_pose_net.py)."""
 
 import numpy as np
 import pytest
-
-INPUT = 64  # conftest.TINY_INPUT
 
 
 def _angle_deg(A, B):
@@ -73,24 +71,3 @@ def test_winner_takes_all_trains_the_best_hypothesis_and_teaches_the_score():
     # symmetric objects: the ADD-S form decides the winner
     hyp_s, _ = losses.rotation_hypotheses_loss(six_d, logits, tf.constant(R_true[None]), points, 100.0, True)
     assert 0.0 < float(hyp_s[0]) <= float(hyp[0]) + 1e-6
-
-
-def test_training_with_hypotheses_writes_a_model_that_evaluation_loads(tiny_dataset, tmp_path):
-    from experiments.common import export_bop_test_set
-    from pose_core.objects import builtin_model_path
-    from pose_net.evaluate import evaluate
-    from pose_net.train import default_flag_values, train
-
-    flags = default_flag_values(dataset=str(tiny_dataset), model_dir=str(tmp_path / "m"), backbone="small",
-                                backbone_weights="none", input_size=INPUT, batch_size=16, epochs=1,
-                                rotation_repr="6d", rotation_hypotheses=4, progress=False, max_val_images=16)
-    train(flags)
-    config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["rotation_hypotheses"] == 4
-    history = [json.loads(line) for line in (tmp_path / "m" / "history.jsonl").read_text().splitlines()]
-    assert {"rotation_hypotheses", "rotation_selection"} <= set(history[-1]), history[-1]
-    info = json.loads((tiny_dataset / "dataset.json").read_text())
-    root = export_bop_test_set(tiny_dataset, tmp_path / "bop", 1, str(builtin_model_path("toy")),
-                               info["diameter_mm"], False)
-    result = evaluate(tmp_path / "m", root, 1, "gt")
-    assert result["instances"] == 96 and np.isfinite(result["add_median_mm"])
