@@ -73,9 +73,10 @@ def rotation_hypotheses_loss(hypotheses, logits, R_true, points_mm, diameter_mm:
       hypotheses: ``[B, M, 6]`` rotations in the 6D representation. logits: ``[B, M]`` their scores.
       R_true: ``[B, 3, 3]``. points_mm: ``[P, 3]`` in mm. diameter_mm: scalar. symmetric: the ADD-S form of Lq.
     Returns:
-      ``(hypotheses_term [B], selection_term [B])``: the point-matching loss (a fraction of the diameter) of the
-      best hypothesis, plus :data:`ROTATION_WTA_SPREAD` of the mean over all; and the cross-entropy of the scores
-      against the best hypothesis (nats), which teaches the head to pick it.
+      ``(hypotheses_term [B], selection_term [B], output_term [B])``: the point-matching loss (a fraction of the
+      diameter) of the best hypothesis, plus :data:`ROTATION_WTA_SPREAD` of the mean over all; the cross-entropy
+      of the scores against the best hypothesis (nats), which teaches the head to pick it; and the point-matching
+      loss of the best-scored hypothesis, the head's output rotation (``model.SelectRotation``), for reporting.
     """
     num = hypotheses.shape[1]
     R = param.six_d_to_matrix(tf.reshape(hypotheses, [-1, 6]))
@@ -85,7 +86,8 @@ def rotation_hypotheses_loss(hypotheses, logits, R_true, points_mm, diameter_mm:
     hypotheses_term = ((1.0 - ROTATION_WTA_SPREAD) * tf.reduce_min(per_hypothesis, axis=-1)
                        + ROTATION_WTA_SPREAD * tf.reduce_mean(per_hypothesis, axis=-1))
     selection_term = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=best, logits=logits)
-    return hypotheses_term, selection_term
+    output_term = tf.gather(per_hypothesis, tf.argmax(logits, axis=-1), batch_dims=1)
+    return hypotheses_term, selection_term, output_term
 
 
 def constant_rotation_level(R_true, points_mm, diameter_mm: float, num_candidates: int = 2048, seed: int = 0):
@@ -201,18 +203,20 @@ def total_loss(outputs, batch, model, weights: LossWeights, points_mm, diameter_
     R_true, t_true = batch["R"], batch["t_mm"]
     R_allo_pred = param.rotation_matrix(outputs["rotation"])
     R_allo_true = param.egocentric_to_allocentric(R_true, t_true)
-    rot_fn = rotation_point_matching_loss_symmetric if symmetric else rotation_point_matching_loss
     terms = {
         "box": tf.reduce_mean(box_loss(outputs["box"], batch["box_target"])),
-        "rotation": tf.reduce_mean(rot_fn(R_allo_pred, R_allo_true, points_mm, diameter_mm)),
         "translation": tf.reduce_mean(translation_loss(outputs["translation"], batch["translation_target"])),
     }
-    rotation_objective = terms["rotation"]
-    if "rotation_hypotheses" in outputs:
-        hyp, sel = rotation_hypotheses_loss(outputs["rotation_hypotheses"], outputs["rotation_logits"], R_allo_true,
-                                            points_mm, diameter_mm, symmetric)
+    if "rotation_hypotheses" in outputs:  # the output's term is one of the hypotheses': not computed again
+        hyp, sel, output_term = rotation_hypotheses_loss(outputs["rotation_hypotheses"], outputs["rotation_logits"],
+                                                         R_allo_true, points_mm, diameter_mm, symmetric)
+        terms["rotation"] = tf.reduce_mean(output_term)
         terms["rotation_hypotheses"], terms["rotation_selection"] = tf.reduce_mean(hyp), tf.reduce_mean(sel)
         rotation_objective = terms["rotation_hypotheses"] + terms["rotation_selection"]
+    else:
+        rot_fn = rotation_point_matching_loss_symmetric if symmetric else rotation_point_matching_loss
+        terms["rotation"] = tf.reduce_mean(rot_fn(R_allo_pred, R_allo_true, points_mm, diameter_mm))
+        rotation_objective = terms["rotation"]
     if weights.projection > 0:
         t_pred = param.target_to_translation(outputs["translation"], batch["K"], batch["crop_center"],
                                              batch["crop_size"], diameter_mm)

@@ -296,9 +296,10 @@ class AnchoredSixDRotations(keras.layers.Layer):
     def __init__(self, num_hypotheses: int, anchors_six_d=None, **kwargs):
         super().__init__(**kwargs)
         self.num_hypotheses = int(num_hypotheses)
-        if anchors_six_d is None:  # the 6D representation: the first two columns
-            anchors = rotation_anchors(self.num_hypotheses)
-            anchors_six_d = anchors[:, :, :2].transpose(0, 2, 1).reshape(self.num_hypotheses, 6).tolist()
+        if anchors_six_d is None:
+            from pose_net.parametrization import matrix_to_six_d
+
+            anchors_six_d = matrix_to_six_d(rotation_anchors(self.num_hypotheses)).tolist()
         self.anchors_six_d = [[float(x) for x in a] for a in anchors_six_d]  # saved with the model
         if len(self.anchors_six_d) != self.num_hypotheses:
             raise ValueError(f"{len(self.anchors_six_d)} anchors for {self.num_hypotheses} rotation hypotheses")

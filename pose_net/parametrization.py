@@ -141,6 +141,15 @@ def six_d_to_matrix(v):
     return tf.stack([b1, b2, b3], axis=-1)
 
 
+def matrix_to_six_d(R):
+    """Rotation matrices ``[..., 3, 3]`` (numpy) -> the 6D representation ``[..., 6]``: the first two columns, the
+    inverse of :func:`six_d_to_matrix` on rotations."""
+    import numpy as np
+
+    R = np.asarray(R)
+    return np.concatenate([R[..., :, 0], R[..., :, 1]], axis=-1)
+
+
 def rotation_matrix(rotation):
     """The rotation head's output -> ``[B, 3, 3]``: a quaternion ``[B, 4]`` or the 6D representation ``[B, 6]``."""
     size = rotation.shape[-1]

@@ -5,9 +5,7 @@ evaluated in test_pose_net.py)."""
 import numpy as np
 import pytest
 
-
-def _angle_deg(A, B):
-    return float(np.degrees(np.arccos(np.clip((np.trace(A.T @ B) - 1.0) / 2.0, -1.0, 1.0))))
+from pose_core.geometry import rotation_angle_deg
 
 
 def test_anchors_are_spread_and_each_hypothesis_starts_at_its_anchor():
@@ -19,14 +17,14 @@ def test_anchors_are_spread_and_each_hypothesis_starts_at_its_anchor():
     anchors = rotation_anchors(8)
     assert np.allclose(anchors[0], np.eye(3))
     assert np.allclose(np.einsum("nji,njk->nik", anchors, anchors), np.eye(3), atol=1e-5)
-    closest = min(_angle_deg(anchors[i], anchors[j]) for i in range(8) for j in range(i + 1, 8))
+    closest = min(rotation_angle_deg(anchors[i], anchors[j]) for i in range(8) for j in range(i + 1, 8))
     assert closest > 90.0  # 8 random rotations are often within 40 degrees of each other
     head = build_direct_head((4, 4, 16), rotation_repr="6d", rotation_hypotheses=8)
     out = head(tf.random.normal([3, 4, 4, 16], seed=0))
     assert out["rotation_hypotheses"].shape == (3, 8, 6) and out["rotation_logits"].shape == (3, 8)
     for k in range(8):
         R = param.rotation_matrix(out["rotation_hypotheses"][:, k]).numpy()
-        assert max(_angle_deg(r, anchors[k]) for r in R) < 25.0, k
+        assert max(rotation_angle_deg(R, anchors[k])) < 25.0, k
     # the output rotation is the best-scored hypothesis
     best = np.argmax(np.asarray(out["rotation_logits"]), axis=-1)
     assert np.allclose(np.asarray(out["rotation"]), np.asarray(out["rotation_hypotheses"])[np.arange(3), best])
@@ -46,16 +44,18 @@ def test_winner_takes_all_trains_the_best_hypothesis_and_teaches_the_score():
 
     from pose_net import losses
     from pose_net.model import rotation_anchors
+    from pose_net.parametrization import matrix_to_six_d
 
     rng = np.random.default_rng(0)
     points = rng.normal(size=(64, 3)).astype(np.float32) * 40.0
     anchors = rotation_anchors(4)
     R_true = (anchors[2] @ np.asarray([[1, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]],
                                       np.float32)).astype(np.float32)  # 11 degrees from anchor 2
-    six_d = tf.Variable(anchors[:, :, :2].transpose(0, 2, 1).reshape(1, 4, 6))
+    six_d = tf.Variable(matrix_to_six_d(anchors)[None])
     logits = tf.Variable(np.zeros((1, 4), np.float32))
     with tf.GradientTape() as tape:
-        hyp, sel = losses.rotation_hypotheses_loss(six_d, logits, tf.constant(R_true[None]), points, 100.0, False)
+        hyp, sel, output_term = losses.rotation_hypotheses_loss(six_d, logits, tf.constant(R_true[None]), points,
+                                                                100.0, False)
         total = hyp[0] + sel[0]
     g_hyp, g_logits = tape.gradient(total, [six_d, logits])
     per = [float(losses.rotation_point_matching_loss(tf.constant(anchors[k:k + 1]), tf.constant(R_true[None]),
@@ -64,10 +64,11 @@ def test_winner_takes_all_trains_the_best_hypothesis_and_teaches_the_score():
     expected = (1 - losses.ROTATION_WTA_SPREAD) * per[2] + losses.ROTATION_WTA_SPREAD * np.mean(per)
     assert float(hyp[0]) == pytest.approx(expected, rel=1e-4)
     assert float(sel[0]) == pytest.approx(np.log(4.0), rel=1e-5)  # uniform scores
+    assert float(output_term[0]) == pytest.approx(per[0], rel=1e-4)  # ... whose argmax, the output, is the first
     norms = np.linalg.norm(g_hyp.numpy()[0], axis=-1)
     assert norms[2] > 5 * max(norms[k] for k in (0, 1, 3))  # the winner gets nearly all of the gradient
     g = g_logits.numpy()[0]
     assert g[2] < 0 and all(g[k] > 0 for k in (0, 1, 3))  # descent raises the winner's score
     # symmetric objects: the ADD-S form decides the winner
-    hyp_s, _ = losses.rotation_hypotheses_loss(six_d, logits, tf.constant(R_true[None]), points, 100.0, True)
+    hyp_s, _, _ = losses.rotation_hypotheses_loss(six_d, logits, tf.constant(R_true[None]), points, 100.0, True)
     assert 0.0 < float(hyp_s[0]) <= float(hyp[0]) + 1e-6
