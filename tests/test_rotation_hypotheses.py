@@ -72,3 +72,31 @@ def test_winner_takes_all_trains_the_best_hypothesis_and_teaches_the_score():
     # symmetric objects: the ADD-S form decides the winner
     hyp_s, _, _ = losses.rotation_hypotheses_loss(six_d, logits, tf.constant(R_true[None]), points, 100.0, True)
     assert 0.0 < float(hyp_s[0]) <= float(hyp[0]) + 1e-6
+
+
+def test_symmetric_term_from_a_subset_of_sources_estimates_the_full_add_s():
+    import tensorflow as tf
+
+    from pose_net import losses
+    from pose_net import parametrization as param
+
+    rng = np.random.default_rng(1)
+    angle, height = rng.uniform(0.0, 2.0 * np.pi, 512), rng.uniform(-60.0, 60.0, 512)
+    points = np.stack([40.0 * np.cos(angle), 40.0 * np.sin(angle), height], -1).astype(np.float32)  # a can's side
+    R_true = param.six_d_to_matrix(tf.constant(rng.normal(size=(16, 6)), tf.float32))
+    R_pred = param.six_d_to_matrix(tf.constant(rng.normal(size=(16, 6)), tf.float32))
+    full = losses.rotation_point_matching_loss_symmetric(R_pred, R_true, points, 150.0).numpy()
+    sub = losses.rotation_point_matching_loss_symmetric(R_pred, R_true, points, 150.0,
+                                                        losses.SYMMETRIC_HYPOTHESIS_SOURCE_POINTS).numpy()
+    assert full.shape == sub.shape == (16,)
+    assert np.all(full > 0.02)  # random rotations of a can are off, less so about its axis
+    assert np.mean(np.abs(sub - full) / full) < 0.1  # the same loss, estimated from fewer sources
+    assert np.corrcoef(sub, full)[0, 1] > 0.9
+    # the sources are the first points: given them alone, both sides agree exactly
+    head = points[:losses.SYMMETRIC_HYPOTHESIS_SOURCE_POINTS]
+    exact = losses.rotation_point_matching_loss_symmetric(R_pred, R_true, head, 150.0).numpy()
+    sub_head = losses.rotation_point_matching_loss_symmetric(R_pred, R_true, head, 150.0, len(head)).numpy()
+    assert np.allclose(exact, sub_head)
+    # a correct rotation is (almost) free: every source finds itself among the targets
+    same = losses.rotation_point_matching_loss_symmetric(R_true, R_true, points, 150.0, 64).numpy()
+    assert np.all(same < 1e-3)
