@@ -449,6 +449,7 @@ def cache_features(backbone, items, obj_ids: list[int], cache_dir: Path, batch_s
     features_of = tf.function(lambda x: backbone(x, training=False))
     parts: dict[str, list] = {}
     t0 = time.time()
+    first_shape = None  # every image of one detector's cache has one size
     for start in range(0, len(items), batch_size):
         images, targets = [], []
         for path, insts in items[start:start + batch_size]:
@@ -463,7 +464,7 @@ def cache_features(backbone, items, obj_ids: list[int], cache_dir: Path, batch_s
             t["heatmap"] = gaussian_heatmap(boxes, classes, ignore, out_hw, len(obj_ids)).astype(np.float16)
             images.append(x)
             targets.append(t)
-        first_shape = first_shape if start else images[0].shape
+        first_shape = first_shape or images[0].shape
         if any(im.shape != first_shape for im in images):
             raise DetectorError(f"training images of different sizes near {items[start][0]}: render every scene "
                                 "folder of one detector at one camera size")

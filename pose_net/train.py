@@ -351,7 +351,7 @@ def train(flag_values: dict) -> dict:
     elif f.get("init_from"):
         init_weights_from(model, config, Path(f["init_from"]))
 
-    dsac_settings = dsac_loss = None
+    dsac_loss = None  # set below for the dsac stages: the loss through RANSAC-PnP
     if dsac_stage:
         from pose_net import dsac
 
@@ -362,10 +362,12 @@ def train(flag_values: dict) -> dict:
         frame, symmetries_obj = coordinate_spec.frame, coordinate_spec.symmetries
         ng_pools = f["ng_pools"] if f["stage"] == "ngdsac" else 0
 
-        def dsac_loss(outputs, batch):
+        def through_solver_loss(outputs, batch):
             return dsac.coordinate_dsac_loss(outputs, batch, frame, symmetries_obj, loss_points, diameter,
                                              dsac_settings, ng_pools=ng_pools, seed=f["seed"],
                                              rgbd=f["stage"] == "dsac_rgbd")
+
+        dsac_loss = through_solver_loss
 
     replicas = strategy.num_replicas_in_sync
     cache = None
