@@ -71,7 +71,8 @@ ROTATION_WTA_SPREAD = 0.05
 
 # Source points of the ADD-S form of the hypotheses' term (symmetric objects; targets stay all loss points). With
 # 512 sources the M hypotheses' ADD-S made a symmetric object's step about 3x a toy's (B * M * 512 * 512 distances);
-# 64 cut that cost 8x, and the mean over 64 random points estimates the same loss (see tests/test_losses.py).
+# 64 cut that cost 8x, and the mean over 64 random points estimates the same loss
+# (tests/test_rotation_hypotheses.py).
 SYMMETRIC_HYPOTHESIS_SOURCE_POINTS = 64
 
 
