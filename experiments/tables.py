@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import flags
 
 from experiments import common
+from render import modes as render_modes
 from pose_net.feature_cache import LITE0_TOP_STAGE_INPUT
 
 FLAGS = flags.FLAGS
@@ -113,7 +114,22 @@ class Cell:
 
     @property
     def base_name(self) -> str:
-        return f"{self.obj.name}-{self.mode}-pl{self.lambda_projection:g}"
+        return (f"{self.obj.name}-{self.mode}-pl{self.lambda_projection:g}"
+                + ("-phototex" if self.texture_photos() else ""))
+
+    def texture_photos(self) -> Path | None:
+        """The photos this cell's random object appearances cut textures from, or None.
+
+        Cells scored on real photos (an object with a real set) whose mode randomizes the object's appearance
+        (``complete``, ``fixed_light``, ``real_background``) print half of their random textures from
+        ../shared/data/ycbv_backgrounds, the photos showing the object left out: on the real banana that took
+        `complete` from 0% / 88 mm to 7.5% / 29 mm (real ADD / median ADD, docs/results/README.md, "Photo
+        textures"). Built-in objects are scored on renderings with procedural textures and keep them; so does every
+        cell when the photos are absent. Such cells are named ``...-phototex`` (their own renderings)."""
+        if (self.obj.real_root is None or not backgrounds_dir().is_dir()
+                or render_modes.MODES[self.mode]["object"] != "random"):
+            return None
+        return backgrounds_dir()
 
     @property
     def name(self) -> str:
@@ -154,6 +170,8 @@ class Cell:
              **{k: v for k, v in self.training().items() if k not in ("workers", "num_pictures")}}
         if self.variant:
             c["variant"] = self.variant
+        if self.texture_photos():  # recorded only when used: the cells run before photo textures stay valid
+            c["texture_photos"] = os.path.relpath(self.texture_photos(), common.REPO_ROOT)
         if self.init is not None:
             c["init"] = self.init.name
         return c
@@ -175,14 +193,17 @@ class Cell:
             return "not run: no background photos"
         return ""
 
-    def render_opts(self) -> dict:
-        """render.generate's options (its flags by name) for this cell's object and mode."""
+    def render_opts(self, photo_textures: bool = True) -> dict:
+        """render.generate's options (its flags by name) for this cell's object and mode; ``photo_textures=False``
+        leaves out :meth:`texture_photos` (the rendered test sets keep procedural textures in every cell)."""
         opts = {"mesh": self.obj.mesh, "randomization": self.mode, "obj_id": self.obj.obj_id,
                 "symmetric": self.obj.symmetric or None}
         if self.mode == "real_background":
             opts["backgrounds"] = str(backgrounds_dir())
-            if self.obj.real_root is not None:  # photos showing the test object are left out
-                opts["exclude_obj_id"] = self.obj.obj_id
+        if photo_textures and self.texture_photos():
+            opts["texture_photos"] = str(self.texture_photos())
+        if self.obj.real_root is not None and ("backgrounds" in opts or "texture_photos" in opts):
+            opts["exclude_obj_id"] = self.obj.obj_id  # photos showing the test object are left out
         return opts
 
 
@@ -220,7 +241,7 @@ def render_jobs(cells: list[Cell]) -> list[dict]:
         jobs[str(c.data_dir())] = dict(c.render_opts(), out=str(c.data_dir()), num_images=s["num_train"],
                                        seed=FLAGS.train_seed, num_shards=s["num_shards"], **common_opts)
         test_render = test_set_dir(c.obj) / "render"
-        jobs[str(test_render)] = dict(Cell(c.obj).render_opts(), out=str(test_render), num_images=s["num_test"],
+        jobs[str(test_render)] = dict(Cell(c.obj).render_opts(photo_textures=False), out=str(test_render), num_images=s["num_test"],
                                       seed=FLAGS.train_seed + 1000, num_shards=1, **common_opts)
     todo = []
     for job in jobs.values():
