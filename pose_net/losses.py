@@ -65,6 +65,17 @@ def rotation_point_matching_loss_symmetric(R_pred, R_true, points_mm, diameter_m
     return tf.reduce_mean(tf.sqrt(tf.maximum(tf.reduce_min(d2, axis=-1), 0.0) + _EPS), axis=-1) / diameter_mm
 
 
+def rotation_term(R_pred, R_true, points_mm, diameter_mm: float, symmetric: bool,
+                  num_source_points: int | None = None):
+    """Lq in the form the object needs: :func:`rotation_point_matching_loss_symmetric` (ADD-S, from the first
+    ``num_source_points`` sources) for a symmetric object, :func:`rotation_point_matching_loss` (ADD) otherwise.
+    THE place that chooses between them (the training loss, the hypotheses' term and validation call it).
+    Shapes and units as :func:`rotation_point_matching_loss`: ``[B]``, a fraction of the diameter."""
+    if symmetric:
+        return rotation_point_matching_loss_symmetric(R_pred, R_true, points_mm, diameter_mm, num_source_points)
+    return rotation_point_matching_loss(R_pred, R_true, points_mm, diameter_mm)
+
+
 # Relaxed winner-takes-all (Rupprecht et al., ICCV'17): the share of the mean over all hypotheses in the rotation
 # hypotheses' term, so that hypotheses that never win still move towards the data instead of dying.
 ROTATION_WTA_SPREAD = 0.05
@@ -93,12 +104,8 @@ def rotation_hypotheses_loss(hypotheses, logits, R_true, points_mm, diameter_mm:
     num = hypotheses.shape[1]
     R = param.six_d_to_matrix(tf.reshape(hypotheses, [-1, 6]))
     R_true = tf.repeat(R_true, num, axis=0)
-    if symmetric:
-        per_hypothesis = rotation_point_matching_loss_symmetric(R, R_true, points_mm, diameter_mm,
-                                                                SYMMETRIC_HYPOTHESIS_SOURCE_POINTS)
-    else:
-        per_hypothesis = rotation_point_matching_loss(R, R_true, points_mm, diameter_mm)
-    per_hypothesis = tf.reshape(per_hypothesis, [-1, num])
+    per_hypothesis = tf.reshape(rotation_term(R, R_true, points_mm, diameter_mm, symmetric,
+                                              SYMMETRIC_HYPOTHESIS_SOURCE_POINTS), [-1, num])
     best = tf.stop_gradient(tf.argmin(per_hypothesis, axis=-1))
     hypotheses_term = ((1.0 - ROTATION_WTA_SPREAD) * tf.reduce_min(per_hypothesis, axis=-1)
                        + ROTATION_WTA_SPREAD * tf.reduce_mean(per_hypothesis, axis=-1))
@@ -231,8 +238,7 @@ def total_loss(outputs, batch, model, weights: LossWeights, points_mm, diameter_
         terms["rotation_hypotheses"], terms["rotation_selection"] = tf.reduce_mean(hyp), tf.reduce_mean(sel)
         rotation_objective = terms["rotation_hypotheses"] + terms["rotation_selection"]
     else:
-        rot_fn = rotation_point_matching_loss_symmetric if symmetric else rotation_point_matching_loss
-        terms["rotation"] = tf.reduce_mean(rot_fn(R_allo_pred, R_allo_true, points_mm, diameter_mm))
+        terms["rotation"] = tf.reduce_mean(rotation_term(R_allo_pred, R_allo_true, points_mm, diameter_mm, symmetric))
         rotation_objective = terms["rotation"]
     if weights.projection > 0:
         t_pred = param.target_to_translation(outputs["translation"], batch["K"], batch["crop_center"],

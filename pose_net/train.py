@@ -212,7 +212,6 @@ def validate(estimator, dataset, points_mm, diameter_mm, symmetric, max_images, 
 
     adds, add_ss, n, rot_terms, R_allo = [], [], 0, [], []
     with_rotation_term = loss_points is not None and estimator.head == "direct"
-    rot_fn = losses.rotation_point_matching_loss_symmetric if symmetric else losses.rotation_point_matching_loss
     for batch in dataset:
         outputs = estimator.network_outputs(batch["image"])
         R, t = estimator.estimate_batch(batch, outputs)
@@ -222,7 +221,7 @@ def validate(estimator, dataset, points_mm, diameter_mm, symmetric, max_images, 
         if with_rotation_term:
             true_allo = param.egocentric_to_allocentric(batch["R"], batch["t_mm"])
             pred_allo = param.rotation_matrix(outputs["rotation"])
-            rot_terms += list(rot_fn(pred_allo, true_allo, loss_points, diameter_mm).numpy())
+            rot_terms += list(losses.rotation_term(pred_allo, true_allo, loss_points, diameter_mm, symmetric).numpy())
             R_allo.append(true_allo.numpy())
         n += len(R)
         if n >= max_images:

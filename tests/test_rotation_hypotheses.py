@@ -100,3 +100,23 @@ def test_symmetric_term_from_a_subset_of_sources_estimates_the_full_add_s():
     # a correct rotation is (almost) free: every source finds itself among the targets
     same = losses.rotation_point_matching_loss_symmetric(R_true, R_true, points, 150.0, 64).numpy()
     assert np.all(same < 1e-3)
+
+
+def test_rotation_term_takes_the_add_s_form_for_a_symmetric_object_only():
+    import tensorflow as tf
+
+    from pose_core.geometry import axis_angle_to_matrix
+    from pose_net import losses
+
+    # a can's side: 8 rings of 64 points, so a quarter turn about its axis maps the points onto themselves
+    angle, height = np.meshgrid(np.arange(64) * 2.0 * np.pi / 64, np.linspace(-60.0, 60.0, 8))
+    points = np.stack([40.0 * np.cos(angle), 40.0 * np.sin(angle), height], -1).reshape(-1, 3).astype(np.float32)
+    points = points[np.random.default_rng(2).permutation(len(points))]
+    R_true = tf.eye(3, batch_shape=[1])
+    about_axis = tf.constant(axis_angle_to_matrix(np.array([0.0, 0.0, 1.0]), np.pi / 2)[None], tf.float32)
+    add = float(losses.rotation_term(about_axis, R_true, points, 150.0, symmetric=False)[0])
+    add_s = float(losses.rotation_term(about_axis, R_true, points, 150.0, symmetric=True)[0])
+    # a quarter turn about the can's axis moves every point by 40 * sqrt(2) mm, yet matches the can's surface
+    assert add == pytest.approx(40.0 * np.sqrt(2.0) / 150.0, rel=1e-3)
+    assert add_s < 1e-3
+    assert float(losses.rotation_term(about_axis, R_true, points, 150.0, True, 64)[0]) < 1e-3
