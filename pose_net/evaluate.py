@@ -30,7 +30,8 @@ import numpy as np
 from absl import app, flags
 
 from pose_core import PoseInputError, bop, metrics
-from pose_core.geometry import bbox_from_points, check_camera_fits_image, project_points
+from pose_core.geometry import (bbox_from_points, check_camera_fits_image, project_points,
+                                rotation_angle_deg)
 
 FLAGS = flags.FLAGS
 NOT_DETECTED = "not detected"  # the "translation" of an instance the detector missed (no pose: a wrong one)
@@ -160,6 +161,9 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": e_add, "add_s_mm": e_adds,
                          "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"])), "ok": est.ok,
                          "num_inliers": est.num_inliers, "translation": est.translation})
+            # the rotation's share of the error: the angle, and ADD with the true translation
+            rows[-1]["r_err_deg"] = float(rotation_angle_deg(est.R, inst["R"]))
+            rows[-1]["add_mm_true_translation"] = metrics.add(est.R, inst["t_mm"], inst["R"], inst["t_mm"], points)
             if est.inlier_error_px is not None:
                 rows[-1]["inlier_error_px"] = est.inlier_error_px
             if est.t_regressed_mm is not None:  # the thesis' figure beside it: the translation head's own output
@@ -185,6 +189,10 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         "add_recall": metrics.recall(add_errors, diameter), "add_s_recall": metrics.recall(adds_errors, diameter),
         "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),
         "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])),
+        # rotation alone (missed detections count as wrong): the angle, and ADD recall with the true translation
+        "r_err_median_deg": float(np.median([r.get("r_err_deg", np.inf) for r in rows])),
+        "add_recall_true_translation": metrics.recall(
+            np.array([r.get("add_mm_true_translation", np.inf) for r in rows]), diameter),
         "model_dir": report_path(model_dir), "head": estimator.head,
         "translation": "+".join(sorted({r["translation"] for r in rows} - {NOT_DETECTED})),
     }
@@ -334,16 +342,22 @@ def report_path(path) -> str:
         return str(path)
 
 
+def _fmt(value, digits: int, scale: float = 1.0) -> str:
+    """A table cell: ``value * scale`` rounded, "-" for a figure an older report does not have."""
+    return "-" if value is None else f"{scale * value:.{digits}f}"
+
+
 def format_table(results) -> str:
     """Markdown table of one result dict or a list of them."""
     results = [results] if isinstance(results, dict) else results
     lines = ["| set | obj | boxes | translation | instances | ADD (10% d) | ADD-S (10% d) | median ADD mm | "
-             "median t err mm |", "|---|---|---|---|---|---|---|---|---|"]
+             "median t err mm | median R err deg | ADD, true t (10% d) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {Path(r['bop_root']).name} | {r['obj_id']} | {r['boxes']} | "
                      f"{r.get('translation', 'regressed')} | {r['instances']} | "
                      f"{100 * r['add_recall']:.1f} | {100 * r['add_s_recall']:.1f} | {r['add_median_mm']:.1f} | "
-                     f"{r['t_err_median_mm']:.1f} |")
+                     f"{r['t_err_median_mm']:.1f} | {_fmt(r.get('r_err_median_deg'), 1)} | "
+                     f"{_fmt(r.get('add_recall_true_translation'), 1, 100)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -130,6 +130,14 @@ def test_evaluate_writes_bop_results_and_report(tiny_dataset, tmp_path):
                       num_pictures=4)
     assert result["instances"] == 96
     assert 0.0 <= result["add_recall"] <= result["add_s_recall"] <= 1.0
+    # the rotation's share: the angle of each estimate against the truth, and ADD with the true translation
+    per_instance = json.loads((tmp_path / "rep" / "per_instance.json").read_text())
+    for r in per_instance:
+        assert 0.0 <= r["r_err_deg"] <= 180.0
+        assert r["add_mm_true_translation"] <= r["add_mm"] + r["t_err_mm"] + 1e-3  # triangle inequality
+    assert result["r_err_median_deg"] == pytest.approx(np.median([r["r_err_deg"] for r in per_instance]))
+    assert result["add_recall_true_translation"] == pytest.approx(
+        np.mean([r["add_mm_true_translation"] < 0.1 * result["diameter_mm"] for r in per_instance]))
     rows = bop.read_results_csv(tmp_path / "r.csv")
     assert len(rows) == 96 and all(r.obj_id == 1 for r in rows)
     for f in ("metrics.json", "table.md", "overlays.png", "accuracy_vs_threshold.png"):
