@@ -164,6 +164,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             # the rotation's share of the error: the angle, and ADD with the true translation
             rows[-1]["r_err_deg"] = float(rotation_angle_deg(est.R, inst["R"]))
             rows[-1]["add_mm_true_translation"] = metrics.add(est.R, inst["t_mm"], inst["R"], inst["t_mm"], points)
+            rows[-1]["add_s_mm_true_translation"] = metrics.add_s(est.R, inst["t_mm"], inst["R"], inst["t_mm"],
+                                                                  points)
             if est.inlier_error_px is not None:
                 rows[-1]["inlier_error_px"] = est.inlier_error_px
             if est.t_regressed_mm is not None:  # the thesis' figure beside it: the translation head's own output
@@ -193,6 +195,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         "r_err_median_deg": float(np.median([r.get("r_err_deg", np.inf) for r in rows])),
         "add_recall_true_translation": metrics.recall(
             np.array([r.get("add_mm_true_translation", np.inf) for r in rows]), diameter),
+        "add_s_recall_true_translation": metrics.recall(
+            np.array([r.get("add_s_mm_true_translation", np.inf) for r in rows]), diameter),
         "model_dir": report_path(model_dir), "head": estimator.head,
         "translation": "+".join(sorted({r["translation"] for r in rows} - {NOT_DETECTED})),
     }

@@ -55,12 +55,33 @@ def test_quick_table_has_every_row_figures_and_plots(quick_results, module):
     rows = list(csv.DictReader(open(out / f"{module}.csv")))
     assert [r["row"] for r in rows] == SCRIPTS[module]
     for r in rows:
-        for col in ("real ADD", "real ADD-S", "rendered ADD", "rendered ADD-S"):
+        for col in ("real ADD", "real ADD-S", "rendered ADD", "rendered ADD-S", "real ADD(-S) with true t"):
             assert 0.0 <= float(r[col]) <= 100.0
+        assert 0.0 <= float(r["real median rotation error deg"]) <= 180.0
     for png in ("bars", "curves_real", "curves_rendered"):
         path = out / f"{module}_{png}.png"
         assert path.is_file() and path.stat().st_size > 1000
         assert f"]({path.name})" in md
+
+
+def test_real_cells_of_random_appearance_print_textures_cut_from_photos(quick_results):
+    tmp, _ = quick_results
+    cells = tmp / "runs" / "quick" / "cells"
+    objects_in_frame = json.loads((shared_data_dir() / "ycbv_backgrounds" / "objects_in_frame.json").read_text())
+    for mode in ("complete", "fixed_light", "real_background"):
+        info = json.loads((cells / f"ycbv_banana-{mode}-pl0.1-phototex" / "data" / "train" / "dataset.json")
+                          .read_text())
+        assert info["texture_photo_files"], mode
+        for name in info["texture_photo_files"]:  # never a photo that shows the banana (obj_id 10)
+            assert 10 not in objects_in_frame[name], name
+    # the object's own appearance, and the built-in objects scored on renderings: procedural textures only
+    for name in ("ycbv_banana-fixed_object-pl0.1", "ycbv_banana-none-pl0.1", "toy-complete-pl0.1"):
+        info = json.loads((cells / name / "data" / "train" / "dataset.json").read_text())
+        assert "texture_photo_files" not in info, name
+    # the rendered test set stays the procedural `complete` one of every earlier run
+    test_info = json.loads((tmp / "runs" / "quick" / "test_sets" / "ycbv_banana" / "render" / "dataset.json")
+                           .read_text())
+    assert "texture_photo_files" not in test_info
 
 
 def test_cells_are_written_once_and_shared(quick_results):
