@@ -15,6 +15,11 @@ set annotates, into one BOP19 CSV and a per-object table with the mean. Instance
 are not scored, and BOP19's ``test_targets_bop19.json`` chooses the images when present. For the coordinate head the
 overlays show, beside each zoomed overlay, the predicted coordinate map (model
 coordinates as colours) and the mask probability.
+
+Beside the recalls, the table gives the rotation's share of the error: the median rotation angle against the truth
+and the ADD recall with the predicted rotation at the true translation (per instance in ``per_instance.json``:
+``r_err_deg``, ``t_err_mm``, ``add_mm_true_translation``, ``add_s_mm_true_translation``). Where the translation
+is fitted into the box, a rotation error becomes a depth error too, and the two recalls tell the parts apart.
 """
 
 from __future__ import annotations
