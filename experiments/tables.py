@@ -171,8 +171,8 @@ class Cell:
              **{k: v for k, v in self.training().items() if k not in ("workers", "num_pictures")}}
         if self.variant:
             c["variant"] = self.variant
-        if self.texture_photos():  # recorded only when used: the cells run before photo textures stay valid
-            c["texture_photos"] = os.path.relpath(self.texture_photos(), common.REPO_ROOT)
+        if photos := self.texture_photos():  # recorded only when used: the cells run before photo textures stay valid
+            c["texture_photos"] = os.path.relpath(photos, common.REPO_ROOT)
         if self.init is not None:
             c["init"] = self.init.name
         return c
@@ -201,8 +201,8 @@ class Cell:
                 "symmetric": self.obj.symmetric or None}
         if self.mode == "real_background":
             opts["backgrounds"] = str(backgrounds_dir())
-        if photo_textures and self.texture_photos():
-            opts["texture_photos"] = str(self.texture_photos())
+        if photo_textures and (photos := self.texture_photos()):
+            opts["texture_photos"] = str(photos)
         if self.obj.real_root is not None and ("backgrounds" in opts or "texture_photos" in opts):
             opts["exclude_obj_id"] = self.obj.obj_id  # photos showing the test object are left out
         return opts
@@ -242,8 +242,9 @@ def render_jobs(cells: list[Cell]) -> list[dict]:
         jobs[str(c.data_dir())] = dict(c.render_opts(), out=str(c.data_dir()), num_images=s["num_train"],
                                        seed=FLAGS.train_seed, num_shards=s["num_shards"], **common_opts)
         test_render = test_set_dir(c.obj) / "render"
-        jobs[str(test_render)] = dict(Cell(c.obj).render_opts(photo_textures=False), out=str(test_render), num_images=s["num_test"],
-                                      seed=FLAGS.train_seed + 1000, num_shards=1, **common_opts)
+        jobs[str(test_render)] = dict(Cell(c.obj).render_opts(photo_textures=False), out=str(test_render),
+                                      num_images=s["num_test"], seed=FLAGS.train_seed + 1000, num_shards=1,
+                                      **common_opts)
     todo = []
     for job in jobs.values():
         out = Path(job["out"])

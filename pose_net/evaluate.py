@@ -360,7 +360,7 @@ def format_table(results) -> str:
     """Markdown table of one result dict or a list of them."""
     results = [results] if isinstance(results, dict) else results
     lines = ["| set | obj | boxes | translation | instances | ADD (10% d) | ADD-S (10% d) | median ADD mm | "
-             "median t err mm | median R err deg | ADD, true t (10% d) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "median t err mm | median R err deg | ADD, true t (10% d) |", "|---" * 11 + "|"]
     for r in results:
         lines.append(f"| {Path(r['bop_root']).name} | {r['obj_id']} | {r['boxes']} | "
                      f"{r.get('translation', 'regressed')} | {r['instances']} | "
