@@ -40,7 +40,7 @@ class RenderConfig:
     seed: int = 0
     mode: str = "complete"
     mesh_scale: float = 1.0
-    background_files: list = field(default_factory=list)  # real photos (mode real_background)
+    background_files: list = field(default_factory=list)  # real photos (real_background, --photo_background_prob)
     texture_files: list = field(default_factory=list)  # photos random appearances cut textures from (any mode)
     distractors: bool = False
     png_compress_level: int = 1
@@ -116,6 +116,8 @@ class ParamSampler:
         self._photos = rz.photo_loaders(config.background_files)
         if self.axes["background"] == "real" and not self._photos:
             raise PoseInputError("mode real_background needs background photos (--backgrounds)")
+        if self.axes["background"] == "random" and self.ranges.photo_background_prob > 0 and not self._photos:
+            raise PoseInputError("--photo_background_prob needs background photos (--backgrounds)")
         self._texture_photos = rz.photo_loaders(config.texture_files)
 
     # ------------------------------------------------------------------------------------------ params
@@ -127,7 +129,10 @@ class ParamSampler:
                               self.diameter_mm, self.centre_mm, rg)
         p = {"index": int(index), "R": R, "t_mm": t}
         rng_bg = rz.sample_rng(seed, index, rz.STREAM_BACKGROUND)
-        if axes["background"] == "random":
+        if axes["background"] == "random" and rg.photo_background_prob > 0 and (
+                rz.sample_rng(seed, index, rz.STREAM_BACKGROUND_SOURCE).uniform() < rg.photo_background_prob):
+            p["background"], p["background_kind"] = rz.real_background(rng_bg, self._photos, cfg.image_size)
+        elif axes["background"] == "random":
             p["background"] = rz.procedural_image(rng_bg, cfg.image_size)
             p["background_kind"] = "procedural"
         elif axes["background"] == "real":
@@ -138,6 +143,9 @@ class ParamSampler:
         p["appearance"] = (rz.object_appearance(rz.sample_rng(seed, index, rz.STREAM_OBJECT), rg,
                                                 texture_photos=self._texture_photos)
                            if axes["object"] == "random" else "own")
+        if axes["object"] == "random" and rg.own_appearance_prob > 0 and (
+                rz.sample_rng(seed, index, rz.STREAM_APPEARANCE_SOURCE).uniform() < rg.own_appearance_prob):
+            p["appearance"] = "own"
         p["light"] = (rz.sample_lights(rz.sample_rng(seed, index, rz.STREAM_LIGHT), t * MM, rg)
                       if axes["light"] == "random" else rz.FIXED_LIGHT)
         p["noise_rng_seed"] = (seed, index) if axes["noise"] else None

@@ -49,6 +49,12 @@ flags.DEFINE_integer("exclude_obj_id", None, "Skip background photos showing thi
 flags.DEFINE_string("texture_photos", None, "Folder of photos (e.g. ../shared/data/ycbv_backgrounds) that random "
                     "object appearances cut textures from: real print on untextured models (--exclude_obj_id "
                     "applies).")
+flags.DEFINE_float("photo_background_prob", 0.0, "In modes with random backgrounds (complete, fixed_light, "
+                   "fixed_object): the share of backgrounds cut from the --backgrounds photos instead of procedural "
+                   "images (0: none, the default).")
+flags.DEFINE_float("own_appearance_prob", 0.0, "In modes with a random object appearance (complete, fixed_light, "
+                   "real_background): the share of samples that show the mesh's own colours / texture (0: none, the "
+                   "default).")
 flags.DEFINE_integer("workers", 2, "Render processes (each with its own GL context).")
 flags.DEFINE_integer("num_shards", None, "Number of shards (default: one per 2000 images).")
 flags.DEFINE_integer("shard_index", None, "Render only this shard (0-based); default: all shards.")
@@ -75,7 +81,9 @@ EXECUTION_FLAGS = ("workers", "shard_index", "progress", "chunk_size")
 DATA_FLAGS = ("mesh", "num_images", "seed", "randomization", "image_size", "backgrounds", "exclude_obj_id",
               "num_shards", "mesh_scale", "obj_id", "num_model_points", "focal_px", "object_size_frac_range",
               "elevation_range_deg", "out_of_frame_prob", "distractors", "symmetric", "msaa", "png_compress_level",
-              "texture_photos")
+              "texture_photos", "photo_background_prob", "own_appearance_prob")
+# Data flags recorded in dataset.json only when set: datasets written before they existed stay valid to resume.
+FLAGS_RECORDED_WHEN_SET = ("photo_background_prob", "own_appearance_prob")
 DATASET_JSON = "dataset.json"
 
 
@@ -146,10 +154,19 @@ def plan(opts: dict) -> dict:
         raise GenerateError(f"--focal_px must be > 0, got {opts['focal_px']}")
 
     axes = mode_axes(opts["randomization"])
+    for name, axis in (("photo_background_prob", "background"), ("own_appearance_prob", "object")):
+        value = opts.get(name) or 0.0
+        if not 0.0 <= value <= 1.0:
+            raise GenerateError(f"--{name} must lie in [0, 1], got {value}")
+        if value > 0 and axes[axis] != "random":
+            raise GenerateError(f"--{name} mixes into a random {axis}; mode {opts['randomization']} has the "
+                                f"{axis} {axes[axis]!r}")
     backgrounds = []
-    if axes["background"] == "real":
+    if axes["background"] == "real" or (opts.get("photo_background_prob") or 0.0) > 0:
         if not opts["backgrounds"]:
-            raise GenerateError("--randomization=real_background needs --backgrounds (a folder of photos)")
+            raise GenerateError(f"--randomization={opts['randomization']}"
+                                f"{' --photo_background_prob' if axes['background'] != 'real' else ''} needs "
+                                "--backgrounds (a folder of photos)")
         backgrounds = list_backgrounds(opts["backgrounds"], opts["exclude_obj_id"])
     elif opts["backgrounds"]:
         list_backgrounds(opts["backgrounds"], opts["exclude_obj_id"])  # still validate the folder
@@ -176,7 +193,7 @@ def plan(opts: dict) -> dict:
     sha = hashlib.sha256(Path(mesh_path).read_bytes()).hexdigest()
     ranges = _ranges(opts, size_range, elevation)
     counts = shard_counts(opts["num_images"], num_shards)
-    data_flags = {k: opts[k] for k in DATA_FLAGS}
+    data_flags = {k: opts.get(k) for k in DATA_FLAGS if k not in FLAGS_RECORDED_WHEN_SET or opts.get(k)}
     data_flags["num_shards"] = num_shards
     info = {
         "format_version": FORMAT_VERSION,
@@ -216,6 +233,8 @@ def _ranges(opts, size_range, elevation):
     r.object_size_frac = size_range
     r.elevation_deg = elevation
     r.out_of_frame_prob = float(opts["out_of_frame_prob"])
+    r.photo_background_prob = float(opts.get("photo_background_prob") or 0.0)
+    r.own_appearance_prob = float(opts.get("own_appearance_prob") or 0.0)
     return r
 
 

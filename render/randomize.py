@@ -20,6 +20,9 @@ from pose_core.geometry import random_rotations
 
 # One stream per axis; the numbers are part of the data format (changing them changes every dataset).
 STREAM_POSE, STREAM_BACKGROUND, STREAM_OBJECT, STREAM_LIGHT, STREAM_NOISE, STREAM_DISTRACTORS = range(6)
+# Which source a random background or appearance comes from (--photo_background_prob, --own_appearance_prob): streams
+# of their own, drawn only when those probabilities are set, so that the other draws stay those of older versions.
+STREAM_APPEARANCE_SOURCE, STREAM_BACKGROUND_SOURCE = 6, 7
 
 PLAIN_BACKGROUND_RGB = (128, 128, 128)
 
@@ -47,6 +50,8 @@ class Ranges:
     roughness: tuple = (0.2, 1.0)
     texture_prob: float = 0.5                  # random procedural texture, else one random colour
     photo_texture_prob: float = 0.5            # of the textures, the share cut from photos (when photos are given)
+    photo_background_prob: float = 0.0        # "random" backgrounds: the share cut from photos (--backgrounds)
+    own_appearance_prob: float = 0.0          # "random" object appearance: the share that shows the mesh's own
     noise_sigma: tuple = (0.0, 8.0)            # Gaussian pixel noise, in grey levels
     blur_prob: float = 0.3
     blur_radius: tuple = (0.3, 1.2)

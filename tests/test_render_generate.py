@@ -43,6 +43,8 @@ def test_dataset_json(ref):
     assert len(info["model_points_mm"]) == 1024 and info["num_images"] == 12 and info["seed"] == 7
     assert [s["file"] for s in info["shards"]] == SHARDS and [s["count"] for s in info["shards"]] == [4, 4, 4]
     assert 100 < info["diameter_mm"] < 200 and info["flags"]["image_size"] == 64
+    # recorded only when set, so that datasets written before these flags existed still resume
+    assert "photo_background_prob" not in info["flags"] and "own_appearance_prob" not in info["flags"]
     samples = list(read_samples(ref / "w2"))
     assert [s["index"] for s in samples] == list(range(12))
     assert len(list(read_samples([ref / "w2" / SHARDS[1]]))) == 4
@@ -123,6 +125,11 @@ def test_bad_input_clear_error_and_no_shard(tmp_path, builtin_models):
                               "holds no images"),
         "empty_texture_photos": (dict(base, texture_photos=str(tmp_path / "empty_bg")),
                                  "--texture_photos folder .* holds no images"),
+        "photo_backgrounds_without_photos": (dict(base, photo_background_prob=0.5),
+                                             "--photo_background_prob needs --backgrounds"),
+        "photo_backgrounds_in_a_plain_mode": (dict(base, randomization="none", photo_background_prob=0.5),
+                                              "mixes into a random background; mode none"),
+        "own_appearance_out_of_range": (dict(base, own_appearance_prob=1.5), r"--own_appearance_prob must lie in \[0, 1\]"),
         "unwritable": (dict(base, out=str(not_a_dir / "sub")), "not writable"),
         "worker_failure": (dict(base, randomization="real_background", backgrounds=str(corrupt_bg)),
                            "rendering failed"),
@@ -161,6 +168,27 @@ def test_texture_photos_are_recorded_and_change_only_the_appearance(tmp_path, re
     poses = [[(s["R"].tolist(), s["t_mm"].tolist()) for s in samples] for samples in (plain, printed)]
     assert poses[0] == poses[1]
     assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(plain, printed))
+
+
+def test_photo_backgrounds_and_own_appearance_are_recorded_and_keep_the_poses(tmp_path, ref):
+    """--photo_background_prob / --own_appearance_prob with --backgrounds: recorded in dataset.json (with the photos
+    used), the poses those of the same seed without them, some images different."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((48, 64, 3), (20, 200, 20), np.uint8)).save(photos / "green.png")
+    out = tmp_path / "mixed"
+    proc = run_generate(out, **dict(FLAGS, workers=1, backgrounds=str(photos), photo_background_prob=0.5,
+                                    own_appearance_prob=0.5))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = load_dataset_info(out)
+    assert info["flags"]["photo_background_prob"] == 0.5 and info["flags"]["own_appearance_prob"] == 0.5
+    assert info["background_files"] == ["green.png"]
+    plain, mixed = list(read_samples(ref / "w1")), list(read_samples(out))
+    poses = [[(s["R"].tolist(), s["t_mm"].tolist()) for s in samples] for samples in (plain, mixed)]
+    assert poses[0] == poses[1]
+    assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(plain, mixed))
 
 
 def test_records_match_tensorflow_and_round_trip():

@@ -119,6 +119,40 @@ def test_parameter_axes_per_mode(builtin_models):
         assert not np.allclose(ps[0]["R"], ps[1]["R"])
 
 
+def test_photo_backgrounds_and_own_appearance_mix_into_the_random_axes(tmp_path, builtin_models):
+    """--photo_background_prob / --own_appearance_prob replace that share of the procedural backgrounds / random
+    appearances by photo crops / the mesh's own look; every other draw stays that of the same seed without them."""
+    from PIL import Image
+
+    Image.fromarray(np.full((48, 64, 3), (20, 200, 20), np.uint8)).save(tmp_path / "green.png")
+    mesh = load_mesh(builtin_model_path("toy"))
+
+    def params(photo_p, own_p, n=40):
+        ranges = rz.Ranges()
+        ranges.photo_background_prob, ranges.own_appearance_prob = photo_p, own_p
+        sampler = ParamSampler(RenderConfig(mesh_path="toy", obj_id=1, image_size=32, seed=3, mode="complete",
+                                            background_files=[str(tmp_path / "green.png")], ranges=ranges), mesh)
+        return [sampler.sample_params(i) for i in range(n)]
+
+    plain, mixed = params(0.0, 0.0), params(0.5, 0.5)
+    photo = [p["background_kind"] == "green.png" for p in mixed]
+    own = [p["appearance"] == "own" for p in mixed]
+    assert all(p["background_kind"] == "procedural" and p["appearance"] != "own" for p in plain)
+    assert 8 <= sum(photo) <= 32 and 8 <= sum(own) <= 32, (sum(photo), sum(own))
+    assert any(a != b for a, b in zip(photo, own))  # drawn independently
+    for a, b, is_photo, is_own in zip(plain, mixed, photo, own):
+        np.testing.assert_array_equal(a["R"], b["R"])
+        assert a["light"] == b["light"]
+        if is_photo:
+            assert (b["background"] == (20, 200, 20)).all()
+        else:
+            np.testing.assert_array_equal(a["background"], b["background"])
+        if not is_own:
+            assert a["appearance"]["colour"] == b["appearance"]["colour"]
+    everything = params(1.0, 1.0, n=8)
+    assert all(p["background_kind"] == "green.png" and p["appearance"] == "own" for p in everything)
+
+
 def test_unknown_mode_lists_valid_ones():
     from pose_core import PoseInputError
 
