@@ -43,6 +43,8 @@ flags.DEFINE_integer("num_test", 0, "rendered test images per object (0: the bud
 flags.DEFINE_integer("train_epochs", 0, "training epochs per cell (0: the budget's)")
 flags.DEFINE_integer("train_seed", 0, "seed of the training renderings and of training; the rendered test set "
                      "uses train_seed + 1000")
+flags.DEFINE_float("crop_enlarge", 0.0, "side of the square each cell's network sees, over the 2D box's longer side "
+                   "(pose_net.train --roi_enlarge); 0: the trainer's default. Recorded in cell.json when set")
 flags.DEFINE_float("projection_weight", 0.1, "lambda_projection of the cells 'with Projection Loss' (and of the "
                    "ablation and per-object cells)")
 
@@ -75,7 +77,8 @@ NOT_RUN = "not run"
 def sizes() -> dict:
     """The budget's sizes with the command line's overrides."""
     s = dict(BUDGETS[FLAGS.budget])
-    for name, key in (("num_train", "num_train"), ("num_test", "num_test"), ("train_epochs", "epochs")):
+    for name, key in (("num_train", "num_train"), ("num_test", "num_test"), ("train_epochs", "epochs"),
+                      ("crop_enlarge", "roi_enlarge")):
         if FLAGS[name].value:
             s[key] = FLAGS[name].value
     return s
@@ -345,7 +348,9 @@ def run_cell(cell: Cell) -> dict:
         rotation_hypotheses=s.get("rotation_hypotheses", 1),
         feature_cache=s.get("feature_cache", False), feature_cache_layer=s.get("feature_cache_layer", ""),
         # cells on the same renderings (with and without Projection Loss) share the features of their crops
-        feature_cache_dir=str(cell.data_dir().parent / f"feature_cache_{s['backbone']}_{s['input_size']}"),
+        feature_cache_dir=str(cell.data_dir().parent / (f"feature_cache_{s['backbone']}_{s['input_size']}" + (
+            f"_crop{s['roi_enlarge']:g}" if "roi_enlarge" in s else ""))),
+        **({"roi_enlarge": s["roi_enlarge"]} if "roi_enlarge" in s else {}),
         time_budget_min=s.get("time_budget_min", 0.0), stage=s.get("stage", "coords"),
         init_from=str(cell.init.folder() / "model") if cell.init is not None else None))
     import keras

@@ -281,3 +281,18 @@ def test_report_paths_name_the_repositorys_folders_relatively():
              "rows": [{"bop_root": str(REPO_ROOT.parent / "shared" / "data" / "ycbv_can")}, "text", "/elsewhere"]}
     assert common.report_paths(value) == {"model_dir": "runs/cell/model", "n": 3,
                                           "rows": [{"bop_root": "../shared/data/ycbv_can"}, "text", "/elsewhere"]}
+
+
+def test_crop_enlarge_is_recorded_in_the_cells_and_passed_to_training():
+    """--crop_enlarge sets the cells' pose_net.train --roi_enlarge; cell.json's config records it only when set, so
+    the cells run without it stay valid."""
+    code = ("import json, sys\n"
+            "from experiments import common, tables\n"
+            "tables.FLAGS(sys.argv)\n"
+            "cell = tables.Cell(common.resolve_object('toy'))\n"
+            "print(json.dumps([cell.config().get('roi_enlarge'), cell.training().get('roi_enlarge')]))\n")
+    for extra, expected in (([], [None, None]), (["--crop_enlarge=1.2"], [1.2, 1.2])):
+        proc = subprocess.run([sys.executable, "-c", code, "--budget=cpu", *extra], cwd=REPO_ROOT,
+                              env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
