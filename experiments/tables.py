@@ -335,6 +335,9 @@ def run_cell(cell: Cell) -> dict:
         run_cell(cell.init)
     s, folder, obj = cell.training(), cell.folder(), cell.obj
     print(f"cell {cell.name}: running in {folder}", flush=True)
+    # --crop_enlarge: passed to training only when set (else the trainer's default), with a feature cache of its own
+    crop = {"roi_enlarge": s["roi_enlarge"]} if "roi_enlarge" in s else {}
+    cache_name = f"feature_cache_{s['backbone']}_{s['input_size']}" + (f"_crop{s['roi_enlarge']:g}" if crop else "")
     t0 = time.time()
     render_all([cell])
     bop_test = rendered_bop_test_set(obj)
@@ -348,9 +351,7 @@ def run_cell(cell: Cell) -> dict:
         rotation_hypotheses=s.get("rotation_hypotheses", 1),
         feature_cache=s.get("feature_cache", False), feature_cache_layer=s.get("feature_cache_layer", ""),
         # cells on the same renderings (with and without Projection Loss) share the features of their crops
-        feature_cache_dir=str(cell.data_dir().parent / (f"feature_cache_{s['backbone']}_{s['input_size']}" + (
-            f"_crop{s['roi_enlarge']:g}" if "roi_enlarge" in s else ""))),
-        **({"roi_enlarge": s["roi_enlarge"]} if "roi_enlarge" in s else {}),
+        feature_cache_dir=str(cell.data_dir().parent / cache_name), **crop,
         time_budget_min=s.get("time_budget_min", 0.0), stage=s.get("stage", "coords"),
         init_from=str(cell.init.folder() / "model") if cell.init is not None else None))
     import keras

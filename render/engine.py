@@ -129,23 +129,25 @@ class ParamSampler:
                               self.diameter_mm, self.centre_mm, rg)
         p = {"index": int(index), "R": R, "t_mm": t}
         rng_bg = rz.sample_rng(seed, index, rz.STREAM_BACKGROUND)
-        if axes["background"] == "random" and rg.photo_background_prob > 0 and (
-                rz.sample_rng(seed, index, rz.STREAM_BACKGROUND_SOURCE).uniform() < rg.photo_background_prob):
-            p["background"], p["background_kind"] = rz.real_background(rng_bg, self._photos, cfg.image_size)
-        elif axes["background"] == "random":
+        background, appearance = axes["background"], axes["object"]
+        # a random axis takes the photo / the mesh's own look with its probability (a stream of its own)
+        if background == "random" and rz.draw_source(seed, index, rz.STREAM_BACKGROUND_SOURCE,
+                                                      rg.photo_background_prob):
+            background = "real"
+        if appearance == "random" and rz.draw_source(seed, index, rz.STREAM_APPEARANCE_SOURCE,
+                                                      rg.own_appearance_prob):
+            appearance = "own"
+        if background == "random":
             p["background"] = rz.procedural_image(rng_bg, cfg.image_size)
             p["background_kind"] = "procedural"
-        elif axes["background"] == "real":
+        elif background == "real":
             p["background"], p["background_kind"] = rz.real_background(rng_bg, self._photos, cfg.image_size)
         else:
             p["background"] = np.full((cfg.image_size, cfg.image_size, 3), rz.PLAIN_BACKGROUND_RGB, np.uint8)
             p["background_kind"] = "plain"
         p["appearance"] = (rz.object_appearance(rz.sample_rng(seed, index, rz.STREAM_OBJECT), rg,
                                                 texture_photos=self._texture_photos)
-                           if axes["object"] == "random" else "own")
-        if axes["object"] == "random" and rg.own_appearance_prob > 0 and (
-                rz.sample_rng(seed, index, rz.STREAM_APPEARANCE_SOURCE).uniform() < rg.own_appearance_prob):
-            p["appearance"] = "own"
+                           if appearance == "random" else "own")
         p["light"] = (rz.sample_lights(rz.sample_rng(seed, index, rz.STREAM_LIGHT), t * MM, rg)
                       if axes["light"] == "random" else rz.FIXED_LIGHT)
         p["noise_rng_seed"] = (seed, index) if axes["noise"] else None

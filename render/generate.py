@@ -155,18 +155,18 @@ def plan(opts: dict) -> dict:
 
     axes = mode_axes(opts["randomization"])
     for name, axis in (("photo_background_prob", "background"), ("own_appearance_prob", "object")):
-        value = opts.get(name) or 0.0
+        value = opts[name]
         if not 0.0 <= value <= 1.0:
             raise GenerateError(f"--{name} must lie in [0, 1], got {value}")
         if value > 0 and axes[axis] != "random":
             raise GenerateError(f"--{name} mixes into a random {axis}; mode {opts['randomization']} has the "
                                 f"{axis} {axes[axis]!r}")
     backgrounds = []
-    if axes["background"] == "real" or (opts.get("photo_background_prob") or 0.0) > 0:
+    if axes["background"] == "real" or opts["photo_background_prob"] > 0:
         if not opts["backgrounds"]:
-            raise GenerateError(f"--randomization={opts['randomization']}"
-                                f"{' --photo_background_prob' if axes['background'] != 'real' else ''} needs "
-                                "--backgrounds (a folder of photos)")
+            needs = ("--randomization=real_background" if axes["background"] == "real"
+                     else "--photo_background_prob")
+            raise GenerateError(f"{needs} needs --backgrounds (a folder of photos)")
         backgrounds = list_backgrounds(opts["backgrounds"], opts["exclude_obj_id"])
     elif opts["backgrounds"]:
         list_backgrounds(opts["backgrounds"], opts["exclude_obj_id"])  # still validate the folder
@@ -193,7 +193,7 @@ def plan(opts: dict) -> dict:
     sha = hashlib.sha256(Path(mesh_path).read_bytes()).hexdigest()
     ranges = _ranges(opts, size_range, elevation)
     counts = shard_counts(opts["num_images"], num_shards)
-    data_flags = {k: opts.get(k) for k in DATA_FLAGS if k not in FLAGS_RECORDED_WHEN_SET or opts.get(k)}
+    data_flags = {k: opts[k] for k in DATA_FLAGS if k not in FLAGS_RECORDED_WHEN_SET or opts[k]}
     data_flags["num_shards"] = num_shards
     info = {
         "format_version": FORMAT_VERSION,
@@ -233,8 +233,8 @@ def _ranges(opts, size_range, elevation):
     r.object_size_frac = size_range
     r.elevation_deg = elevation
     r.out_of_frame_prob = float(opts["out_of_frame_prob"])
-    r.photo_background_prob = float(opts.get("photo_background_prob") or 0.0)
-    r.own_appearance_prob = float(opts.get("own_appearance_prob") or 0.0)
+    r.photo_background_prob = float(opts["photo_background_prob"])
+    r.own_appearance_prob = float(opts["own_appearance_prob"])
     return r
 
 

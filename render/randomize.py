@@ -31,6 +31,12 @@ def sample_rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), int(stream)])
 
 
+def draw_source(seed: int, index: int, stream: int, prob: float) -> bool:
+    """True with probability ``prob`` for sample ``index``, from ``stream`` alone; nothing is drawn when ``prob`` is
+    0, so that datasets made without the option keep their streams."""
+    return prob > 0 and sample_rng(seed, index, stream).uniform() < prob
+
+
 @dataclass
 class Ranges:
     """Documented ranges of every randomized quantity (docs/render.md lists them)."""
@@ -70,6 +76,8 @@ FIXED_LIGHT = {
 
 
 # ------------------------------------------------------------------------------------------------------- pose
+
+
 def sample_pose(rng, K, image_size, diameter_mm, centre_mm, ranges: Ranges):
     """Model-to-camera ``R [3, 3]``, ``t_mm [3]``: the object's bounding-box centre lands at a random pixel, at the
     depth that makes its projected diameter a random fraction of the image size."""
