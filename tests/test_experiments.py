@@ -284,15 +284,17 @@ def test_report_paths_name_the_repositorys_folders_relatively():
 
 
 def test_crop_enlarge_is_recorded_in_the_cells_and_passed_to_training():
-    """--crop_enlarge sets the cells' pose_net.train --roi_enlarge; cell.json's config records it only when set, so
-    the cells run without it stay valid."""
+    """--crop_enlarge sets the cells' pose_net.train --roi_enlarge, over the budget's crop (cpu: 1.2); cell.json's
+    config records it only when set or the budget's, so the cells of a budget without one stay valid."""
     code = ("import json, sys\n"
             "from experiments import common, tables\n"
             "tables.FLAGS(sys.argv)\n"
             "cell = tables.Cell(common.resolve_object('toy'))\n"
             "print(json.dumps([cell.config().get('roi_enlarge'), cell.training().get('roi_enlarge')]))\n")
-    for extra, expected in (([], [None, None]), (["--crop_enlarge=1.2"], [1.2, 1.2])):
-        proc = subprocess.run([sys.executable, "-c", code, "--budget=cpu", *extra], cwd=REPO_ROOT,
+    for extra, expected in ((["--budget=quick"], [None, None]), (["--budget=cpu"], [1.2, 1.2]),
+                            (["--budget=cpu", "--crop_enlarge=1.3"], [1.3, 1.3]),
+                            (["--budget=quick", "--crop_enlarge=1.2"], [1.2, 1.2])):
+        proc = subprocess.run([sys.executable, "-c", code, *extra], cwd=REPO_ROOT,
                               env=subprocess_env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
