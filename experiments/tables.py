@@ -44,8 +44,8 @@ flags.DEFINE_integer("train_epochs", 0, "training epochs per cell (0: the budget
 flags.DEFINE_integer("train_seed", 0, "seed of the training renderings and of training; the rendered test set "
                      "uses train_seed + 1000")
 flags.DEFINE_float("crop_enlarge", 0.0, "side of the square each cell's network sees, over the 2D box's longer side "
-                   "(pose_net.train --roi_enlarge); 0: the budget's (cpu: 1.2), else the trainer's default (1.4). Recorded in "
-                   "cell.json when set or the budget's")
+                   "(pose_net.train --roi_enlarge); 0: the budget's (cpu: 1.2), else the trainer's default (1.4). "
+                   "Recorded in cell.json when set or the budget's")
 flags.DEFINE_float("projection_weight", 0.1, "lambda_projection of the cells 'with Projection Loss' (and of the "
                    "ablation and per-object cells)")
 

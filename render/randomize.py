@@ -76,8 +76,6 @@ FIXED_LIGHT = {
 
 
 # ------------------------------------------------------------------------------------------------------- pose
-
-
 def sample_pose(rng, K, image_size, diameter_mm, centre_mm, ranges: Ranges):
     """Model-to-camera ``R [3, 3]``, ``t_mm [3]``: the object's bounding-box centre lands at a random pixel, at the
     depth that makes its projected diameter a random fraction of the image size."""
