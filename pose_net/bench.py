@@ -35,6 +35,8 @@ flags.DEFINE_integer("dsac_hypotheses", 64, "RANSAC-PnP hypotheses per image in 
 flags.DEFINE_bool("detector", True, "measure the whole-photo detector too")
 flags.DEFINE_integer("dsac_refine_iterations", 3, "refinement rounds of each hypothesis in the DSAC steps "
                      "(pose_net.train --dsac_refine_iterations)")
+flags.DEFINE_integer("dsac_refine_points", 1024, "correspondences each hypothesis is refined on at most in the DSAC "
+                     "steps (pose_net.train --dsac_refine_points; 0: all)")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,7 +201,8 @@ def bench_dsac(dataset: str, info: dict):
                                          coordinate_spec=spec)))
     weights = losses.LossWeights()
     settings = dsac.DsacSettings(num_hypotheses=FLAGS.dsac_hypotheses, threshold_px=2.0,
-                                 max_refine_iterations=FLAGS.dsac_refine_iterations)
+                                 max_refine_iterations=FLAGS.dsac_refine_iterations,
+                                 max_refine_points=FLAGS.dsac_refine_points)
     rates = {}
     for stage, pools in (("coords", 0), ("dsac", 0), ("ngdsac", 2)):
         model = build_coordinate_model("efficientnet_lite0", size, None, freeze_backbone=True,
@@ -228,7 +231,7 @@ def bench_dsac(dataset: str, info: dict):
         rates[stage] = timed(lambda: float(step()), max(FLAGS.steps // 2, 3))
         note = f" ({rates[stage] / rates['coords']:.2f}x the coordinate-only step)" if stage != "coords" else ""
         print(f"coordinate head, {stage}: {rates[stage] * 1000:.0f} ms/step (batch {bs}, {size // 2}x{size // 2} "
-              f"outputs{', %d hypotheses, %d refinement rounds' % (FLAGS.dsac_hypotheses, FLAGS.dsac_refine_iterations) if stage != 'coords' else ''}){note}",
+              f"outputs{', %d hypotheses, %d refinement rounds on <= %d points' % (FLAGS.dsac_hypotheses, FLAGS.dsac_refine_iterations, FLAGS.dsac_refine_points) if stage != 'coords' else ''}){note}",
               flush=True)
 
 

@@ -55,6 +55,8 @@ DEFAULT_CUTS = {"reprojection": 100.0, "add": 1.0, "add_s": 1.0, "angle_translat
 # inliers is then refined over all points (Kabsch's SVD stays well conditioned, its gradient finite) instead of
 # over nothing.
 RGBD_REFINE_FLOOR_WEIGHT = 1e-3
+# Correspondences each hypothesis is refined on in training, at most (DsacSettings.max_refine_points).
+DEFAULT_MAX_REFINE_POINTS = 1024
 
 
 @dataclass
@@ -67,6 +69,10 @@ class DsacSettings:
     translation_weight_per_mm: float = DEFAULT_TRANSLATION_WEIGHT_PER_MM
     loss_cut: float | None = None  # None: DEFAULT_CUTS[pose_loss]
     max_refine_iterations: int = 3  # per hypothesis, in training (pose_net.train --dsac_refine_iterations)
+    # Refinement of every hypothesis on at most this many of an image's correspondences (a regular subsample of them
+    # where there are more; 0: all). On make bench-train's problem (4,096 per image) it cuts the op's training
+    # forward and backward 4-5x and moves the refined poses by ~1 mm at 500 mm (docs/dsac.md, "Cost").
+    max_refine_points: int = DEFAULT_MAX_REFINE_POINTS  # pose_net.train --dsac_refine_points
 
     def cut(self) -> float:
         return DEFAULT_CUTS[self.pose_loss] if self.loss_cut is None else float(self.loss_cut)
@@ -154,7 +160,8 @@ def hypothesis_pool(coords_mm, pixels, K, R_gt, t_gt_mm, model_points_mm, diamet
     used = tf.logical_and(tf.convert_to_tensor(valid), finite)
     hyp = ransac_pnp_hypotheses(pixels, coords_mm, K, weights=weights, valid=used,
                                 num_hypotheses=settings.num_hypotheses, threshold_px=settings.threshold_px,
-                                seed=seed, max_refine_iterations=settings.max_refine_iterations)
+                                seed=seed, max_refine_iterations=settings.max_refine_iterations,
+                                max_refine_points=settings.max_refine_points)
     ok_h = hyp["ok"]
     num_used = tf.reduce_sum(tf.cast(used, tf.float32), axis=1)
     logits = settings.alpha * hyp["score"] / tf.maximum(num_used, 1.0)[:, None]

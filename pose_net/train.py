@@ -101,6 +101,9 @@ flags.DEFINE_float("dsac_loss_cut", 0.0, "soft clamp of the pose loss, sqrt(cut 
 flags.DEFINE_integer("dsac_refine_iterations", 3, "--stage dsac|ngdsac: refinement rounds of every hypothesis in "
                      "training (3 keeps a DSAC step under 2x a coordinate step, make bench-train; evaluation refines "
                      "the best hypothesis as pose_net.coordinates does)", flag_values=TRAIN_FLAGS)
+flags.DEFINE_integer("dsac_refine_points", 1024, "--stage dsac|ngdsac: each hypothesis is refined on at most this "
+                     "many of an image's correspondences (a regular subsample where there are more; 0: all; "
+                     "pose_net.dsac.DsacSettings)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_integer("ng_pools", 2, "--stage ngdsac: hypothesis pools per image, each of --pnp_hypotheses / ng_pools "
                      "hypotheses (the cost of one DSAC pool); the policy gradient's baseline is their mean loss",
                      flag_values=TRAIN_FLAGS)
@@ -357,7 +360,8 @@ def train(flag_values: dict) -> dict:
         dsac_settings = dsac.DsacSettings(
             num_hypotheses=f["pnp_hypotheses"], threshold_px=f["pnp_threshold_px"], alpha=f["dsac_alpha"],
             pose_loss=f["dsac_pose_loss"], translation_weight_per_mm=f["dsac_translation_weight_per_mm"],
-            loss_cut=f["dsac_loss_cut"] or None, max_refine_iterations=f["dsac_refine_iterations"])
+            loss_cut=f["dsac_loss_cut"] or None, max_refine_iterations=f["dsac_refine_iterations"],
+            max_refine_points=f["dsac_refine_points"])
         frame, symmetries_obj = coordinate_spec.frame, coordinate_spec.symmetries
         ng_pools = f["ng_pools"] if f["stage"] == "ngdsac" else 0
 

@@ -163,8 +163,12 @@ FD_MIN_PASSING = 0.9
 # the backward's own central differences of P3P (~1e-5); there the pixel noise is 1 px because the soft score is not
 # differentiable where a point's reprojection error is 0 (|r|), and finite differences of inliers closer to their
 # pixel than the step moves them would be wrong.
-FD_TOLERANCE = {"refined_pose": 0.05, "score": 0.01, "minimal_solver_pose": 0.01, "unrefined": 0.01}
-FD_NOISE_PX = {"refined_pose": 0.1, "score": 1.0, "minimal_solver_pose": 1.0, "unrefined": 1.0}
+FD_TOLERANCE = {"refined_pose": 0.05, "refined_pose_capped": 0.05, "score": 0.01, "minimal_solver_pose": 0.01,
+                "unrefined": 0.01}
+FD_NOISE_PX = {"refined_pose": 0.1, "refined_pose_capped": 0.1, "score": 1.0, "minimal_solver_pose": 1.0,
+               "unrefined": 1.0}
+# The capped case refines on every third of its 40 correspondences (max_refine_points = 14: stride ceil(40 / 14)).
+CAPPED_REFINE_POINTS = 14
 
 
 def finite_difference(forward, loss, coords, index, h=FD_STEP_MM):
@@ -186,22 +190,28 @@ def finite_difference(forward, loss, coords, index, h=FD_STEP_MM):
 def _loss_weights(rng, case: str, b: int, h: int) -> dict:
     w = dict(R=rng.normal(size=(b, h, 3, 3)), t_mm=rng.normal(size=(b, h, 3)), score=rng.normal(size=(b, h)),
              R_init=rng.normal(size=(b, h, 3, 3)), t_init_mm=rng.normal(size=(b, h, 3)))
-    keep = {"refined_pose": ("R", "t_mm"), "unrefined": ("R", "t_mm"), "score": ("score",),
+    keep = {"refined_pose": ("R", "t_mm"), "refined_pose_capped": ("R", "t_mm"), "unrefined": ("R", "t_mm"),
+            "score": ("score",),
             "minimal_solver_pose": ("R_init", "t_init_mm")}[case]
     return {k: (v if k in keep else np.zeros_like(v)) for k, v in w.items()}
 
 
-@pytest.mark.parametrize("case", ["refined_pose", "score", "minimal_solver_pose", "unrefined"])
+@pytest.mark.parametrize("case", ["refined_pose", "refined_pose_capped", "score", "minimal_solver_pose",
+                                  "unrefined"])
 def test_gradient_matches_finite_differences(ops, tf, case):
     """L = sum(wR * R) + sum(wt * t) + sum(ws * score) (+ R_init, t_init terms) with random weights, one group of
     outputs per case; 'unrefined' is the refined pose with max_refine_iterations = 0 (then R = R_init, whose
-    gradient goes through the minimal solver)."""
+    gradient goes through the minimal solver); 'refined_pose_capped' refines on every third correspondence only
+    (max_refine_points), so the others get exactly 0 from the refined pose."""
     _, ransac_pnp_hypotheses = ops
-    rng = np.random.default_rng({"refined_pose": 10, "score": 11, "minimal_solver_pose": 12, "unrefined": 13}[case])
+    rng = np.random.default_rng({"refined_pose": 10, "refined_pose_capped": 14, "score": 11,
+                                 "minimal_solver_pose": 12, "unrefined": 13}[case])
     b, n, h = 2, 40, 6
     pixels, coords, *_ = make_problem(rng, b, n, 0.15, noise_px=FD_NOISE_PX[case])
     kwargs = dict(num_hypotheses=h, threshold_px=THRESHOLD_PX, seed=5,
                   max_refine_iterations=0 if case == "unrefined" else 10)
+    if case == "refined_pose_capped":
+        kwargs["max_refine_points"] = CAPPED_REFINE_POINTS
     w = _loss_weights(rng, case, b, h)
 
     def loss(res) -> float:
@@ -220,6 +230,13 @@ def test_gradient_matches_finite_differences(ops, tf, case):
     assert np.isfinite(grad).all()
     refined = np.any(base["R"] != base["R_init"], axis=(-1, -2))
     assert refined.all() if case != "unrefined" else not refined.any()
+    if case == "refined_pose_capped":
+        stride = -(-n // CAPPED_REFINE_POINTS)
+        candidate = np.arange(n) % stride == 0
+        assert np.all(grad[:, ~candidate] == 0) and np.any(grad[:, candidate] != 0)
+        uncapped = numpy_outputs(ransac_pnp_hypotheses(pixels, coords, K_TEST, **dict(kwargs, max_refine_points=0)))
+        assert not np.allclose(uncapped["t_mm"], base["t_mm"], atol=1e-3)  # the cap changes what is refined on
+        np.testing.assert_array_equal(uncapped["R_init"], base["R_init"])  # but not the hypotheses
 
     # Half the checked coordinates from the minimal sets (the only ones with a minimal-solver term), half at random.
     in_sets = np.unique(np.concatenate([[(i, m) for m in base["minimal_sets"][i].ravel()] for i in range(b)]),
@@ -322,6 +339,7 @@ def _bad_calls():
         ("valid rank", dict(pixels=px, coords_mm=xyz, K=K, valid=np.ones((2, 6, 1), bool)), "valid must be rank 2"),
         ("K nan", dict(pixels=px, coords_mm=xyz, K=np.full((2, 3, 3), np.nan, np.float32)), "K must be finite"),
         ("num_hypotheses", dict(pixels=px, coords_mm=xyz, K=K, num_hypotheses=0), "num_hypotheses"),
+        ("max_refine_points", dict(pixels=px, coords_mm=xyz, K=K, max_refine_points=-1), "max_refine_points"),
     ]
 
 
@@ -422,3 +440,33 @@ def test_core_backward_through_the_harness(core):
     with pytest.raises(harness.CoreError, match="invalid argument"):
         core.ransac_pnp_hypotheses_backward(pixels, coords, K_TEST, fw, grad_score=ws,
                                             **{**kwargs, "threshold_px": -1.0})
+    for call in (lambda: core.ransac_pnp_hypotheses(pixels, coords, K_TEST, max_refine_points=-1, **kwargs),
+                 lambda: core.ransac_pnp_hypotheses_backward(pixels, coords, K_TEST, fw, grad_t_mm=wt,
+                                                             max_refine_points=-1, **kwargs)):
+        with pytest.raises(harness.CoreError, match="invalid argument"):
+            call()
+
+
+def test_core_refinement_cap_takes_every_stride_th_used_correspondence(core):
+    """max_refine_points counts the *used* correspondences: item 1 has 4 NaN coordinates, so its 46 used ones give
+    stride ceil(46 / 20) = 3 from index 4 on; the refined pose's gradient reaches exactly those candidates."""
+    rng = np.random.default_rng(31)
+    b, n, h, cap = 2, 50, 6, 20
+    pixels, coords, *_ = make_problem(rng, b, n, 0.1, noise_px=1.0)
+    coords[1, :4] = np.nan
+    kwargs = dict(num_hypotheses=h, threshold_px=THRESHOLD_PX, max_refine_iterations=10, max_refine_points=cap)
+    fw = core.ransac_pnp_hypotheses(pixels, coords, K_TEST, seed=4, **kwargs)
+    assert fw["ok"].all()
+    wt = rng.normal(size=(b, h, 3)).astype(np.float32)
+    g = core.ransac_pnp_hypotheses_backward(pixels, coords, K_TEST, fw, grad_t_mm=wt, **kwargs)
+    for item, used in ((0, np.arange(n)), (1, np.arange(4, n))):
+        stride = -(-len(used) // cap)
+        candidates = used[::stride]
+        others = np.setdiff1d(np.arange(n), candidates)
+        assert len(candidates) <= cap
+        assert not g[item, others].any() and np.count_nonzero(g[item, candidates]) > 0.5 * g[item, candidates].size
+    # A cap at or above the used count is no cap: bit for bit the uncapped forward.
+    uncapped = core.ransac_pnp_hypotheses(pixels, coords, K_TEST, seed=4, **{**kwargs, "max_refine_points": 0})
+    at_n = core.ransac_pnp_hypotheses(pixels, coords, K_TEST, seed=4, **{**kwargs, "max_refine_points": n})
+    for key in ("R", "t_mm", "score", "minimal_sets"):
+        np.testing.assert_array_equal(at_n[key], uncapped[key])

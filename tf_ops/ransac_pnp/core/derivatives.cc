@@ -5,7 +5,8 @@
 // so dL/dw = sum_c R[:, c] x dL/dR[:, c] (that is dL/dw_k = sum(dL/dR * ([e_k]x R))). Per ok hypothesis j:
 //
 // 1. Refined pose, implicit function theorem at the least-squares optimum (as DSAC++/DSAC* do): over the inliers I of
-//    the refined pose (reprojection error < tau, in front of the camera), residuals r_i = proj(R X_i + t) - pixel_i,
+//    the refined pose (reprojection error < tau, in front of the camera; with max_refine_points, only among the
+//    refinement's candidates, RefinementCandidates, so the other points get no term here), residuals r_i = proj(R X_i + t) - pixel_i,
 //    J = dr/dp (2|I| x 6), J^T r = 0 at the optimum, so with the Gauss-Newton approximation of d(J^T r)/dp,
 //    dp/dX_i = -(J^T J)^-1 J_i^T dr_i/dX_i and dL/dX_i = -(dr_i/dX_i)^T J_i (J^T J)^-1 (dL/dp)^T. Zero for the
 //    hypothesis when it has fewer than kMinImplicitInliers inliers or J^T J is ill-conditioned
@@ -174,10 +175,15 @@ bool SolveNormalMatrix(const double A[36], const double b[6], double x[6]) {
   return true;
 }
 
-// Part 1: contrib += dL/dX over the inliers of the refined pose, by the implicit function theorem; dp = dL/dp.
+// Part 1: contrib += dL/dX over the inliers of the refined pose (among candidates when not NULL, as RefinePose took
+// them), by the implicit function theorem; dp = dL/dp.
 void RefinedPoseDerivatives(const Correspondences& c, const Camera& cam, const Pose& pose, float threshold_px,
-                            const double dp[6], std::vector<int>* inliers, double* contrib) {
-  InlierPositions(c, cam, pose, threshold_px, inliers);
+                            const double dp[6], const std::vector<int>* candidates, std::vector<int>* inliers,
+                            double* contrib) {
+  if (candidates)
+    InlierPositionsAmong(c, cam, pose, threshold_px, *candidates, inliers);
+  else
+    InlierPositions(c, cam, pose, threshold_px, inliers);
   if (inliers->size() < kMinImplicitInliers) return;
   double JtJ[36] = {0};
   for (int i : *inliers) {
@@ -297,7 +303,8 @@ void MinimalSolverDerivatives(const Correspondences& c, const Camera& cam, const
 }  // namespace
 
 void HypothesesBackward(const Correspondences& c, const Camera& cam, float threshold_px, bool refined,
-                        int num_hypotheses, const HypothesesBackwardInput& in, std::vector<double>* grad) {
+                        int num_hypotheses, const HypothesesBackwardInput& in, std::vector<double>* grad,
+                        const std::vector<int>* candidates) {
   const size_t m = c.size();
   grad->assign(3 * m, 0.0);
   std::vector<double> contrib(3 * m);
@@ -316,7 +323,7 @@ void HypothesesBackward(const Correspondences& c, const Camera& cam, float thres
     // 1. The refined pose (without refinement it is p0: its gradient joins dL/dp0).
     if (AnyNonzero(dp, 6)) {
       if (refined) {
-        RefinedPoseDerivatives(c, cam, pose, threshold_px, dp, &inliers, contrib.data());
+        RefinedPoseDerivatives(c, cam, pose, threshold_px, dp, candidates, &inliers, contrib.data());
       } else {
         for (int k = 0; k < 6; ++k) dp0[k] += dp[k];
       }

@@ -168,7 +168,7 @@ void WritePose(const Pose& pose, float* R, float* t) {
 // One batch item of the training form: every hypothesis, its score (of the minimal-solver pose) and its refined pose.
 void HypothesesItem(const float* pixels, const float* coords, const float* K, const float* weights,
                     const uint8_t* valid, int n, int num_hypotheses, float threshold_px, int max_refine_iterations,
-                    uint64_t seed, int64_t item, const HypothesesOutputs& out) {
+                    int max_refine_points, uint64_t seed, int64_t item, const HypothesesOutputs& out) {
   // Hypotheses that could not be made: identity, zero translation and score, minimal set -1, ok 0.
   const Pose identity;
   for (int j = 0; j < num_hypotheses; ++j) {
@@ -187,11 +187,13 @@ void HypothesesItem(const float* pixels, const float* coords, const float* K, co
     std::vector<uint8_t> made;
     if (GenerateHypotheses(c, cam, threshold_px, num_hypotheses, &rng, &hypotheses, &made) == 0)
       status = RP_ITEM_NO_HYPOTHESIS;
+    std::vector<int> candidates;
+    const bool capped = RefinementCandidates(c, max_refine_points, &candidates);
     for (int j = 0; j < num_hypotheses && status == RP_ITEM_OK; ++j) {
       if (!made[j]) continue;
       const Hypothesis& h = hypotheses[j];
       Pose pose = h.pose;
-      RefinePose(c, cam, threshold_px, max_refine_iterations, &pose);
+      RefinePose(c, cam, threshold_px, max_refine_iterations, &pose, capped ? &candidates : nullptr);
       WritePose(pose, out.R + 9 * j, out.t + 3 * j);
       WritePose(h.pose, out.R_init + 9 * j, out.t_init + 3 * j);
       out.score[j] = static_cast<float>(h.score);
@@ -296,9 +298,10 @@ int rp_cpu_ransac_pnp(const float* pixels, const float* coords_mm, const float* 
 
 int rp_cpu_ransac_pnp_hypotheses(const float* pixels, const float* coords_mm, const float* K, const float* weights,
                                  const uint8_t* valid, int batch, int n, int num_hypotheses, float threshold_px,
-                                 int max_refine_iterations, uint64_t seed, float* R, float* t_mm, float* score,
-                                 int32_t* minimal_sets, uint8_t* ok, float* R_init, float* t_init_mm,
-                                 int32_t* item_status, int batch_begin, int batch_end) {
+                                 int max_refine_iterations, int max_refine_points, uint64_t seed, float* R,
+                                 float* t_mm, float* score, int32_t* minimal_sets, uint8_t* ok, float* R_init,
+                                 float* t_init_mm, int32_t* item_status, int batch_begin, int batch_end) {
+  if (max_refine_points < 0) return RP_ERR_INVALID_ARGUMENT;
   const bool empty = batch_end == batch_begin;
   if (!empty && (!R || !t_mm || !score || !minimal_sets || !ok || !R_init || !t_init_mm ||
                  (n > 0 && (!pixels || !coords_mm))))
@@ -315,19 +318,21 @@ int rp_cpu_ransac_pnp_hypotheses(const float* pixels, const float* coords_mm, co
         t_init_mm + 3 * bb * h, item_status ? item_status + bb : nullptr};
     synthpose::ransac_pnp::HypothesesItem(pixels + 2 * bb * nn, coords_mm + 3 * bb * nn, K + 9 * bb,
                                           weights ? weights + bb * nn : nullptr, valid ? valid + bb * nn : nullptr,
-                                          n, num_hypotheses, threshold_px, max_refine_iterations, seed, b, out);
+                                          n, num_hypotheses, threshold_px, max_refine_iterations, max_refine_points,
+                                          seed, b, out);
   }
   return RP_OK;
 }
 
 int rp_cpu_ransac_pnp_hypotheses_backward(const float* pixels, const float* coords_mm, const float* K,
                                           const uint8_t* valid, int batch, int n, int num_hypotheses,
-                                          float threshold_px, int max_refine_iterations, const float* R,
-                                          const float* t_mm, const float* R_init, const float* t_init_mm,
-                                          const int32_t* minimal_sets, const uint8_t* ok, const float* grad_R,
-                                          const float* grad_t_mm, const float* grad_score, const float* grad_R_init,
-                                          const float* grad_t_init_mm, float* grad_coords_mm, int batch_begin,
-                                          int batch_end) {
+                                          float threshold_px, int max_refine_iterations, int max_refine_points,
+                                          const float* R, const float* t_mm, const float* R_init,
+                                          const float* t_init_mm, const int32_t* minimal_sets, const uint8_t* ok,
+                                          const float* grad_R, const float* grad_t_mm, const float* grad_score,
+                                          const float* grad_R_init, const float* grad_t_init_mm,
+                                          float* grad_coords_mm, int batch_begin, int batch_end) {
+  if (max_refine_points < 0) return RP_ERR_INVALID_ARGUMENT;
   const bool empty = batch_end == batch_begin;
   if (!empty && (!R || !t_mm || !R_init || !t_init_mm || !minimal_sets || !ok ||
                  (n > 0 && (!pixels || !coords_mm || !grad_coords_mm))))
@@ -360,8 +365,10 @@ int rp_cpu_ransac_pnp_hypotheses_backward(const float* pixels, const float* coor
     const synthpose::ransac_pnp::HypothesesBackwardInput in{
         at(R, 9), at(t_mm, 3), at(R_init, 9), at(t_init_mm, 3), at(minimal_sets, RP_MINIMAL_SET_SIZE), at(ok, 1),
         at(grad_R, 9), at(grad_t_mm, 3), at(grad_score, 1), at(grad_R_init, 9), at(grad_t_init_mm, 3)};
+    std::vector<int> candidates;
+    const bool capped = synthpose::ransac_pnp::RefinementCandidates(c, max_refine_points, &candidates);
     synthpose::ransac_pnp::HypothesesBackward(c, cam, threshold_px, max_refine_iterations > 0, num_hypotheses, in,
-                                              &grad);
+                                              &grad, capped ? &candidates : nullptr);
     // Never a NaN or inf in the gradient: such an entry is 0.
     for (size_t p = 0; p < c.size(); ++p)
       for (int k = 0; k < 3; ++k) {

@@ -98,16 +98,21 @@ int rp_cpu_ransac_pnp(const float* pixels, const float* coords_mm, const float* 
 // (at most max_refine_iterations rounds, as rp_cpu_ransac_pnp refines the best one); minimal_sets int32 [B, H, 4]
 // the indices (into N) of the 4 correspondences; ok uint8 [B, H]. Where no hypothesis j could be made, or the item is
 // degenerate (item_status as for rp_cpu_ransac_pnp): ok = 0, R = R_init = identity, t = t_init = 0, score = 0,
-// minimal_sets = -1. The best-scoring hypothesis (first on ties) refined is what rp_cpu_ransac_pnp returns. Same
-// argument checks and return codes as rp_cpu_ransac_pnp.
+// minimal_sets = -1. max_refine_points > 0 caps the correspondences refinement uses: an item with more used ones
+// refines on every stride-th of them (stride = ceil(used / max_refine_points), the inliers taken among those),
+// which bounds the cost of refining every hypothesis; 0 refines on all inliers. Without the cap (or with at most
+// max_refine_points used correspondences) the best-scoring hypothesis (first on ties) refined is what
+// rp_cpu_ransac_pnp returns. Same argument checks and return codes as rp_cpu_ransac_pnp, and
+// RP_ERR_INVALID_ARGUMENT for max_refine_points < 0.
 int rp_cpu_ransac_pnp_hypotheses(const float* pixels, const float* coords_mm, const float* K, const float* weights,
                                  const uint8_t* valid, int batch, int n, int num_hypotheses, float threshold_px,
-                                 int max_refine_iterations, uint64_t seed, float* R, float* t_mm, float* score,
-                                 int32_t* minimal_sets, uint8_t* ok, float* R_init, float* t_init_mm,
-                                 int32_t* item_status, int batch_begin, int batch_end);
+                                 int max_refine_iterations, int max_refine_points, uint64_t seed, float* R,
+                                 float* t_mm, float* score, int32_t* minimal_sets, uint8_t* ok, float* R_init,
+                                 float* t_init_mm, int32_t* item_status, int batch_begin, int batch_end);
 
 // Backward of the training form: grad_coords_mm [B, N, 3] = dL/dcoords_mm given the forward's inputs (weights are
-// not needed: they only steer sampling), its outputs, the same parameters, and the upstream gradients grad_R
+// not needed: they only steer sampling), its outputs, the same parameters (max_refine_points included: the refined
+// poses' inliers are taken among the same candidates), and the upstream gradients grad_R
 // [B, H, 3, 3], grad_t_mm [B, H, 3], grad_score [B, H], grad_R_init [B, H, 3, 3], grad_t_init_mm [B, H, 3] (each may
 // be NULL: zero). Unused correspondences, ok = 0 hypotheses and degenerate items get exactly 0; no entry is ever NaN
 // or inf (a non-finite one is written as 0). RP_ERR_INVALID_ARGUMENT for bad sizes or parameters, NULL arrays, a
@@ -115,12 +120,12 @@ int rp_cpu_ransac_pnp_hypotheses(const float* pixels, const float* coords_mm, co
 // then). Thread-safe, deterministic, items independent (a thread pool may split [batch_begin, batch_end)).
 int rp_cpu_ransac_pnp_hypotheses_backward(const float* pixels, const float* coords_mm, const float* K,
                                           const uint8_t* valid, int batch, int n, int num_hypotheses,
-                                          float threshold_px, int max_refine_iterations, const float* R,
-                                          const float* t_mm, const float* R_init, const float* t_init_mm,
-                                          const int32_t* minimal_sets, const uint8_t* ok, const float* grad_R,
-                                          const float* grad_t_mm, const float* grad_score, const float* grad_R_init,
-                                          const float* grad_t_init_mm, float* grad_coords_mm, int batch_begin,
-                                          int batch_end);
+                                          float threshold_px, int max_refine_iterations, int max_refine_points,
+                                          const float* R, const float* t_mm, const float* R_init,
+                                          const float* t_init_mm, const int32_t* minimal_sets, const uint8_t* ok,
+                                          const float* grad_R, const float* grad_t_mm, const float* grad_score,
+                                          const float* grad_R_init, const float* grad_t_init_mm,
+                                          float* grad_coords_mm, int batch_begin, int batch_end);
 
 // The minimal solver alone (for tests): P3P on 3 pixel <-> model point correspondences. pixels [3, 2], coords_mm
 // [3, 3], K [3, 3]; writes up to 4 poses into R_out [4, 3, 3], t_out_mm [4, 3] and returns how many (0..4), or

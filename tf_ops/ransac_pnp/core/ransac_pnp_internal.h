@@ -142,11 +142,22 @@ double ScorePose(const Correspondences& c, const Camera& cam, const Pose& pose, 
 // Positions of the correspondences with e_i < threshold_px (in front of the camera).
 void InlierPositions(const Correspondences& c, const Camera& cam, const Pose& pose, float threshold_px,
                      std::vector<int>* positions);
+// The same among the listed candidate positions only (RefinementCandidates).
+void InlierPositionsAmong(const Correspondences& c, const Camera& cam, const Pose& pose, float threshold_px,
+                          const std::vector<int>& candidates, std::vector<int>* positions);
 
 // ---- refinement.cc
 // Refines pose in place: Levenberg-Marquardt on the inliers, repeated while the inlier set grows, at most
-// max_iterations rounds. Returns the number of rounds run.
-int RefinePose(const Correspondences& c, const Camera& cam, float threshold_px, int max_iterations, Pose* pose);
+// max_iterations rounds. Returns the number of rounds run. candidates: the positions refinement may use (the
+// inliers are taken among them; RefinementCandidates), NULL: every used correspondence.
+int RefinePose(const Correspondences& c, const Camera& cam, float threshold_px, int max_iterations, Pose* pose,
+               const std::vector<int>* candidates = nullptr);
+// The correspondences the training form refines on when max_refine_points > 0 and c holds more than that: every
+// stride-th position, stride = ceil(c.size() / max_refine_points), so at most max_refine_points of them, spread evenly
+// over the image (c is in pixel order). Depends only on which correspondences are used (not on the pose, the
+// coordinates' values or the weights), so the forward and the backward pick the same ones. Returns false (and leaves
+// positions empty) when every used correspondence is a candidate (max_refine_points 0 or >= c.size()).
+bool RefinementCandidates(const Correspondences& c, int max_refine_points, std::vector<int>* positions);
 
 // ---- derivatives.cc
 // One item's forward outputs and upstream gradients, offset to the item, [H, ...] as in the C ABI. The gradient
@@ -169,8 +180,10 @@ struct HypothesesBackwardInput {
 // least-squares optimum; otherwise R = R_init and it goes through the minimal solver. A hypothesis whose
 // contribution is not finite contributes nothing; one whose minimal set is not four used correspondences gets no
 // minimal-solver term (the C ABI checks that the indices are in range and distinct).
+// candidates: as for RefinePose (the refined poses' inliers are taken among them), NULL: every used correspondence.
 void HypothesesBackward(const Correspondences& c, const Camera& cam, float threshold_px, bool refined,
-                        int num_hypotheses, const HypothesesBackwardInput& in, std::vector<double>* grad);
+                        int num_hypotheses, const HypothesesBackwardInput& in, std::vector<double>* grad,
+                        const std::vector<int>* candidates = nullptr);
 
 }  // namespace ransac_pnp
 }  // namespace synthpose

@@ -164,17 +164,31 @@ void LevenbergMarquardt(const Correspondences& c, const Camera& cam, const std::
 
 }  // namespace
 
-int RefinePose(const Correspondences& c, const Camera& cam, float threshold_px, int max_iterations, Pose* pose) {
+int RefinePose(const Correspondences& c, const Camera& cam, float threshold_px, int max_iterations, Pose* pose,
+               const std::vector<int>* candidates) {
   std::vector<int> inliers;
   size_t previous_count = 0;
   int rounds = 0;
   for (; rounds < max_iterations; ++rounds) {
-    InlierPositions(c, cam, *pose, threshold_px, &inliers);
+    if (candidates)
+      InlierPositionsAmong(c, cam, *pose, threshold_px, *candidates, &inliers);
+    else
+      InlierPositions(c, cam, *pose, threshold_px, &inliers);
     if (inliers.size() <= previous_count || inliers.size() < kMinRefinePoints) break;
     previous_count = inliers.size();
     LevenbergMarquardt(c, cam, inliers, pose);
   }
   return rounds;
+}
+
+bool RefinementCandidates(const Correspondences& c, int max_refine_points, std::vector<int>* positions) {
+  positions->clear();
+  const size_t m = c.size();
+  if (max_refine_points <= 0 || m <= static_cast<size_t>(max_refine_points)) return false;
+  const size_t cap = static_cast<size_t>(max_refine_points);
+  const size_t stride = (m + cap - 1) / cap;
+  for (size_t p = 0; p < m; p += stride) positions->push_back(static_cast<int>(p));
+  return true;
 }
 
 }  // namespace ransac_pnp

@@ -142,5 +142,13 @@ void InlierPositions(const Correspondences& c, const Camera& cam, const Pose& po
     if (ErrorPx(P, c, i) < threshold_px) positions->push_back(static_cast<int>(i));
 }
 
+void InlierPositionsAmong(const Correspondences& c, const Camera& cam, const Pose& pose, float threshold_px,
+                          const std::vector<int>& candidates, std::vector<int>* positions) {
+  const ProjectionF P = MakeProjection(cam, pose);
+  positions->clear();
+  for (int i : candidates)
+    if (ErrorPx(P, c, static_cast<size_t>(i)) < threshold_px) positions->push_back(i);
+}
+
 }  // namespace ransac_pnp
 }  // namespace synthpose

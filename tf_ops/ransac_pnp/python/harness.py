@@ -59,10 +59,10 @@ class CoreLib:
         lib.rp_cpu_ransac_pnp.argtypes = [_f32p, _f32p, _f32p, _f32p, _u8p, _int, _int, _int, _float, _int, _u64,
                                           _f32p, _f32p, _u8p, _f32p, _u8p, _i32p, _int, _int]
         lib.rp_cpu_ransac_pnp_hypotheses.argtypes = [
-            _f32p, _f32p, _f32p, _f32p, _u8p, _int, _int, _int, _float, _int, _u64,
+            _f32p, _f32p, _f32p, _f32p, _u8p, _int, _int, _int, _float, _int, _int, _u64,
             _f32p, _f32p, _f32p, _i32p, _u8p, _f32p, _f32p, _i32p, _int, _int]
         lib.rp_cpu_ransac_pnp_hypotheses_backward.argtypes = [
-            _f32p, _f32p, _f32p, _u8p, _int, _int, _int, _float, _int,
+            _f32p, _f32p, _f32p, _u8p, _int, _int, _int, _float, _int, _int,
             _f32p, _f32p, _f32p, _f32p, _i32p, _u8p, _f32p, _f32p, _f32p, _f32p, _f32p, _f32p, _int, _int]
         lib.rp_p3p.argtypes = [_f32p, _f32p, _f32p, _f32p, _f32p]
         self.lib = lib
@@ -125,10 +125,11 @@ class CoreLib:
 
     def ransac_pnp_hypotheses(self, pixels, coords_mm, K, weights=None, valid=None, num_hypotheses: int = 64,
                               threshold_px: float = 10.0, seed: int = 0, max_refine_iterations: int = 10,
-                              batch_range: tuple[int, int] | None = None) -> dict:
+                              max_refine_points: int = 0, batch_range: tuple[int, int] | None = None) -> dict:
         """``rp_cpu_ransac_pnp_hypotheses`` (the training form: every hypothesis) on numpy arrays.
 
-        Inputs as :meth:`ransac_pnp`. Returns, with H = num_hypotheses, R ``[B, H, 3, 3]``, t_mm ``[B, H, 3]``
+        Inputs as :meth:`ransac_pnp`; ``max_refine_points`` > 0 refines on every stride-th used correspondence only
+        where an item has more (docs/ransac_pnp.md, "Training form (DSAC)"), 0 on all inliers. Returns, with H = num_hypotheses, R ``[B, H, 3, 3]``, t_mm ``[B, H, 3]``
         (refined), score ``[B, H]`` (of the minimal-solver pose), minimal_sets ``[B, H, 4]`` int32 (indices into N,
         -1 where no hypothesis), ok ``[B, H]`` bool, R_init ``[B, H, 3, 3]``, t_init_mm ``[B, H, 3]`` (the minimal
         solver's pose) and status ``[B]`` int32 (ITEM_*). Raises CoreError on an invalid argument.
@@ -145,7 +146,7 @@ class CoreLib:
                for k, v in out.items()}
         rc = self.lib.rp_cpu_ransac_pnp_hypotheses(
             px_ptr, xyz_ptr, K_ptr, w_ptr, v_ptr, b, n, h, float(threshold_px), int(max_refine_iterations),
-            int(seed) & (2**64 - 1), ptr["R"], ptr["t_mm"], ptr["score"], ptr["minimal_sets"], ptr["ok"],
+            int(max_refine_points), int(seed) & (2**64 - 1), ptr["R"], ptr["t_mm"], ptr["score"], ptr["minimal_sets"], ptr["ok"],
             ptr["R_init"], ptr["t_init_mm"], ptr["status"], lo, hi)
         if rc != 0:
             raise CoreError(f"rp_cpu_ransac_pnp_hypotheses: {self.lib.rp_error_string(rc).decode()} (code {rc})")
@@ -155,11 +156,12 @@ class CoreLib:
     def ransac_pnp_hypotheses_backward(self, pixels, coords_mm, K, forward: dict, valid=None, grad_R=None,
                                        grad_t_mm=None, grad_score=None, grad_R_init=None, grad_t_init_mm=None,
                                        num_hypotheses: int = 64, threshold_px: float = 10.0,
-                                       max_refine_iterations: int = 10,
+                                       max_refine_iterations: int = 10, max_refine_points: int = 0,
                                        batch_range: tuple[int, int] | None = None) -> np.ndarray:
         """``rp_cpu_ransac_pnp_hypotheses_backward``: dL/dcoords_mm ``[B, N, 3]`` float32.
 
-        ``forward`` is :meth:`ransac_pnp_hypotheses`' result for the same inputs and parameters; the upstream
+        ``forward`` is :meth:`ransac_pnp_hypotheses`' result for the same inputs and parameters (max_refine_points
+        included); the upstream
         gradients (shapes of R, t_mm, score, R_init, t_init_mm) may be None (zero). Raises CoreError on an invalid
         argument.
         """
@@ -187,7 +189,7 @@ class CoreLib:
         lo, hi = batch_range if batch_range else (0, b)
         rc = self.lib.rp_cpu_ransac_pnp_hypotheses_backward(
             px_ptr, xyz_ptr, K_ptr, v_ptr, b, n, h, float(threshold_px), int(max_refine_iterations),
-            fw["R"].ctypes.data_as(_f32p), fw["t_mm"].ctypes.data_as(_f32p), fw["R_init"].ctypes.data_as(_f32p),
+            int(max_refine_points), fw["R"].ctypes.data_as(_f32p), fw["t_mm"].ctypes.data_as(_f32p), fw["R_init"].ctypes.data_as(_f32p),
             fw["t_init_mm"].ctypes.data_as(_f32p), fw["minimal_sets"].ctypes.data_as(_i32p),
             fw["ok"].ctypes.data_as(_u8p), gptr["R"], gptr["t_mm"], gptr["score"], gptr["R_init"], gptr["t_init_mm"],
             out.ctypes.data_as(_f32p), lo, hi)

@@ -3,6 +3,7 @@
 // thread pool (Shard). Each batch item has its own random generator, so the result does not depend on the split.
 #define EIGEN_USE_THREADS
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -41,10 +42,11 @@ struct Params {
   int num_hypotheses = 64;
   float threshold_px = 10.0f;
   int max_refine_iterations = 10;
+  int max_refine_points = 0;  // the training form and its gradient only (0: refine on every inlier)
   uint64_t seed = 0;
 };
 
-void ReadParams(OpKernelConstruction* ctx, bool with_seed, Params* p) {
+void ReadParams(OpKernelConstruction* ctx, bool with_seed, Params* p, bool with_refine_points = false) {
   OP_REQUIRES_OK(ctx, ctx->GetAttr("num_hypotheses", &p->num_hypotheses));
   OP_REQUIRES_OK(ctx, ctx->GetAttr("threshold_px", &p->threshold_px));
   OP_REQUIRES_OK(ctx, ctx->GetAttr("max_refine_iterations", &p->max_refine_iterations));
@@ -60,6 +62,11 @@ void ReadParams(OpKernelConstruction* ctx, bool with_seed, Params* p) {
   OP_REQUIRES(ctx, p->max_refine_iterations >= 0 && p->max_refine_iterations <= RP_MAX_REFINE_ITERATIONS,
               InvalidArgument("max_refine_iterations must be in [0, ", RP_MAX_REFINE_ITERATIONS, "], got ",
                               p->max_refine_iterations));
+  if (with_refine_points) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("max_refine_points", &p->max_refine_points));
+    OP_REQUIRES(ctx, p->max_refine_points >= 0,
+                InvalidArgument("max_refine_points must be >= 0 (0: every inlier), got ", p->max_refine_points));
+  }
   OP_REQUIRES(ctx, rp_check_parameters(p->num_hypotheses, p->threshold_px, p->max_refine_iterations) == RP_OK,
               Internal("the core rejected parameters the kernel accepted"));
 }
@@ -158,7 +165,7 @@ REGISTER_KERNEL_BUILDER(Name("RansacPnp").Device(DEVICE_CPU), RansacPnpOp);
 class RansacPnpHypothesesOp : public OpKernel {
  public:
   explicit RansacPnpHypothesesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    ReadParams(ctx, /*with_seed=*/true, &p_);
+    ReadParams(ctx, /*with_seed=*/true, &p_, /*with_refine_points=*/true);
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -196,12 +203,13 @@ class RansacPnpHypothesesOp : public OpKernel {
     const int b = static_cast<int>(batch), nn = static_cast<int>(n);
 
     auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
-    const int64_t cost = kCyclesPerRefinedPoint * h * n + kCyclesPerItemOverhead;
+    const int64_t refined = p_.max_refine_points > 0 ? std::min<int64_t>(n, p_.max_refine_points) : n;
+    const int64_t cost = kCyclesPerScoredPoint * h * n + kCyclesPerRefinedPoint * h * refined + kCyclesPerItemOverhead;
     std::atomic<int> rc{RP_OK};
     tensorflow::Shard(workers->num_threads, workers->workers, batch, cost, [&](int64_t begin, int64_t end) {
       const int r = rp_cpu_ransac_pnp_hypotheses(
           pixels_data, coords_data, K_data, w, valid_data, b, nn, p_.num_hypotheses, p_.threshold_px,
-          p_.max_refine_iterations, p_.seed, R_data, t_data, score_data, sets_data, ok_data, R_init_data, t_init_data,
+          p_.max_refine_iterations, p_.max_refine_points, p_.seed, R_data, t_data, score_data, sets_data, ok_data, R_init_data, t_init_data,
           /*item_status=*/nullptr, static_cast<int>(begin), static_cast<int>(end));
       if (r != RP_OK) rc = r;
     });
@@ -218,7 +226,7 @@ REGISTER_KERNEL_BUILDER(Name("RansacPnpHypotheses").Device(DEVICE_CPU), RansacPn
 class RansacPnpHypothesesGradOp : public OpKernel {
  public:
   explicit RansacPnpHypothesesGradOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    ReadParams(ctx, /*with_seed=*/false, &p_);
+    ReadParams(ctx, /*with_seed=*/false, &p_, /*with_refine_points=*/true);
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -266,7 +274,7 @@ class RansacPnpHypothesesGradOp : public OpKernel {
     tensorflow::Shard(workers->num_threads, workers->workers, batch, cost, [&](int64_t begin, int64_t end) {
       const int r = rp_cpu_ransac_pnp_hypotheses_backward(
           pixels_data, coords_data, K_data, valid_data, b, nn, p_.num_hypotheses, p_.threshold_px,
-          p_.max_refine_iterations, f(4), f(5), f(6), f(7), sets_data, ok_data, f(10), f(11), f(12), f(13), f(14),
+          p_.max_refine_iterations, p_.max_refine_points, f(4), f(5), f(6), f(7), sets_data, ok_data, f(10), f(11), f(12), f(13), f(14),
           grad_data, static_cast<int>(begin), static_cast<int>(end));
       if (r != RP_OK) rc = r;
     });

@@ -193,6 +193,7 @@ REGISTER_OP("RansacPnpHypotheses")
     .Attr("threshold_px: float = 10.0")
     .Attr("seed: int = 0")
     .Attr("max_refine_iterations: int = 10")
+    .Attr("max_refine_points: int = 0")
     .SetShapeFn(RansacPnpHypothesesShape)
     .Doc(R"doc(
 Training form of RansacPnp (DSAC): every hypothesis, drawn as RansacPnp draws them, each refined. Differentiable
@@ -205,6 +206,8 @@ minimal_sets: [B, H, 4] indices into N of the minimal set (-1 where ok is false)
 ok: [B, H] hypothesis j was made (false: degenerate item, or no minimal set agreed within the tries).
 rotation_init: [B, H, 3, 3] the minimal solver's rotation (before refinement).
 translation_init_mm: [B, H, 3] the minimal solver's translation.
+max_refine_points: > 0: an item with more used correspondences refines every hypothesis on every stride-th of them
+  only (stride = ceil(used / max_refine_points)); 0: on all inliers.
 )doc");
 
 REGISTER_OP("RansacPnpHypothesesGrad")
@@ -227,6 +230,7 @@ REGISTER_OP("RansacPnpHypothesesGrad")
     .Attr("num_hypotheses: int = 64")
     .Attr("threshold_px: float = 10.0")
     .Attr("max_refine_iterations: int = 10")
+    .Attr("max_refine_points: int = 0")
     .SetShapeFn(RansacPnpHypothesesGradShape)
     .Doc(R"doc(
 Gradient of RansacPnpHypotheses w.r.t. coords_mm, given its inputs (but weights), outputs and the upstream gradients

@@ -30,6 +30,8 @@ DEFAULT_MAX_REFINE_ITERATIONS = 10
 # Limits checked by the kernel too (RP_MAX_HYPOTHESES, RP_MAX_REFINE_ITERATIONS in core/ransac_pnp_core.h).
 MAX_NUM_HYPOTHESES = 65536
 MAX_REFINE_ITERATIONS = 1000
+# Upper bound of the training form's max_refine_points (a sanity limit; 0 means every inlier).
+MAX_REFINE_POINTS = 2**31 - 1
 
 
 def _invalid(message: str) -> tf.errors.InvalidArgumentError:
@@ -159,12 +161,17 @@ def ransac_pnp(pixels, coords_mm, K, weights=None, valid=None, num_valid=None,
 def ransac_pnp_hypotheses(pixels, coords_mm, K, weights=None, valid=None, num_valid=None,
                           num_hypotheses: int = DEFAULT_NUM_HYPOTHESES, threshold_px: float = DEFAULT_THRESHOLD_PX,
                           seed: int = 0, max_refine_iterations: int = DEFAULT_MAX_REFINE_ITERATIONS,
-                          name: str | None = None) -> dict[str, tf.Tensor]:
+                          max_refine_points: int = 0, name: str | None = None) -> dict[str, tf.Tensor]:
     """Training form of :func:`ransac_pnp` (DSAC): every hypothesis, refined, with a gradient w.r.t. ``coords_mm``.
 
     Arguments, checks and errors exactly as :func:`ransac_pnp`; hypothesis j of item b is the j-th one
     :func:`ransac_pnp` draws with the same seed and settings, so the best-scoring one (first on ties) refined equals
-    :func:`ransac_pnp`'s ``R``, ``t_mm``.
+    :func:`ransac_pnp`'s ``R``, ``t_mm`` (where no cap below applies).
+
+    ``max_refine_points`` (int >= 0) bounds the cost of refining every hypothesis: an item with more used
+    correspondences than that refines on every stride-th of them only (stride = ceil(used / max_refine_points), a
+    regular subsample of the image, the same for every hypothesis and for the gradient), its inliers taken among
+    those; 0 (the default) refines on all inliers as :func:`ransac_pnp` does.
 
     Returns:
       dict with, for H = num_hypotheses: ``R`` ``[B, H, 3, 3]`` and ``t_mm`` ``[B, H, 3]`` float32 (each hypothesis
@@ -182,6 +189,7 @@ def ransac_pnp_hypotheses(pixels, coords_mm, K, weights=None, valid=None, num_va
     with tf.name_scope(name or "ransac_pnp_hypotheses"):
         inputs, attrs = _prepare(pixels, coords_mm, K, weights, valid, num_valid, num_hypotheses, threshold_px, seed,
                                  max_refine_iterations)
+        attrs["max_refine_points"] = _check_int(max_refine_points, "max_refine_points", 0, MAX_REFINE_POINTS)
         R, t, score, minimal_sets, ok, R_init, t_init = _ops.ransac_pnp_hypotheses(*inputs, **attrs)
     return dict(R=R, t_mm=t, score=score, minimal_sets=minimal_sets, ok=ok, R_init=R_init, t_init_mm=t_init)
 
@@ -198,5 +206,6 @@ def _ransac_pnp_hypotheses_grad(op, grad_R, grad_t, grad_score, _grad_sets, _gra
     grad_coords = _ops.ransac_pnp_hypotheses_grad(
         pixels, coords_mm, K, valid, R, t, R_init, t_init, minimal_sets, ok, *upstream,
         num_hypotheses=op.get_attr("num_hypotheses"), threshold_px=op.get_attr("threshold_px"),
-        max_refine_iterations=op.get_attr("max_refine_iterations"))
+        max_refine_iterations=op.get_attr("max_refine_iterations"),
+        max_refine_points=op.get_attr("max_refine_points"))
     return [None, grad_coords, None, None, None]
