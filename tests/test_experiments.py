@@ -252,6 +252,22 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
     assert str(REPO_ROOT) not in md and str(tmp) not in md
 
 
+def test_detector_table_carries_over_the_lmo_section_only_for_the_same_run(tmp_path):
+    """The LMO section (hours of CPU) is kept from the table's last JSON when that run's folder is gone, marked as
+    carried over; a JSON of another run, none, or a broken one gives no section."""
+    from experiments import detector_table
+
+    previous = tmp_path / "detector_table.json"
+    lmo = {"run": "runs/bop_lmo_cpu", "recall": {"detection_recall": 0.742}}
+    previous.write_text(json.dumps({"real_sets": [], "lmo": lmo}))
+    kept = detector_table.previous_lmo_result(previous, "runs/bop_lmo_cpu")
+    assert kept["recall"] == lmo["recall"] and kept["carried_over_from"].endswith("detector_table.json")
+    assert detector_table.previous_lmo_result(previous, "runs/other_run") is None
+    assert detector_table.previous_lmo_result(tmp_path / "absent.json", "runs/bop_lmo_cpu") is None
+    previous.write_text("{broken")
+    assert detector_table.previous_lmo_result(previous, "runs/bop_lmo_cpu") is None
+
+
 def test_render_dataset_refuses_a_finished_dataset_of_another_size_or_texture_photos(tmp_path):
     """A finished dataset is reused only when it holds what the run asks for; otherwise a clear error, and the
     folder is left as it was."""
