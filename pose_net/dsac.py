@@ -56,7 +56,7 @@ DEFAULT_CUTS = {"reprojection": 100.0, "add": 1.0, "add_s": 1.0, "angle_translat
 # over nothing.
 RGBD_REFINE_FLOOR_WEIGHT = 1e-3
 # Correspondences each hypothesis is refined on in training, at most (DsacSettings.max_refine_points).
-DEFAULT_MAX_REFINE_POINTS = 1024
+DEFAULT_MAX_REFINE_POINTS = 256
 
 
 @dataclass
@@ -69,9 +69,9 @@ class DsacSettings:
     translation_weight_per_mm: float = DEFAULT_TRANSLATION_WEIGHT_PER_MM
     loss_cut: float | None = None  # None: DEFAULT_CUTS[pose_loss]
     max_refine_iterations: int = 3  # per hypothesis, in training (pose_net.train --dsac_refine_iterations)
-    # Refinement of every hypothesis on at most this many of an image's correspondences (a regular subsample of them
-    # where there are more; 0: all). On make bench-train's problem (4,096 per image) it cuts the op's training
-    # forward and backward 4-5x and moves the refined poses by ~1 mm at 500 mm (docs/dsac.md, "Cost").
+    # Refinement of every hypothesis on at most this many of an image's correspondences (a subsample of them where
+    # there are more; they come shuffled, so a random one; 0: all). make bench-train's crops hold 200-1,400 object
+    # pixels: 256 takes a DSAC step from 1.9x to 1.4x a coordinate step (docs/dsac.md, "Cost").
     max_refine_points: int = DEFAULT_MAX_REFINE_POINTS  # pose_net.train --dsac_refine_points
 
     def cut(self) -> float:

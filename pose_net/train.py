@@ -101,7 +101,7 @@ flags.DEFINE_float("dsac_loss_cut", 0.0, "soft clamp of the pose loss, sqrt(cut 
 flags.DEFINE_integer("dsac_refine_iterations", 3, "--stage dsac|ngdsac: refinement rounds of every hypothesis in "
                      "training (3 keeps a DSAC step under 2x a coordinate step, make bench-train; evaluation refines "
                      "the best hypothesis as pose_net.coordinates does)", flag_values=TRAIN_FLAGS)
-flags.DEFINE_integer("dsac_refine_points", 1024, "--stage dsac|ngdsac: each hypothesis is refined on at most this "
+flags.DEFINE_integer("dsac_refine_points", 256, "--stage dsac|ngdsac: each hypothesis is refined on at most this "
                      "many of an image's correspondences (a regular subsample where there are more; 0: all; "
                      "pose_net.dsac.DsacSettings)", flag_values=TRAIN_FLAGS)
 flags.DEFINE_integer("ng_pools", 2, "--stage ngdsac: hypothesis pools per image, each of --pnp_hypotheses / ng_pools "

@@ -7,9 +7,10 @@ intra-op thread pool, with one refinement round and with the default (at most 10
 stops growing). Options: ``--quick``, ``--json PATH``.
 
 ``--training``: the training form instead (``ransac_pnp_hypotheses``, every hypothesis refined, and its gradient):
-B = 16, the same N and hypotheses, default refinement, on every inlier and on at most 1,024 correspondences
-(``max_refine_points``, pose_net.dsac's training default); ms per batch of the forward and of the backward (the
-tape's gradient of a loss of R, t_mm and score), TF op with its intra-op pool.
+B = 16, the same N and hypotheses, default refinement, on every inlier and on at most 1,024, 512 and 256
+correspondences (``max_refine_points``; 256 is pose_net.dsac's training default); ms per batch of the forward and
+of the backward (the tape's gradient of a loss of R, t_mm and score), TF op with its intra-op pool, and how far the
+capped refinement's translations land from the uncapped ones (median and 90th percentile over the hypotheses).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def bench(quick: bool = False, with_tf: bool = True) -> list[dict]:
 
 TRAINING_BATCH = 16
 # max_refine_points of the training rows: every inlier, and pose_net.dsac.DEFAULT_MAX_REFINE_POINTS.
-TRAINING_REFINE_POINTS = (0, 1024)
+TRAINING_REFINE_POINTS = (0, 1024, 512, 256)
 
 
 def bench_training(quick: bool = False) -> list[dict]:
@@ -117,7 +118,7 @@ def bench_training(quick: bool = False) -> list[dict]:
     w_s = tf.constant(rng.normal(size=shape).astype(np.float32))
     x = tf.Variable(coords)
     threads = tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
-    rows = []
+    rows, uncapped_t = [], None
     for refine_points in TRAINING_REFINE_POINTS:
         forward_ms, backward_ms = [], []
         for _ in range(1 if quick else 3):
@@ -133,15 +134,23 @@ def bench_training(quick: bool = False) -> list[dict]:
             t2 = time.perf_counter()
             forward_ms.append((t1 - t0) * 1000.0)
             backward_ms.append((t2 - t1) * 1000.0)
+        ok = res["ok"].numpy()
+        t = res["t_mm"].numpy()
+        if uncapped_t is None:
+            uncapped_t = t
+        shift = np.linalg.norm(t - uncapped_t, axis=-1)[ok]
         row = dict(impl=f"TF op, intra-op pool ({threads} threads)", B=TRAINING_BATCH, N=NUM_CORRESPONDENCES,
                    hypotheses=NUM_HYPOTHESES, max_refine_points=refine_points, forward_ms=min(forward_ms),
-                   backward_ms=min(backward_ms), ok=float(np.mean(res["ok"].numpy())),
+                   backward_ms=min(backward_ms), ok=float(np.mean(ok)),
+                   t_shift_median_mm=float(np.median(shift)), t_shift_p90_mm=float(np.percentile(shift, 90)),
                    load_average=os.getloadavg()[0])
         cap = f"refined on <= {refine_points} points" if refine_points else "refined on every inlier"
+        shifted = (f", translations {row['t_shift_median_mm']:.1f} mm (90th pct. {row['t_shift_p90_mm']:.1f}) from "
+                   "the uncapped ones" if refine_points else "")
         print(f"  RANSAC-PnP training form {row['impl']}: B={TRAINING_BATCH} N={NUM_CORRESPONDENCES} "
               f"{NUM_HYPOTHESES} hypotheses, {cap}: forward {row['forward_ms']:.0f} ms, backward "
               f"{row['backward_ms']:.0f} ms per batch (min of {len(forward_ms)}; load average "
-              f"{row['load_average']:.1f})", flush=True)
+              f"{row['load_average']:.1f}){shifted}", flush=True)
         rows.append(row)
     return rows
 
