@@ -59,6 +59,8 @@ SIZE_WEIGHT, OFFSET_WEIGHT = 1.0, 1.0  # of the L1 losses at the centre cells, b
 TRAIN_MIN_VISIB = 0.2  # rendered instances less visible than this are ignored in training
 MIN_SCORE = 0.1  # detections below this score are dropped
 DETECTION_IOU = 0.5  # a detection is right when its box overlaps the true one this much (PASCAL VOC's criterion)
+# the diagnostic "found among its K best detections" (detection_recall): a missed object ranked low, or never seen
+DIAGNOSTIC_TOP_K = 3
 MAX_DETECTIONS = 20  # per photo
 MAX_INSTANCES = 16  # per training image (targets are padded to this)
 DETECTOR_CONFIG, DETECTOR_MODEL = "detector.json", "detector.keras"
@@ -314,6 +316,14 @@ def match_with_ious(detections: list[Detection], obj_id: int, gt_boxes: list) ->
     :func:`detection_recall` both pair detections with the truth."""
     matched = match_detections(detections, obj_id, gt_boxes)
     return matched, [0.0 if d is None else box_iou(d.bbox_xywh, g) for d, g in zip(matched, gt_boxes)]
+
+
+def best_iou_among_top(detections: list[Detection], obj_id: int, gt_boxes: list, k: int) -> list[float]:
+    """Each true box's best IoU with any of the ``k`` best-scoring detections of ``obj_id`` (0 where there is none).
+    A diagnostic, not the recall: it tells a missed object that was found but ranked below another detection from
+    one the detector never fired on."""
+    mine = [d for d in detections if d.obj_id == obj_id][:k]
+    return [max((box_iou(d.bbox_xywh, g) for d in mine), default=0.0) for g in gt_boxes]
 
 
 def detected_share(ious, iou: float = DETECTION_IOU) -> float:
@@ -658,6 +668,7 @@ def detection_recall(detector: Detector, bop_root, obj_ids: list[int] | None = N
 
     ids = detector.obj_ids if obj_ids is None else list(obj_ids)
     found: dict[int, list[float]] = {}
+    found_ranked_low: dict[int, list[float]] = {}  # best IoU among the DIAGNOSTIC_TOP_K - 1 next detections too
     seconds = []
     annotated = bop.object_ids_in(bop_root, split)
     targets = bop.load_test_targets(bop_root)
@@ -672,12 +683,16 @@ def detection_recall(detector: Detector, bop_root, obj_ids: list[int] | None = N
             seconds.append(time.time() - t0)
             gts = [gt_box(inst, points, im.K, rgb.shape[:2]) for inst in im.instances]
             found.setdefault(obj_id, []).extend(match_with_ious(dets, obj_id, gts)[1])
+            found_ranked_low.setdefault(obj_id, []).extend(
+                best_iou_among_top(dets, obj_id, gts, len(gts) + DIAGNOSTIC_TOP_K - 1))
     if not found:
         raise DetectorError(f"{bop_root}: no annotated instance of the detector's objects {ids}")
     per_object = {o: detected_share(v, iou) for o, v in found.items()}
     all_ious = np.concatenate([np.asarray(v) for v in found.values()])
     return {"bop_root": report_path(bop_root), "iou": iou, "min_visib": min_visib, "instances": int(len(all_ious)),
             "detection_recall": detected_share(all_ious, iou), "per_object": per_object,
+            f"detection_recall_top{DIAGNOSTIC_TOP_K}": detected_share(
+                np.concatenate([np.asarray(v) for v in found_ranked_low.values()]), iou),
             "median_iou": float(np.median(all_ious)), "seconds_per_photo_median": float(np.median(seconds))}
 
 

@@ -268,6 +268,25 @@ def test_detector_table_carries_over_the_lmo_section_only_for_the_same_run(tmp_p
     assert detector_table.previous_lmo_result(previous, "runs/bop_lmo_cpu") is None
 
 
+def test_detector_table_carries_over_pose_rows_only_when_it_has_no_pose_model(tmp_path):
+    """Pose rows of a real set are kept from the table's last JSON (marked, with the detector they were scored
+    with) when the other tables' models are not here; another set, none, or a broken JSON gives no rows."""
+    from experiments import detector_table
+
+    previous = tmp_path / "detector_table.json"
+    row = {"pose_model": "direct head (per-object table)", "gt": {"add_recall": 0.0}}
+    entry = {"real_set": "ycbv_box", "detector": {"images": 2000, "epochs": 12}, "poses": [row]}
+    previous.write_text(json.dumps({"real_sets": [entry], "lmo": None}))
+    kept = detector_table.previous_pose_rows(previous, "ycbv_box")
+    assert [p["pose_model"] for p in kept] == [row["pose_model"]] and kept[0]["gt"] == row["gt"]
+    assert kept[0]["carried_over_from"].endswith("detector_table.json")
+    assert kept[0]["detector_then"] == {"images": 2000, "epochs": 12}
+    assert detector_table.previous_pose_rows(previous, "ycbv_can") == []
+    assert detector_table.previous_pose_rows(tmp_path / "absent.json", "ycbv_box") == []
+    previous.write_text("{broken")
+    assert detector_table.previous_pose_rows(previous, "ycbv_box") == []
+
+
 def test_render_dataset_refuses_a_finished_dataset_of_another_size_or_texture_photos(tmp_path):
     """A finished dataset is reused only when it holds what the run asks for; otherwise a clear error, and the
     folder is left as it was."""
