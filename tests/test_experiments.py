@@ -255,36 +255,36 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
 def test_detector_table_carries_over_the_lmo_section_only_for_the_same_run(tmp_path):
     """The LMO section (hours of CPU) is kept from the table's last JSON when that run's folder is gone, marked as
     carried over; a JSON of another run, none, or a broken one gives no section."""
-    from experiments import detector_table
+    from experiments import previous_results
 
     previous = tmp_path / "detector_table.json"
     lmo = {"run": "runs/bop_lmo_cpu", "recall": {"detection_recall": 0.742}}
     previous.write_text(json.dumps({"real_sets": [], "lmo": lmo}))
-    kept = detector_table.previous_lmo_result(previous, "runs/bop_lmo_cpu")
+    kept = previous_results.previous_lmo_result(previous, "runs/bop_lmo_cpu")
     assert kept["recall"] == lmo["recall"] and kept["carried_over_from"].endswith("detector_table.json")
-    assert detector_table.previous_lmo_result(previous, "runs/other_run") is None
-    assert detector_table.previous_lmo_result(tmp_path / "absent.json", "runs/bop_lmo_cpu") is None
+    assert previous_results.previous_lmo_result(previous, "runs/other_run") is None
+    assert previous_results.previous_lmo_result(tmp_path / "absent.json", "runs/bop_lmo_cpu") is None
     previous.write_text("{broken")
-    assert detector_table.previous_lmo_result(previous, "runs/bop_lmo_cpu") is None
+    assert previous_results.previous_lmo_result(previous, "runs/bop_lmo_cpu") is None
 
 
 def test_detector_table_carries_over_pose_rows_only_when_it_has_no_pose_model(tmp_path):
     """Pose rows of a real set are kept from the table's last JSON (marked, with the detector they were scored
     with) when the other tables' models are not here; another set, none, or a broken JSON gives no rows."""
-    from experiments import detector_table
+    from experiments import previous_results
 
     previous = tmp_path / "detector_table.json"
     row = {"pose_model": "direct head (per-object table)", "gt": {"add_recall": 0.0}}
     entry = {"real_set": "ycbv_box", "detector": {"images": 2000, "epochs": 12}, "poses": [row]}
     previous.write_text(json.dumps({"real_sets": [entry], "lmo": None}))
-    kept = detector_table.previous_pose_rows(previous, "ycbv_box")
+    kept = previous_results.previous_pose_rows(previous, "ycbv_box")
     assert [p["pose_model"] for p in kept] == [row["pose_model"]] and kept[0]["gt"] == row["gt"]
     assert kept[0]["carried_over_from"].endswith("detector_table.json")
     assert kept[0]["detector_then"] == {"images": 2000, "epochs": 12}
-    assert detector_table.previous_pose_rows(previous, "ycbv_can") == []
-    assert detector_table.previous_pose_rows(tmp_path / "absent.json", "ycbv_box") == []
+    assert previous_results.previous_pose_rows(previous, "ycbv_can") == []
+    assert previous_results.previous_pose_rows(tmp_path / "absent.json", "ycbv_box") == []
     previous.write_text("{broken")
-    assert detector_table.previous_pose_rows(previous, "ycbv_box") == []
+    assert previous_results.previous_pose_rows(previous, "ycbv_box") == []
 
 
 def test_render_dataset_refuses_a_finished_dataset_of_another_size_or_texture_photos(tmp_path):
