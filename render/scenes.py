@@ -3,15 +3,16 @@
     python -m render.scenes --models_dir DIR --out BOP_ROOT [--obj_ids 1,5,6|all] [--num_images 100]
         [--camera CAMERA.json] [--objects_per_image 2,5] [--randomization complete] [--backgrounds DIR]
         [--exclude_obj_ids 10] [--distractors_dir MODELS] [--object_size_frac 0.15,0.5] [--seed 0]
-        [--split test] [--scene_id 0]
+        [--poses uniform|resting] [--split test] [--scene_id 0]
 
 Each image shows 2-5 (``--objects_per_image``) different objects of a BOP models folder at the test camera's
 intrinsics and image size (``--camera``: a JSON with ``cam_K`` and ``width``/``height``, or a BOP
 ``scene_camera.json``, whose first camera is used; default :data:`DEFAULT_CAMERA`, LINEMOD's 640x480 camera), at
 distances where each object's diameter spans :attr:`SceneRanges.object_size_frac` of the shorter image side, posed
-uniformly on SO(3), with the randomization of ``--randomization`` (render/modes.py: background, object appearance,
-lights, noise; each object gets its own appearance). ``--distractors_dir``: 0-3 objects of another BOP models
-folder per image, rendered like the others but not annotated (the other things a photo holds, for detectors).
+uniformly on SO(3) (or resting on a table: ``--poses resting``), with the randomization of ``--randomization``
+(render/modes.py: background, object appearance, lights, noise; each object gets its own appearance).
+``--distractors_dir``: 0-3 objects of another BOP models folder per image, rendered like the others but not
+annotated (the other things a photo holds, for detectors).
 
 Written (BOP layout, the same as real test sets, so ``pose_net.evaluate`` and detectors read both):
 
@@ -73,6 +74,39 @@ class SceneRanges:
     margin_frac: float = 0.1  # object centres at least this share of the image size from the border
     objects_per_image: tuple = (2, 5)  # inclusive
     distractors_per_image: tuple = (0, 3)  # inclusive, when distractor models are given
+    poses: str = "uniform"  # one of POSE_MODES
+    camera_elevation_deg: tuple = (10.0, 70.0)  # "resting": the camera's angle above the table plane
+    camera_roll_deg: float = 10.0  # "resting": the camera turned about its axis by at most this, either way
+
+
+# How objects are rotated: "uniform" on SO(3) (every view equally likely), or "resting" on a table (one face of the
+# model's bounding box down, any turn about the table's normal, the table seen from camera_elevation_deg above):
+# the views of a tabletop photo, where a box stands and shows its large faces.
+POSE_MODES = ("uniform", "resting")
+
+
+def resting_rotation(rng, elevation_deg: tuple, roll_deg: float) -> np.ndarray:
+    """A model-to-camera rotation ``[3, 3]`` of an object resting on a table: one of the six faces of its
+    axis-aligned bounding box down (``-a`` for a model axis ``a``, chosen uniformly), turned uniformly about the
+    table's normal; the table's up direction is ``(0, -cos e, -sin e)`` in the (OpenCV) camera for an elevation
+    ``e`` drawn in ``elevation_deg``, then the camera is rolled about its optical axis by at most ``roll_deg``."""
+    i, sign = int(rng.integers(3)), float(rng.choice([-1.0, 1.0]))
+    down_axis = np.zeros(3)
+    down_axis[i] = sign
+    r3 = -down_axis  # the face's outward normal -> world -z: the third row of R_face is -down_axis
+    r1 = np.roll(np.eye(3)[i], 1)  # a model axis orthogonal to it
+    face = np.stack([r1, np.cross(r3, r1), r3])  # rows: right-handed, face @ down_axis = (0, 0, -1)
+    yaw = rng.uniform(0.0, 2.0 * np.pi)
+    c, s_ = np.cos(yaw), np.sin(yaw)
+    turn = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
+    e = np.deg2rad(rng.uniform(*elevation_deg))
+    up = np.array([0.0, -np.cos(e), -np.sin(e)])
+    x = np.array([1.0, 0.0, 0.0])
+    world_to_camera = np.stack([x, np.cross(up, x), up], axis=1)  # columns: the world axes in the camera
+    roll = np.deg2rad(rng.uniform(-roll_deg, roll_deg))
+    cr, sr = np.cos(roll), np.sin(roll)
+    rolled = np.array([[cr, -sr, 0.0], [sr, cr, 0.0], [0.0, 0.0, 1.0]])
+    return rolled @ world_to_camera @ turn @ face
 
 
 @dataclass
@@ -185,14 +219,17 @@ class SceneSampler:
 
     def _place(self, rng, model_index: int, m: SceneModel) -> dict:
         """A pose of ``m`` at a random image position, at the distance where its diameter spans a random share of
-        the shorter image side (:attr:`SceneRanges.object_size_frac`), uniformly rotated."""
+        the shorter image side (:attr:`SceneRanges.object_size_frac`), rotated as :attr:`SceneRanges.poses` says."""
         size_px = rng.uniform(*self.ranges.object_size_frac) * min(self.width, self.height)
         z = self.K[0, 0] * m.diameter_mm / size_px  # the distance at which the diameter spans size_px
         margin = self.ranges.margin_frac
         u = rng.uniform(margin * self.width, (1 - margin) * self.width)
         v = rng.uniform(margin * self.height, (1 - margin) * self.height)
         centre_cam = z * np.linalg.solve(self.K, [u, v, 1.0])  # where the model's box centre goes
-        R = random_rotations(1, rng)[0]
+        if self.ranges.poses == "resting":
+            R = resting_rotation(rng, self.ranges.camera_elevation_deg, self.ranges.camera_roll_deg)
+        else:
+            R = random_rotations(1, rng)[0]
         centre_model = (m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0
         return {"model": model_index, "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ centre_model}
 
@@ -283,7 +320,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
                   mode: str = "complete", seed: int = 0, split: str = "test", scene_id: int = 0,
                   objects_per_image: tuple = SceneRanges.objects_per_image, backgrounds: str | None = None,
                   progress: bool = True, exclude_obj_ids=(), distractors_dir=None,
-                  object_size_frac: tuple = SceneRanges.object_size_frac, texture_photos: str | None = None) -> Path:
+                  object_size_frac: tuple = SceneRanges.object_size_frac, texture_photos: str | None = None,
+                  poses: str = SceneRanges.poses) -> Path:
     """Renders (or finishes) a BOP folder of scene images; returns its root. See the module docstring.
     ``exclude_obj_ids``: background photos that show these objects (``objects_in_frame.json`` of
     ``backgrounds``) are left out, so a photo of the test object cannot leak into its training scenes.
@@ -291,7 +329,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
     (:attr:`SceneRanges.distractors_per_image`), unannotated: other things a photo holds. ``object_size_frac``:
     the range of an object's projected diameter over the shorter image side (the distances seen in practice).
     ``texture_photos``: a folder of photos (``exclude_obj_ids`` applies to it too) that random object appearances
-    cut textures from (:func:`render.randomize.object_appearance`): real print on untextured models."""
+    cut textures from (:func:`render.randomize.object_appearance`): real print on untextured models. ``poses``:
+    one of :data:`POSE_MODES` (objects and distractors alike)."""
     from PIL import Image
 
     if num_images < 1:
@@ -319,6 +358,10 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
         if not distractors:
             raise SceneError(f"--distractors_dir {distractors_dir}: no object there that is not one of the scene's")
         wanted["distractors"] = [d.path.name for d in distractors]
+    if poses not in POSE_MODES:
+        raise SceneError(f"--poses must be one of {', '.join(POSE_MODES)}, got {poses!r}")
+    if poses != SceneRanges.poses:  # (recorded only when not the default, likewise)
+        wanted["poses"] = poses
     if texture_photos:  # (recorded only when given, likewise)
         wanted["texture_photos_exclude_obj_ids"] = sorted(int(i) for i in exclude_obj_ids)
     info_path = out / SCENE_INFO
@@ -336,7 +379,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
     photos = (photo_list(backgrounds, "--backgrounds") if mode_axes(mode)["background"] == "real" and backgrounds
               else [])
     sampler = SceneSampler(models, K, width, height, mode, seed,
-                           SceneRanges(objects_per_image=(lo, hi), object_size_frac=(lo_s, hi_s)), photos=photos,
+                           SceneRanges(objects_per_image=(lo, hi), object_size_frac=(lo_s, hi_s), poses=poses),
+                           photos=photos,
                            distractors=distractors,
                            texture_photos=photo_list(texture_photos, "--texture_photos") if texture_photos else [])
     scene = out / split / f"{scene_id:06d}"
@@ -437,6 +481,8 @@ def define_flags():
     flags.DEFINE_string("texture_photos", None, "folder of photos (e.g. ../shared/data/ycbv_backgrounds) that random "
                         "object appearances cut textures from (real print on untextured models); --exclude_obj_ids "
                         "applies")
+    flags.DEFINE_enum("poses", SceneRanges.poses, POSE_MODES, "how objects are rotated: uniformly on SO(3), or "
+                      "resting on a table (a bounding-box face down, the table seen from 10-70 degrees above)")
     flags.DEFINE_integer("seed", 0, "seed of every random choice")
     flags.DEFINE_string("split", "test", "BOP split folder to write")
     flags.DEFINE_integer("scene_id", 0, "BOP scene id to write")
@@ -463,7 +509,7 @@ def main(argv):
                       F.seed, F.split, F.scene_id, (lo, hi), F.backgrounds,
                       exclude_obj_ids=[int(x) for x in F.exclude_obj_ids], distractors_dir=F.distractors_dir,
                       object_size_frac=tuple(float(x) for x in F.object_size_frac),
-                      texture_photos=F.texture_photos)
+                      texture_photos=F.texture_photos, poses=F.poses)
     except (PoseInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -201,3 +201,40 @@ def test_texture_photos_put_real_print_on_random_appearances(models_dir, tmp_pat
         assert (a["texture"] == [255, 0, 0]).all()
     assert any(a["texture"] is not None and a["texture"].shape[0] != rz.PHOTO_TEXTURE_SIZE for a in apps_plain)
     assert not any(a["texture"] is not None and a["texture"].shape[0] == rz.PHOTO_TEXTURE_SIZE for a in apps_plain)
+
+
+def test_resting_poses_put_a_bounding_box_face_down_on_a_table_seen_from_above(models_dir, camera, tmp_path):
+    """``--poses resting``: every rotation is a proper one with a model axis pointing down the table's normal, which
+    the camera sees from 10-70 degrees above (rolled by at most 10): that axis points down the image and away from
+    the camera. Uniform rotations rarely do; a bad mode is refused; the folder records the mode."""
+    from render.scenes import SceneError, SceneRanges, SceneSampler, load_models, resting_rotation
+
+    def down_axes(R) -> list[int]:  # signed model axes (0-5: +x, +y, +z, -x, -y, -z) that, in the camera, point
+        cols = np.concatenate([R, -R], axis=1).T  # down the image, away from it, and hardly sideways
+        lo_e, hi_e = np.deg2rad(SceneRanges.camera_elevation_deg)
+        roll = np.deg2rad(SceneRanges.camera_roll_deg)
+        ok = ((cols[:, 1] >= np.cos(hi_e) * np.cos(roll) - 1e-9) & (cols[:, 2] >= np.sin(lo_e) - 1e-9)
+              & (np.abs(cols[:, 0]) <= np.sin(roll) * np.cos(lo_e) + 1e-9))
+        return [int(k) for k in np.flatnonzero(ok)]
+
+    def face_down(R) -> bool:
+        return len(down_axes(R)) > 0
+
+    rng = np.random.default_rng(0)
+    rests = [resting_rotation(rng, SceneRanges.camera_elevation_deg, SceneRanges.camera_roll_deg) for _ in range(200)]
+    for R in rests:
+        assert np.allclose(R @ R.T, np.eye(3), atol=1e-9) and np.linalg.det(R) == pytest.approx(1.0)
+        assert face_down(R)
+    assert {k for R in rests for k in down_axes(R)} == set(range(6))  # every face of the box comes down
+    models = load_models(models_dir, [1, 2])
+    K = np.array(CAMERA["cam_K"]).reshape(3, 3)
+    uniform = SceneSampler(models, K, 160, 120, "complete", 0)
+    resting = SceneSampler(models, K, 160, 120, "complete", 0, SceneRanges(poses="resting"))
+    Rs_uniform = [inst["R"] for i in range(30) for inst in uniform.params(i)["instances"]]
+    Rs_resting = [inst["R"] for i in range(30) for inst in resting.params(i)["instances"]]
+    assert all(face_down(R) for R in Rs_resting)
+    assert np.mean([face_down(R) for R in Rs_uniform]) < 0.5
+    with pytest.raises(SceneError, match="--poses must be one of uniform, resting"):
+        _render(models_dir, tmp_path / "bad", camera, 2, poses="sideways", in_process=True)
+    out = _render(models_dir, tmp_path / "rest", camera, 2, poses="resting")
+    assert json.loads((out / "scenes.json").read_text())["poses"] == "resting"
