@@ -33,6 +33,7 @@ from absl import app, flags
 
 from experiments import common, tables
 from experiments.previous_results import previous_lmo_result, previous_pose_rows
+from pose_net.detector import DIAGNOSTIC_TOP_K
 from pose_net.evaluate import report_path
 
 flags.DEFINE_list("real_sets", list(common.REAL_SETS), "real sets of ../shared/data")
@@ -152,10 +153,10 @@ def markdown(results: list[dict], lmo: dict | None) -> str:
              f"320-pixel input, and {s['epochs']} epochs of the detector's head on the frozen Lite0 features. "
              "Detection recall: the share of the real photos' instances whose detection overlaps the true box "
              "(the projected model's) by IoU >= 0.5; the detection used is the object's best-scoring one. "
-             f"Among its {det_top_k()} best: the same with any of the object's {det_top_k()} best-scoring detections "
+             f"Among its {DIAGNOSTIC_TOP_K} best: the same with any of the object's {DIAGNOSTIC_TOP_K} best-scoring detections "
              "(a diagnostic, not a recall: a missed object that was seen but ranked low, or never seen).", "",
              "| set | training images | features + training (s) | detection recall (IoU 0.5) | median IoU | "
-             f"among its {det_top_k()} best | ms per photo | recall, complete scenes only | "
+             f"among its {DIAGNOSTIC_TOP_K} best | ms per photo | recall, complete scenes only | "
              "median IoU, complete scenes only |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -215,15 +216,9 @@ def markdown(results: list[dict], lmo: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def det_top_k() -> int:
-    from pose_net.detector import DIAGNOSTIC_TOP_K
-
-    return DIAGNOSTIC_TOP_K
-
-
 def top_k_share(recall: dict) -> str:
     """The "among its K best" diagnostic of a detection_recall result ('-' in results made before it existed)."""
-    v = recall.get(f"detection_recall_top{det_top_k()}")
+    v = recall.get(f"detection_recall_top{DIAGNOSTIC_TOP_K}")
     return "-" if v is None else f"{100 * v:.1f}%"
 
 

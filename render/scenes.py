@@ -46,7 +46,7 @@ import numpy as np
 from absl import app, flags
 
 from pose_core import PoseInputError, bop, write_json_atomic
-from pose_core.geometry import bbox_from_mask, pose_matrix, random_rotations
+from pose_core.geometry import axis_angle_to_matrix, bbox_from_mask, pose_matrix, random_rotations
 from pose_core.mesh import load_mesh, mesh_diameter
 from render import randomize as rz
 from render.engine import (MM, LightRig, _is_textured, add_opencv_camera, can_cull_back_faces, material,
@@ -96,16 +96,12 @@ def resting_rotation(rng, elevation_deg: tuple, roll_deg: float) -> np.ndarray:
     r3 = -down_axis  # the face's outward normal -> world -z: the third row of R_face is -down_axis
     r1 = np.roll(np.eye(3)[i], 1)  # a model axis orthogonal to it
     face = np.stack([r1, np.cross(r3, r1), r3])  # rows: right-handed, face @ down_axis = (0, 0, -1)
-    yaw = rng.uniform(0.0, 2.0 * np.pi)
-    c, s_ = np.cos(yaw), np.sin(yaw)
-    turn = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])
+    turn = axis_angle_to_matrix([0.0, 0.0, 1.0], rng.uniform(0.0, 2.0 * np.pi))  # about the table's normal
     e = np.deg2rad(rng.uniform(*elevation_deg))
     up = np.array([0.0, -np.cos(e), -np.sin(e)])
     x = np.array([1.0, 0.0, 0.0])
     world_to_camera = np.stack([x, np.cross(up, x), up], axis=1)  # columns: the world axes in the camera
-    roll = np.deg2rad(rng.uniform(-roll_deg, roll_deg))
-    cr, sr = np.cos(roll), np.sin(roll)
-    rolled = np.array([[cr, -sr, 0.0], [sr, cr, 0.0], [0.0, 0.0, 1.0]])
+    rolled = axis_angle_to_matrix([0.0, 0.0, 1.0], np.deg2rad(rng.uniform(-roll_deg, roll_deg)))  # optical axis
     return rolled @ world_to_camera @ turn @ face
 
 
