@@ -242,6 +242,11 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
     assert result["recall_complete_only"]["instances"] == 20  # the same head on the complete-mode scenes alone
     variant = json.loads((folder / "detector_complete_only" / "detector.json").read_text())
     assert variant["images"] == 16 and len(variant["scenes"]) == 1
+    # the fine-tuned variant: Lite0's last stage trained too, on the same complete half, one run per seed
+    (tuned,) = result["fine_tuned_complete_only"]
+    assert tuned["seed"] == 0 and tuned["images"] == 16 and tuned["recall"]["instances"] == 20
+    tuned_cfg = json.loads((folder / "detector_complete_fine_tuned_seed0" / "detector.json").read_text())
+    assert tuned_cfg["fine_tune_top"] and tuned_cfg["images"] == 16 and tuned_cfg["seed"] == 0
     labels = [p["pose_model"] for p in result["poses"]]
     assert "direct head (per-object table)" in labels
     for p in result["poses"]:
@@ -249,6 +254,7 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
         assert p["predicted"]["instances"] == p["gt"]["instances"] == 20
     md = (tmp / "results" / "detector_table.md").read_text()
     assert "| ycbv_can |" in md and "| ycbv_can | direct head (per-object table) |" in md
+    assert "## Fine-tuned on the complete scenes only" in md and "(seeds 0) |" in md
     assert str(REPO_ROOT) not in md and str(tmp) not in md
 
 
