@@ -143,7 +143,7 @@ def fine_tuned_variants(folder: Path, detector_dir: Path, config: dict, obj: com
                 raise det.DetectorError(f"{variant_dir}: the loss is not finite ({history[-1]}): not saved")
             det.save_detector(variant_dir, det.build_detector(backbone, head),
                               dict(config, scenes=[report_path(scenes)], images=n_complete,
-                                   epochs=s["fine_tuned_epochs"], seed=seed, fine_tune_top=True,
+                                   epochs=s["fine_tuned_epochs"], seed=seed, fine_tune_stages=1,
                                    steps=det.training_steps(n_complete, s["fine_tuned_epochs"], config["batch_size"]),
                                    seconds_features=0.0, seconds_training=round(time.time() - t0, 1),
                                    first_epoch_loss=history[0], final_loss=history[-1]))

@@ -127,22 +127,28 @@ def build_backbone(weights: str = "imagenet"):
     return model
 
 
-# Fine-tuning Lite0's last stage (blocks 11-15) from the cached stride-16 features, as the pose network does: its
-# learning rate is this share of the head's (docs/results/README.md: at the head's own rate it forgets ImageNet)
-TOP_STAGE_INPUT, TOP_STAGE_OUTPUT = FEATURE_LAYERS[1], FEATURE_LAYERS[2]
+# Fine-tuning Lite0's top from cached features, as the pose network does: its learning rate is this share of the
+# head's (docs/results/README.md: at the head's own rate it forgets ImageNet)
 TOP_LEARNING_RATE_SCALE = 0.1
+# How many of the backbone's stages above the cached features train (``fine_tune_stages``): 1 = the last stage,
+# blocks 11-15, from the cached stride-16 features (FEATURE_LAYERS[1]); 2 = blocks 5-15, from the stride-8 ones
+FINE_TUNE_STAGES = (1, 2)
 
 
-def backbone_top_stage(backbone):
-    """Lite0's last stage of ``backbone`` (:func:`build_backbone`) as a model, stride-16 features -> stride-32,
-    sharing its layers: training it changes ``backbone``. Its convolutions become trainable, its batch norms stay
-    frozen (ImageNet statistics): :func:`pose_net.feature_cache.train_only`."""
+def backbone_top_stage(backbone, stages: int = 1):
+    """The top ``stages`` of ``backbone`` (:func:`build_backbone`; see :data:`FINE_TUNE_STAGES`) as a model, the
+    cached features of :data:`FEATURE_LAYERS` ``[-1 - stages]`` -> the list of those above it, sharing its layers:
+    training it changes ``backbone``. Its convolutions become trainable, its batch norms stay frozen (ImageNet
+    statistics): :func:`pose_net.feature_cache.train_only`."""
     import keras
 
     from pose_net.feature_cache import train_only
 
-    top = keras.Model(backbone.get_layer(TOP_STAGE_INPUT).output, backbone.get_layer(TOP_STAGE_OUTPUT).output,
-                      name="detector_backbone_top")
+    if stages not in FINE_TUNE_STAGES:
+        raise DetectorError(f"fine_tune_stages must be one of {FINE_TUNE_STAGES}, got {stages}")
+    first = len(FEATURE_LAYERS) - 1 - stages
+    top = keras.Model(backbone.get_layer(FEATURE_LAYERS[first]).output,
+                      [backbone.get_layer(n).output for n in FEATURE_LAYERS[first + 1:]], name="detector_backbone_top")
     train_only(backbone, top)
     return top
 
@@ -510,11 +516,12 @@ def training_steps(num_images: int, epochs: int, batch_size: int) -> int:
 
 
 def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_size: int = 16,
-             learning_rate: float = 2e-3, seed: int = 0, progress: bool = True, index=None, backbone=None):
+             learning_rate: float = 2e-3, seed: int = 0, progress: bool = True, index=None, backbone=None,
+             fine_tune_stages: int = 1):
     """Trains a new head on cached features (:func:`cache_features`' arrays; ``index``: the images to use, default
     all) with Adam and a cosine decay; returns ``(head, history)``, one dict of mean losses per epoch. With
-    ``backbone`` (:func:`build_backbone`), its last stage is trained too (:func:`backbone_top_stage`, at
-    :data:`TOP_LEARNING_RATE_SCALE` of the rate), from the cached stride-16 features: the stride-32 ones cached
+    ``backbone`` (:func:`build_backbone`), its top ``fine_tune_stages`` are trained too (:func:`backbone_top_stage`,
+    at :data:`TOP_LEARNING_RATE_SCALE` of the rate), from the cached features below them: the cached ones above
     are then not used, and ``backbone`` is changed in place. Fewer images than one batch: :class:`DetectorError`
     (:func:`training_steps`), before anything is built."""
     import keras
@@ -526,7 +533,8 @@ def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_s
     keras.utils.set_random_seed(seed)
     head = build_head(num_classes, [data[f"features{k}"].shape[-1] for k in range(len(FEATURE_LAYERS))])
     opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02))
-    top = backbone_top_stage(backbone) if backbone is not None else None
+    top = backbone_top_stage(backbone, fine_tune_stages) if backbone is not None else None
+    first = len(FEATURE_LAYERS) - 1 - fine_tune_stages  # the last cached features used when the top trains
     top_vars = top.trainable_variables if top is not None else []
     top_opt = (keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
         learning_rate * TOP_LEARNING_RATE_SCALE, steps, alpha=0.02)) if top is not None else None)
@@ -536,7 +544,8 @@ def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_s
     def step(feats, batch):
         with tf.GradientTape() as tape:
             if top is not None:
-                feats = [feats[0], feats[1], top(feats[1], training=True)]
+                above = top(feats[first], training=True)
+                feats = list(feats[:first + 1]) + (list(above) if isinstance(above, (list, tuple)) else [above])
             losses = detection_loss(head(feats, training=True), batch)
         grads = tape.gradient(losses["total"], head_vars + top_vars)
         opt.apply_gradients(zip(grads[:len(head_vars)], head_vars))
@@ -571,9 +580,11 @@ def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_s
 
 def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: int = 30, batch_size: int = 16,
                    learning_rate: float = 2e-3, seed: int = 0, backbone_weights: str = "imagenet",
-                   progress: bool = True, keep_feature_cache: bool = False, fine_tune_top: bool = False) -> dict:
+                   progress: bool = True, keep_feature_cache: bool = False, fine_tune_stages: int = 0) -> dict:
     """Trains a detector of ``obj_ids`` (default: every object the scenes show) on rendered scene folders and
     writes it to ``out`` (see the module docstring); returns its config. A finished detector is not retrained.
+    ``fine_tune_stages``: 0, the backbone stays frozen; else that many of its top stages train with the head
+    (:data:`FINE_TUNE_STAGES`, :func:`fit_head`).
     The features' cache (``out/feature_cache``, about 160 KB an image) is removed once the detector is saved,
     unless ``keep_feature_cache`` (to train other heads on the same features)."""
     import keras
@@ -586,6 +597,9 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
         if progress:
             print(f"{out}: detector already trained ({cfg['obj_ids']})", flush=True)
         return cfg
+    if fine_tune_stages not in (0, *FINE_TUNE_STAGES):
+        raise DetectorError(f"fine_tune_stages must be 0 (a frozen backbone) or one of {FINE_TUNE_STAGES}, "
+                            f"got {fine_tune_stages}")
     items, ids = list_training_images(scene_roots, obj_ids)
     steps = training_steps(len(items), epochs, batch_size)  # (checked before the backbone runs)
     t0 = time.time()
@@ -595,14 +609,14 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
     t_features = time.time() - t0
     t1 = time.time()
     head, history = fit_head(data, len(ids), epochs, batch_size, learning_rate, seed, progress,
-                             backbone=backbone if fine_tune_top else None)
+                             backbone=backbone if fine_tune_stages else None, fine_tune_stages=fine_tune_stages or 1)
     n = len(data["features0"])
     if not np.isfinite(history[-1]["total"]):
         raise DetectorError(f"the detector's loss is not finite ({history[-1]}): not saved")
     model = build_detector(backbone, head)
     cfg = {"obj_ids": ids, "input_long_side": INPUT_LONG_SIDE, "feature_layers": list(FEATURE_LAYERS),
            "scenes": [report_path(r) for r in scene_roots], "images": n, "epochs": epochs, "batch_size": batch_size,
-           "steps": steps, "learning_rate": learning_rate, "seed": seed, "fine_tune_top": bool(fine_tune_top),
+           "steps": steps, "learning_rate": learning_rate, "seed": seed, "fine_tune_stages": fine_tune_stages,
            "imagenet_weights": bool(backbone.imagenet_weights_loaded),
            "seconds_features": round(t_features, 1), "seconds_training": round(time.time() - t1, 1),
            "first_epoch_loss": history[0], "final_loss": history[-1]}
@@ -618,7 +632,7 @@ def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs
                                  width: int, height: int, epochs: int, seed: int = 0, backgrounds=None,
                                  exclude_obj_ids=(), distractors_dir=None, object_size_frac=None, texture_photos=None,
                                  poses=None, render_log=None, progress: bool = True, keep_feature_cache: bool = False,
-                                 label: str = "detector", fine_tune_top: bool = False, say=None) -> dict:
+                                 label: str = "detector", fine_tune_stages: int = 0, say=None) -> dict:
     """Renders ``scenes_per_mode`` training scenes of ``obj_ids`` into each folder of ``scene_dirs`` (randomization
     mode -> folder; :func:`render_training_scenes` with ``seed``, at :func:`training_camera` of the test camera
     ``K``, ``width`` x ``height``), then trains the detector on all of them into ``out`` (:func:`train_detector`);
@@ -638,7 +652,7 @@ def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs
                                             texture_photos=texture_photos, poses=poses))
     say(f"{label}: training on {len(roots)} scene folders ({epochs} epochs)")
     return train_detector(roots, out, obj_ids, epochs=epochs, progress=progress,
-                          keep_feature_cache=keep_feature_cache, fine_tune_top=fine_tune_top)
+                          keep_feature_cache=keep_feature_cache, fine_tune_stages=fine_tune_stages)
 
 
 def save_detector(out, model, cfg: dict):
@@ -711,8 +725,9 @@ def define_flags():
     flags.DEFINE_list("eval", [], "BOP test folders to measure the detection recall on")
     flags.DEFINE_float("min_visib", bop.DEFAULT_MIN_VISIB, "instances less visible than this are not scored")
     flags.DEFINE_bool("keep_feature_cache", False, "keep OUT/feature_cache (to train again with other settings)")
-    flags.DEFINE_bool("fine_tune_top", False, "train Lite0's last stage too (blocks 11-15, at a tenth of the "
-                      "learning rate), from the cached stride-16 features")
+    flags.DEFINE_integer("fine_tune_stages", 0, "0: Lite0 frozen; 1: its last stage trains too (blocks 11-15, at a "
+                         "tenth of the learning rate, from the cached stride-16 features); 2: blocks 5-15, from the "
+                         "stride-8 ones")
 
 
 def main(argv):
@@ -729,7 +744,7 @@ def main(argv):
             if not F.out:
                 raise app.UsageError("--out is required with --scenes")
             train_detector(F.scenes, F.out, ids, F.epochs, F.batch_size, F.learning_rate, F.seed,
-                           keep_feature_cache=F.keep_feature_cache, fine_tune_top=F.fine_tune_top)
+                           keep_feature_cache=F.keep_feature_cache, fine_tune_stages=F.fine_tune_stages)
         if F.eval:
             det = Detector(F.detector_dir or F.out)
             for root in F.eval:

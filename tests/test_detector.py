@@ -171,8 +171,9 @@ def test_a_short_training_lowers_the_loss_and_finds_the_objects_of_its_scenes(tr
 
 
 def test_fine_tuning_the_last_stage_changes_only_that_stage_and_is_saved(trained, tmp_path):
-    """--fine_tune_top: Lite0's blocks 11-15 train with the head (from the cached stride-16 features); the saved
-    detector carries them, changed, while every block below is the ImageNet one; its loss falls as the head's."""
+    """--fine_tune_stages 1: Lite0's blocks 11-15 train with the head (from the cached stride-16 features); the
+    saved detector carries them, changed, while every block below is the ImageNet one; its loss falls as the
+    head's."""
     import keras
 
     from pose_net import detector as det
@@ -180,8 +181,8 @@ def test_fine_tuning_the_last_stage_changes_only_that_stage_and_is_saved(trained
     root, scenes, _ = trained
     cfg = det.train_detector([scenes], tmp_path / "tuned", epochs=6, batch_size=8, progress=False,
                              backbone_weights="imagenet" if trained[2]["imagenet_weights"] else "none",
-                             fine_tune_top=True)
-    assert cfg["fine_tune_top"] and cfg["final_loss"]["total"] < cfg["first_epoch_loss"]["total"]
+                             fine_tune_stages=1)
+    assert cfg["fine_tune_stages"] == 1 and cfg["final_loss"]["total"] < cfg["first_epoch_loss"]["total"]
     saved = keras.models.load_model(tmp_path / "tuned" / det.DETECTOR_MODEL, compile=False)
     fresh = det.build_backbone("imagenet" if cfg["imagenet_weights"] else "none")
     saved_backbone = saved.get_layer("detector_backbone")
@@ -237,3 +238,32 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
                   out=tmp_path / "all.png")
     assert [o["obj_id"] for o in out["objects"]] == [1] and (tmp_path / "all.png").is_file()
     assert len(out["objects"][0]["R"]) == 9 and out["objects"][0]["score"] >= 0.1
+
+
+def test_fine_tuning_two_stages_trains_blocks_5_to_15_from_the_stride_8_features(tmp_path):
+    """fine_tune_stages=2: fit_head runs Lite0's blocks 5-15 on the cached stride-8 features, so a block of the
+    middle stage changes too, while the blocks below stay; an unknown count is a clear error, before training."""
+    from pose_net import detector as det
+
+    rng = np.random.default_rng(0)
+    out_hw = (8, 8)  # a 64x64 input's stride-8 map
+    box = np.array([16.0, 8.0, 24.0, 32.0])  # in input pixels
+    data = {"features0": rng.normal(size=(4, 8, 8, 40)).astype(np.float16),
+            "features1": np.zeros((4, 4, 4, 112), np.float16),  # not used: blocks 5-10 recompute them
+            "features2": np.zeros((4, 2, 2, 320), np.float16)}
+    data.update({k: np.stack([v] * 4) for k, v in det.instance_targets([box], [0], [False], out_hw).items()})
+    data["heatmap"] = np.stack([det.gaussian_heatmap([box], [0], [False], out_hw, 1)] * 4)
+    backbone = det.build_backbone("none")
+
+    def kernel(name):
+        return backbone.get_layer(name).get_weights()[0].copy()
+
+    before = {n: kernel(n) for n in ("block4_project_conv", "block6_expand_conv", "block12_expand_conv")}
+    head, history = det.fit_head(data, 1, 2, batch_size=2, backbone=backbone, fine_tune_stages=2, progress=False)
+    assert np.isfinite(history[-1]["total"])
+    changed = {n for n, k in before.items() if not np.array_equal(kernel(n), k)}
+    assert changed == {"block6_expand_conv", "block12_expand_conv"}
+    with pytest.raises(det.DetectorError, match="fine_tune_stages"):
+        det.backbone_top_stage(det.build_backbone("none"), 3)
+    with pytest.raises(det.DetectorError, match="fine_tune_stages"):
+        det.train_detector([tmp_path], tmp_path / "out", fine_tune_stages=5)

@@ -246,7 +246,7 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
     (tuned,) = result["fine_tuned_complete_only"]
     assert tuned["seed"] == 0 and tuned["images"] == 16 and tuned["recall"]["instances"] == 20
     tuned_cfg = json.loads((folder / "detector_complete_fine_tuned_seed0" / "detector.json").read_text())
-    assert tuned_cfg["fine_tune_top"] and tuned_cfg["images"] == 16 and tuned_cfg["seed"] == 0
+    assert tuned_cfg["fine_tune_stages"] == 1 and tuned_cfg["images"] == 16 and tuned_cfg["seed"] == 0
     labels = [p["pose_model"] for p in result["poses"]]
     assert "direct head (per-object table)" in labels
     for p in result["poses"]:
