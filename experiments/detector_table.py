@@ -90,18 +90,12 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict, previous_jso
     config = json.loads((detector_dir / det.DETECTOR_CONFIG).read_text())
     detector = det.Detector(detector_dir)
     recall = common.cached_json(folder / "detection_recall.json", lambda: det.detection_recall(detector, obj.real_root))
+    features = cached_features(detector_dir)
     # the same head trained on the complete-mode scenes only (no real backgrounds), from the same cached features
-    variant_dir = folder / "detector_complete_only"
-    if not (variant_dir / det.DETECTOR_CONFIG).is_file():
-        n_complete, _ = det.list_training_images([folder / f"scenes_{SCENE_MODES[0]}"], [obj.obj_id])
-        data = det.load_cached_features(detector_dir / "feature_cache")
-        head, history = det.fit_head(data, 1, s["epochs"], index=np.arange(len(n_complete)), progress=False)
-        det.save_detector(variant_dir, det.build_detector(det.build_backbone(), head),
-                          dict(config, scenes=[report_path(folder / f"scenes_{SCENE_MODES[0]}")],
-                               images=len(n_complete), final_loss=history[-1]))
+    variant_dir = train_complete_only(folder / "detector_complete_only", folder, config, obj, features, s["epochs"])
     recall_complete = common.cached_json(folder / "detection_recall_complete_only.json",
                              lambda: det.detection_recall(det.Detector(variant_dir), obj.real_root))
-    fine_tuned = fine_tuned_variants(folder, detector_dir, config, obj, s)
+    fine_tuned = fine_tuned_variants(folder, config, obj, features, s)
     poses = []
     for label, model in pose_models(obj):
         row = {"pose_model": label, "model_dir": report_path(model)}
@@ -118,35 +112,57 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict, previous_jso
             "fine_tuned_complete_only": fine_tuned, "poses": poses, "minutes_this_run": round((time.time() - t0) / 60, 1)}
 
 
-def fine_tuned_variants(folder: Path, detector_dir: Path, config: dict, obj: common.TestObject, s: dict) -> list[dict]:
-    """The fine-tuned, complete-only variant (see ``BUDGETS``) of the detector in ``detector_dir``, trained from its
-    feature cache once per seed into ``folder/detector_complete_fine_tuned_seed<seed>``; its detection recall on the
-    real photos per seed (finished variants and recalls are reused)."""
+def cached_features(detector_dir: Path):
+    """A function returning the feature cache of the detector in ``detector_dir``, loaded on its first call only
+    (about 1 GB for 6,000 images: not read at all when every variant is finished)."""
+    from functools import cache
+
+    from pose_net import detector as det
+
+    return cache(lambda: det.load_cached_features(detector_dir / "feature_cache"))
+
+
+def train_complete_only(variant_dir: Path, folder: Path, config: dict, obj: common.TestObject, features, epochs: int,
+                        seed: int = 0, fine_tune_stages: int = 0) -> Path:
+    """A detector of ``obj`` trained on the cached features (``features()``, :func:`cached_features`) of the
+    ``complete`` half of ``folder``'s scenes alone, into ``variant_dir`` (skipped when finished): a new head, and
+    with ``fine_tune_stages`` Lite0's top stages too (:func:`pose_net.detector.fit_head`). Its config is the table
+    detector's ``config`` with what differs. Returns ``variant_dir``."""
     from pose_net import detector as det
     from pose_net.evaluate import report_path
 
+    if (variant_dir / det.DETECTOR_CONFIG).is_file():
+        return variant_dir
     scenes = folder / f"scenes_{SCENE_MODES[0]}"
-    out, data = [], None
+    n_complete = len(det.list_training_images([scenes], [obj.obj_id])[0])
+    print(f"{folder.name}: {variant_dir.name}: training on the {n_complete} complete scenes, seed {seed}, {epochs} "
+          f"epochs, {fine_tune_stages} backbone stage(s) trained", flush=True)
+    backbone = det.build_backbone()
+    t0 = time.time()
+    head, history = det.fit_head(features(), 1, epochs, index=np.arange(n_complete), seed=seed,
+                                 progress=fine_tune_stages > 0, backbone=backbone if fine_tune_stages else None,
+                                 fine_tune_stages=fine_tune_stages)
+    if not np.isfinite(history[-1]["total"]):
+        raise det.DetectorError(f"{variant_dir}: the loss is not finite ({history[-1]}): not saved")
+    det.save_detector(variant_dir, det.build_detector(backbone, head),
+                      dict(config, scenes=[report_path(scenes)], images=n_complete, epochs=epochs, seed=seed,
+                           fine_tune_stages=fine_tune_stages,
+                           steps=det.training_steps(n_complete, epochs, config["batch_size"]),
+                           seconds_features=0.0, seconds_training=round(time.time() - t0, 1),
+                           first_epoch_loss=history[0], final_loss=history[-1]))
+    return variant_dir
+
+
+def fine_tuned_variants(folder: Path, config: dict, obj: common.TestObject, features, s: dict) -> list[dict]:
+    """The fine-tuned, complete-only variant (see ``BUDGETS``), trained once per seed into
+    ``folder/detector_complete_fine_tuned_seed<seed>`` (:func:`train_complete_only` with Lite0's last stage); its
+    detection recall on the real photos per seed (finished variants and recalls are reused)."""
+    from pose_net import detector as det
+
+    out = []
     for seed in s["fine_tuned_seeds"]:
-        variant_dir = folder / f"detector_complete_fine_tuned_seed{seed}"
-        if not (variant_dir / det.DETECTOR_CONFIG).is_file():
-            if data is None:
-                data = det.load_cached_features(detector_dir / "feature_cache")
-                n_complete = len(det.list_training_images([scenes], [obj.obj_id])[0])
-            print(f"{variant_dir.parent.name}: fine-tuning Lite0's last stage with the head on the {n_complete} "
-                  f"complete scenes, seed {seed}, {s['fine_tuned_epochs']} epochs", flush=True)
-            backbone = det.build_backbone()
-            t0 = time.time()
-            head, history = det.fit_head(data, 1, s["fine_tuned_epochs"], index=np.arange(n_complete), seed=seed,
-                                         backbone=backbone)
-            if not np.isfinite(history[-1]["total"]):
-                raise det.DetectorError(f"{variant_dir}: the loss is not finite ({history[-1]}): not saved")
-            det.save_detector(variant_dir, det.build_detector(backbone, head),
-                              dict(config, scenes=[report_path(scenes)], images=n_complete,
-                                   epochs=s["fine_tuned_epochs"], seed=seed, fine_tune_stages=1,
-                                   steps=det.training_steps(n_complete, s["fine_tuned_epochs"], config["batch_size"]),
-                                   seconds_features=0.0, seconds_training=round(time.time() - t0, 1),
-                                   first_epoch_loss=history[0], final_loss=history[-1]))
+        variant_dir = train_complete_only(folder / f"detector_complete_fine_tuned_seed{seed}", folder, config, obj,
+                                          features, s["fine_tuned_epochs"], seed=seed, fine_tune_stages=1)
         recall = common.cached_json(folder / f"detection_recall_{variant_dir.name}.json",
                                     lambda: det.detection_recall(det.Detector(variant_dir), obj.real_root))
         cfg = json.loads((variant_dir / det.DETECTOR_CONFIG).read_text())

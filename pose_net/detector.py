@@ -135,6 +135,15 @@ TOP_LEARNING_RATE_SCALE = 0.1
 FINE_TUNE_STAGES = (1, 2)
 
 
+def fine_tune_input_index(stages: int) -> int:
+    """The index in :data:`FEATURE_LAYERS` of the cached features the top ``stages`` of the backbone train from;
+    :class:`DetectorError` for a count not in :data:`FINE_TUNE_STAGES`."""
+    if stages not in FINE_TUNE_STAGES:
+        raise DetectorError(f"fine_tune_stages must be 0 (a frozen backbone) or one of {FINE_TUNE_STAGES}, "
+                            f"got {stages}")
+    return len(FEATURE_LAYERS) - 1 - stages
+
+
 def backbone_top_stage(backbone, stages: int = 1):
     """The top ``stages`` of ``backbone`` (:func:`build_backbone`; see :data:`FINE_TUNE_STAGES`) as a model, the
     cached features of :data:`FEATURE_LAYERS` ``[-1 - stages]`` -> the list of those above it, sharing its layers:
@@ -144,9 +153,7 @@ def backbone_top_stage(backbone, stages: int = 1):
 
     from pose_net.feature_cache import train_only
 
-    if stages not in FINE_TUNE_STAGES:
-        raise DetectorError(f"fine_tune_stages must be one of {FINE_TUNE_STAGES}, got {stages}")
-    first = len(FEATURE_LAYERS) - 1 - stages
+    first = fine_tune_input_index(stages)
     top = keras.Model(backbone.get_layer(FEATURE_LAYERS[first]).output,
                       [backbone.get_layer(n).output for n in FEATURE_LAYERS[first + 1:]], name="detector_backbone_top")
     train_only(backbone, top)
@@ -534,7 +541,7 @@ def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_s
     head = build_head(num_classes, [data[f"features{k}"].shape[-1] for k in range(len(FEATURE_LAYERS))])
     opt = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02))
     top = backbone_top_stage(backbone, fine_tune_stages) if backbone is not None else None
-    first = len(FEATURE_LAYERS) - 1 - fine_tune_stages  # the last cached features used when the top trains
+    first = fine_tune_input_index(fine_tune_stages) if top is not None else None  # the cached features it runs on
     top_vars = top.trainable_variables if top is not None else []
     top_opt = (keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
         learning_rate * TOP_LEARNING_RATE_SCALE, steps, alpha=0.02)) if top is not None else None)
@@ -597,9 +604,8 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
         if progress:
             print(f"{out}: detector already trained ({cfg['obj_ids']})", flush=True)
         return cfg
-    if fine_tune_stages not in (0, *FINE_TUNE_STAGES):
-        raise DetectorError(f"fine_tune_stages must be 0 (a frozen backbone) or one of {FINE_TUNE_STAGES}, "
-                            f"got {fine_tune_stages}")
+    if fine_tune_stages:
+        fine_tune_input_index(fine_tune_stages)  # (checked before the backbone runs)
     items, ids = list_training_images(scene_roots, obj_ids)
     steps = training_steps(len(items), epochs, batch_size)  # (checked before the backbone runs)
     t0 = time.time()
@@ -609,7 +615,7 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
     t_features = time.time() - t0
     t1 = time.time()
     head, history = fit_head(data, len(ids), epochs, batch_size, learning_rate, seed, progress,
-                             backbone=backbone if fine_tune_stages else None, fine_tune_stages=fine_tune_stages or 1)
+                             backbone=backbone if fine_tune_stages else None, fine_tune_stages=fine_tune_stages)
     n = len(data["features0"])
     if not np.isfinite(history[-1]["total"]):
         raise DetectorError(f"the detector's loss is not finite ({history[-1]}): not saved")
