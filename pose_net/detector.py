@@ -2,6 +2,7 @@
 
     python -m pose_net.detector --scenes ROOT[,ROOT...] --out DETECTOR_DIR [--obj_ids 1,5|all] [--epochs 30]
     python -m pose_net.detector --detector_dir DETECTOR_DIR --eval ROOT [--min_visib 0.1]
+    python -m pose_net.detector --ensemble DETECTOR_DIR,DETECTOR_DIR[,...] --out DETECTOR_DIR
 
 A CenterNet-style detector ("Objects as Points", Zhou et al. 2019): the frozen ImageNet EfficientNet-Lite0 of the
 pose network sees the photo shrunk so its longer side is :data:`INPUT_LONG_SIDE` pixels (640x480 -> 320x240, padded
@@ -678,6 +679,76 @@ def load_cached_features(cache_dir) -> dict[str, np.ndarray]:
     return {p.stem: np.load(p) for p in cache_dir.glob("*.npy")}
 
 
+# ------------------------------------------------------------------------------------------------- ensembles
+def ensemble_detectors(member_dirs, out) -> dict:
+    """One detector from several trained on the same objects with different seeds (:func:`train_detector`,
+    ``fit_head``): their maps averaged (heatmap logits, log sizes, offsets), written to ``out`` as a detector
+    folder :class:`Detector` loads like any other; returns its config. A finished ensemble is not rebuilt.
+
+    The members must have the same objects, input size and ``fine_tune_stages``, and the same frozen backbone below
+    their trained stages (checked, weight by weight): that part runs once per photo, and only the trained stages and
+    the heads once per member. Why: on the 20-40 real frames of a set, one training run of the detector is found
+    or lost whole with the seed (the can: 40 / 60 / 100% over three seeds, docs/results.md); averaging the runs'
+    maps is the classic cure for that variance. Averaging logits rather than probabilities keeps the model to
+    Keras' own layers (nothing custom to register when it is loaded)."""
+    import keras
+
+    from pose_net.evaluate import report_path
+
+    out = Path(out)
+    if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
+        return json.loads((out / DETECTOR_CONFIG).read_text())
+    member_dirs = [Path(d) for d in member_dirs]
+    if len(member_dirs) < 2:
+        raise DetectorError(f"an ensemble needs at least 2 detector folders, got {len(member_dirs)}")
+    members = [Detector(d) for d in member_dirs]
+    first_cfg = members[0].config
+    for m in members[1:]:
+        for key in ("obj_ids", "input_long_side", "feature_layers"):
+            if m.config.get(key) != first_cfg.get(key):
+                raise DetectorError(f"{m.dir}: its {key} ({m.config.get(key)}) differs from {members[0].dir}'s "
+                                    f"({first_cfg.get(key)}): not one ensemble")
+        if m.config.get("fine_tune_stages", 0) != first_cfg.get("fine_tune_stages", 0):
+            raise DetectorError(f"{m.dir}: fine_tune_stages {m.config.get('fine_tune_stages', 0)}, "
+                                f"{members[0].dir}: {first_cfg.get('fine_tune_stages', 0)}: not one ensemble")
+    stages = int(first_cfg.get("fine_tune_stages", 0))
+    shared_last = fine_tune_input_index(stages) if stages else len(FEATURE_LAYERS) - 1
+    backbones = [m.model.get_layer("detector_backbone") for m in members]
+    shared = keras.Model(backbones[0].input, [backbones[0].get_layer(n).output
+                                              for n in FEATURE_LAYERS[:shared_last + 1]],
+                         name="detector_backbone_shared")
+    for m, b in zip(members[1:], backbones[1:]):
+        for layer in shared.layers:
+            mine = b.get_layer(layer.name).get_weights()
+            if any(not np.array_equal(x, y) for x, y in zip(layer.get_weights(), mine)):
+                raise DetectorError(f"{m.dir}: its backbone's {layer.name} differs from {members[0].dir}'s: the "
+                                    "members must share the frozen backbone below their trained stages")
+    image = keras.Input((None, None, 3), name="image")
+    below = shared(image)
+    below = list(below) if isinstance(below, (list, tuple)) else [below]
+    maps = []
+    for k, (m, b) in enumerate(zip(members, backbones)):
+        feats = list(below)
+        if stages:
+            top = keras.Model(b.get_layer(FEATURE_LAYERS[shared_last]).output,
+                              [b.get_layer(n).output for n in FEATURE_LAYERS[shared_last + 1:]],
+                              name=f"detector_backbone_top_{k}")
+            above = top(below[shared_last])
+            feats += list(above) if isinstance(above, (list, tuple)) else [above]
+        head = m.model.get_layer("detector_head")
+        head = keras.Model(head.input, head.output, name=f"detector_head_{k}")  # (renamed: one name per member)
+        maps.append(head(feats))
+    outputs = {name: keras.layers.Average(name=f"mean_{name}")([o[name] for o in maps])
+               for name in ("heatmap", "size", "offset")}
+    model = keras.Model(image, outputs, name="detector_ensemble")
+    cfg = {k: v for k, v in first_cfg.items() if k != "seed"}
+    cfg.update(ensemble=[report_path(d) for d in member_dirs],
+               seeds=[m.config.get("seed") for m in members],
+               seconds_training=round(sum(float(m.config.get("seconds_training", 0.0)) for m in members), 1))
+    save_detector(out, model, cfg)
+    return cfg
+
+
 # ------------------------------------------------------------------------------------------------ evaluation
 def detection_recall(detector: Detector, bop_root, obj_ids: list[int] | None = None, split: str = "test",
                      min_visib: float = bop.DEFAULT_MIN_VISIB, iou: float = DETECTION_IOU) -> dict:
@@ -728,6 +799,8 @@ def define_flags():
     flags.DEFINE_float("learning_rate", 2e-3, "Adam's initial learning rate (cosine decay)")
     flags.DEFINE_integer("seed", 0, "seed")
     flags.DEFINE_string("detector_dir", None, "a trained detector folder (with --eval)")
+    flags.DEFINE_list("ensemble", [], "detector folders of one recipe and different seeds: averaged into --out "
+                      "(ensemble_detectors)")
     flags.DEFINE_list("eval", [], "BOP test folders to measure the detection recall on")
     flags.DEFINE_float("min_visib", bop.DEFAULT_MIN_VISIB, "instances less visible than this are not scored")
     flags.DEFINE_bool("keep_feature_cache", False, "keep OUT/feature_cache (to train again with other settings)")
@@ -751,12 +824,16 @@ def main(argv):
                 raise app.UsageError("--out is required with --scenes")
             train_detector(F.scenes, F.out, ids, F.epochs, F.batch_size, F.learning_rate, F.seed,
                            keep_feature_cache=F.keep_feature_cache, fine_tune_stages=F.fine_tune_stages)
+        if F.ensemble:
+            if not F.out or F.scenes:
+                raise app.UsageError("--ensemble needs --out, and not --scenes")
+            print(json.dumps(ensemble_detectors(F.ensemble, F.out), indent=1))
         if F.eval:
             det = Detector(F.detector_dir or F.out)
             for root in F.eval:
                 print(json.dumps(detection_recall(det, root, ids, min_visib=F.min_visib)))
-        if not F.scenes and not F.eval:
-            raise app.UsageError("give --scenes (train) and/or --eval (measure)")
+        if not F.scenes and not F.eval and not F.ensemble:
+            raise app.UsageError("give --scenes (train) or --ensemble (average detectors), and/or --eval (measure)")
     except PoseInputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

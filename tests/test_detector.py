@@ -267,3 +267,44 @@ def test_fine_tuning_two_stages_trains_blocks_5_to_15_from_the_stride_8_features
         det.backbone_top_stage(det.build_backbone("none"), 3)
     with pytest.raises(det.DetectorError, match="fine_tune_stages"):
         det.train_detector([tmp_path], tmp_path / "out", fine_tune_stages=5)
+
+
+def test_an_ensemble_averages_its_members_maps_and_runs_their_shared_backbone_once(tmp_path):
+    """ensemble_detectors: three detectors whose last stage was trained apart (here: perturbed) become one folder
+    whose maps are the mean of the members' maps; members with other objects, or another frozen backbone below the
+    trained stage, are a clear error and write nothing."""
+    import keras
+
+    from pose_net import detector as det
+
+    def member(name, seed, obj_ids=(2,), backbone_seed=0):
+        keras.utils.set_random_seed(backbone_seed)  # the same random "frozen" backbone for every member
+        backbone = det.build_backbone("none")
+        rng = np.random.default_rng(seed)
+        for v in det.backbone_top_stage(backbone, 1).trainable_variables:  # as fit_head's fine-tuning would
+            v.assign(v + 0.05 * rng.normal(size=v.shape).astype(np.float32))
+        keras.utils.set_random_seed(100 + seed)
+        det.save_detector(tmp_path / name, det.build_detector(backbone, det.build_head(len(obj_ids))),
+                          {"obj_ids": list(obj_ids), "input_long_side": det.INPUT_LONG_SIDE,
+                           "feature_layers": list(det.FEATURE_LAYERS), "fine_tune_stages": 1, "seed": seed,
+                           "seconds_training": 1.0})
+        return tmp_path / name
+
+    members = [member(f"seed{s}", s) for s in range(3)]
+    cfg = det.ensemble_detectors(members, tmp_path / "ensemble")
+    assert len(cfg["ensemble"]) == 3 and cfg["seeds"] == [0, 1, 2] and "seed" not in cfg
+    ensemble = det.Detector(tmp_path / "ensemble")
+    x, _ = det.prepare_image(np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    got = ensemble._run(x[None])
+    outs = [det.Detector(m)._run(x[None]) for m in members]
+    for name in ("heatmap", "size", "offset"):
+        maps = [np.asarray(o[name]) for o in outs]
+        assert not np.allclose(maps[0], maps[1])  # the members differ, so the mean is a real test
+        np.testing.assert_allclose(np.asarray(got[name]), np.mean(maps, axis=0), atol=1e-4)
+    with pytest.raises(det.DetectorError, match="obj_ids"):
+        det.ensemble_detectors([members[0], member("other_objects", 3, obj_ids=(1,))], tmp_path / "bad1")
+    with pytest.raises(det.DetectorError, match="share the frozen backbone"):
+        det.ensemble_detectors([members[0], member("other_backbone", 4, backbone_seed=1)], tmp_path / "bad2")
+    with pytest.raises(det.DetectorError, match="at least 2"):
+        det.ensemble_detectors(members[:1], tmp_path / "bad3")
+    assert not any((tmp_path / f"bad{k}").exists() for k in (1, 2, 3))

@@ -243,10 +243,16 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
     variant = json.loads((folder / "detector_complete_only" / "detector.json").read_text())
     assert variant["images"] == 16 and len(variant["scenes"]) == 1
     # the fine-tuned variant: Lite0's last stage trained too, on the same complete half, one run per seed
-    (tuned,) = result["fine_tuned_complete_only"]
-    assert tuned["seed"] == 0 and tuned["images"] == 16 and tuned["recall"]["instances"] == 20
-    tuned_cfg = json.loads((folder / "detector_complete_fine_tuned_seed0" / "detector.json").read_text())
-    assert tuned_cfg["fine_tune_stages"] == 1 and tuned_cfg["images"] == 16 and tuned_cfg["seed"] == 0
+    tuned = result["fine_tuned_complete_only"]
+    assert [t["seed"] for t in tuned] == [0, 1] and all(t["images"] == 16 for t in tuned)
+    assert all(t["recall"]["instances"] == 20 for t in tuned)
+    tuned_cfg = json.loads((folder / "detector_complete_fine_tuned_seed1" / "detector.json").read_text())
+    assert tuned_cfg["fine_tune_stages"] == 1 and tuned_cfg["images"] == 16 and tuned_cfg["seed"] == 1
+    # and the seeds averaged into one detector, scored on the same photos
+    ensemble = result["fine_tuned_ensemble"]
+    assert ensemble["seeds"] == [0, 1] and ensemble["recall"]["instances"] == 20
+    ensemble_cfg = json.loads((folder / "detector_complete_fine_tuned_ensemble" / "detector.json").read_text())
+    assert len(ensemble_cfg["ensemble"]) == 2 and ensemble_cfg["fine_tune_stages"] == 1
     labels = [p["pose_model"] for p in result["poses"]]
     assert "direct head (per-object table)" in labels
     for p in result["poses"]:
@@ -254,7 +260,8 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
         assert p["predicted"]["instances"] == p["gt"]["instances"] == 20
     md = (tmp / "results" / "detector_table.md").read_text()
     assert "| ycbv_can |" in md and "| ycbv_can | direct head (per-object table) |" in md
-    assert "## Fine-tuned on the complete scenes only" in md and "(seeds 0) |" in md
+    assert "## Fine-tuned on the complete scenes only" in md and "(seeds 0, 1) |" in md
+    assert "ensemble of the seeds" in md
     assert str(REPO_ROOT) not in md and str(tmp) not in md
 
 
