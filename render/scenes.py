@@ -3,7 +3,7 @@
     python -m render.scenes --models_dir DIR --out BOP_ROOT [--obj_ids 1,5,6|all] [--num_images 100]
         [--camera CAMERA.json] [--objects_per_image 2,5] [--randomization complete] [--backgrounds DIR]
         [--exclude_obj_ids 10] [--distractors_dir MODELS] [--object_size_frac 0.15,0.5] [--seed 0]
-        [--poses uniform|resting] [--split test] [--scene_id 0]
+        [--poses uniform|resting] [--occluder_share 0.5] [--split test] [--scene_id 0]
 
 Each image shows 2-5 (``--objects_per_image``) different objects of a BOP models folder at the test camera's
 intrinsics and image size (``--camera``: a JSON with ``cam_K`` and ``width``/``height``, or a BOP
@@ -12,7 +12,8 @@ distances where each object's diameter spans :attr:`SceneRanges.object_size_frac
 uniformly on SO(3) (or resting on a table: ``--poses resting``), with the randomization of ``--randomization``
 (render/modes.py: background, object appearance, lights, noise; each object gets its own appearance).
 ``--distractors_dir``: 0-3 objects of another BOP models folder per image, rendered like the others but not
-annotated (the other things a photo holds, for detectors).
+annotated (the other things a photo holds, for detectors); ``--occluder_share``: the chance that one of them stands
+in front of an object and hides part of it.
 
 Written (BOP layout, the same as real test sets, so ``pose_net.evaluate`` and detectors read both):
 
@@ -74,6 +75,7 @@ class SceneRanges:
     margin_frac: float = 0.1  # object centres at least this share of the image size from the border
     objects_per_image: tuple = (2, 5)  # inclusive
     distractors_per_image: tuple = (0, 3)  # inclusive, when distractor models are given
+    occluder_share: float = 0.0  # the chance that a distractor is put in front of an object (:func:`occluder_place`)
     poses: str = "uniform"  # one of POSE_MODES
     camera_elevation_deg: tuple = (10.0, 70.0)  # "resting": the camera's angle above the table plane
     camera_roll_deg: float = 10.0  # "resting": the camera turned about its axis by at most this, either way
@@ -192,8 +194,14 @@ class SceneSampler:
             lo, hi = self.ranges.distractors_per_image
             n = min(int(rng_d.integers(lo, hi + 1)), len(self.distractors))
             for k in rng_d.choice(len(self.distractors), size=n, replace=False):
-                distractors.append(dict(self._place(rng_d, len(self.models) + int(k), self.distractors[int(k)]),
-                                        obj_id=None))
+                model_index, m = len(self.models) + int(k), self.distractors[int(k)]
+                # (drawn only when asked: scenes without occluders stay as they were)
+                if self.ranges.occluder_share > 0 and rng_d.uniform() < self.ranges.occluder_share:
+                    target = instances[int(rng_d.integers(len(instances)))]
+                    placed = self._place_in_front(rng_d, model_index, m, target)
+                else:
+                    placed = self._place(rng_d, model_index, m)
+                distractors.append(dict(placed, obj_id=None))
         rng_bg = rz.sample_rng(self.seed, index, STREAM_BACKGROUND)
         big = max(self.width, self.height)
         if self.axes["background"] == "random":
@@ -228,6 +236,34 @@ class SceneSampler:
             R = random_rotations(1, rng)[0]
         centre_model = (m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0
         return {"model": model_index, "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ centre_model}
+
+
+    def _place_in_front(self, rng, model_index: int, m: SceneModel, target: dict) -> dict:
+        """A pose of ``m`` that hides part of the instance ``target``: between it and the camera (at
+        :data:`OCCLUDER_DEPTH_SHARE` of its distance), its centre projected at :data:`OCCLUDER_OFFSET` of the
+        target's projected diameter from the target's centre, in a random direction."""
+        tm = self.models[target["model"]]
+        centre_t = target["R"] @ ((tm.mesh.bounds[0] + tm.mesh.bounds[1]) / 2.0) + target["t_mm"]
+        uv_t = (self.K @ centre_t)[:2] / centre_t[2]
+        size_t_px = self.K[0, 0] * tm.diameter_mm / centre_t[2]
+        z = centre_t[2] * rng.uniform(*OCCLUDER_DEPTH_SHARE)
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        u, v = uv_t + rng.uniform(*OCCLUDER_OFFSET) * size_t_px * np.array([np.cos(angle), np.sin(angle)])
+        centre_cam = z * np.linalg.solve(self.K, [u, v, 1.0])
+        if self.ranges.poses == "resting":
+            R = resting_rotation(rng, self.ranges.camera_elevation_deg, self.ranges.camera_roll_deg)
+        else:
+            R = random_rotations(1, rng)[0]
+        centre_model = (m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0
+        return {"model": model_index, "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ centre_model}
+
+
+# Occluders (SceneRanges.occluder_share): a distractor put in front of an object stands at this share of the object's
+# distance from the camera, its centre this share of the object's projected diameter from the object's centre: it
+# hides a side or a corner, rarely the whole object (a real tabletop's objects hide each other so: the cracker box
+# behind the coffee can in YCB-Video's scene 0001)
+OCCLUDER_DEPTH_SHARE = (0.5, 0.85)
+OCCLUDER_OFFSET = (0.25, 0.6)
 
 
 class SceneRenderer:
@@ -317,7 +353,7 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
                   objects_per_image: tuple = SceneRanges.objects_per_image, backgrounds: str | None = None,
                   progress: bool = True, exclude_obj_ids=(), distractors_dir=None,
                   object_size_frac: tuple = SceneRanges.object_size_frac, texture_photos: str | None = None,
-                  poses: str = SceneRanges.poses) -> Path:
+                  poses: str = SceneRanges.poses, occluder_share: float = SceneRanges.occluder_share) -> Path:
     """Renders (or finishes) a BOP folder of scene images; returns its root. See the module docstring.
     ``exclude_obj_ids``: background photos that show these objects (``objects_in_frame.json`` of
     ``backgrounds``) are left out, so a photo of the test object cannot leak into its training scenes.
@@ -326,7 +362,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
     the range of an object's projected diameter over the shorter image side (the distances seen in practice).
     ``texture_photos``: a folder of photos (``exclude_obj_ids`` applies to it too) that random object appearances
     cut textures from (:func:`render.randomize.object_appearance`): real print on untextured models. ``poses``:
-    one of :data:`POSE_MODES` (objects and distractors alike)."""
+    one of :data:`POSE_MODES` (objects and distractors alike). ``occluder_share``: the chance that a distractor
+    stands in front of an object and hides part of it (:meth:`SceneSampler._place_in_front`)."""
     from PIL import Image
 
     if num_images < 1:
@@ -358,6 +395,12 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
         raise SceneError(f"--poses must be one of {', '.join(POSE_MODES)}, got {poses!r}")
     if poses != SceneRanges.poses:  # (recorded only when not the default, likewise)
         wanted["poses"] = poses
+    if not 0.0 <= occluder_share <= 1.0:
+        raise SceneError(f"--occluder_share must be in [0, 1], got {occluder_share}")
+    if occluder_share and not distractors_dir:
+        raise SceneError("--occluder_share puts distractors in front of the objects: give --distractors_dir")
+    if occluder_share:  # (recorded only when given, likewise)
+        wanted["occluder_share"] = float(occluder_share)
     if texture_photos:  # (recorded only when given, likewise)
         wanted["texture_photos_exclude_obj_ids"] = sorted(int(i) for i in exclude_obj_ids)
     info_path = out / SCENE_INFO
@@ -375,7 +418,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
     photos = (photo_list(backgrounds, "--backgrounds") if mode_axes(mode)["background"] == "real" and backgrounds
               else [])
     sampler = SceneSampler(models, K, width, height, mode, seed,
-                           SceneRanges(objects_per_image=(lo, hi), object_size_frac=(lo_s, hi_s), poses=poses),
+                           SceneRanges(objects_per_image=(lo, hi), object_size_frac=(lo_s, hi_s), poses=poses,
+                                       occluder_share=float(occluder_share)),
                            photos=photos,
                            distractors=distractors,
                            texture_photos=photo_list(texture_photos, "--texture_photos") if texture_photos else [])
@@ -479,6 +523,8 @@ def define_flags():
                         "applies")
     flags.DEFINE_enum("poses", SceneRanges.poses, POSE_MODES, "how objects are rotated: uniformly on SO(3), or "
                       "resting on a table (a bounding-box face down, the table seen from 10-70 degrees above)")
+    flags.DEFINE_float("occluder_share", SceneRanges.occluder_share, "the chance that a distractor is put in front "
+                       "of an object, hiding part of it (needs --distractors_dir)")
     flags.DEFINE_integer("seed", 0, "seed of every random choice")
     flags.DEFINE_string("split", "test", "BOP split folder to write")
     flags.DEFINE_integer("scene_id", 0, "BOP scene id to write")
@@ -505,7 +551,7 @@ def main(argv):
                       F.seed, F.split, F.scene_id, (lo, hi), F.backgrounds,
                       exclude_obj_ids=[int(x) for x in F.exclude_obj_ids], distractors_dir=F.distractors_dir,
                       object_size_frac=tuple(float(x) for x in F.object_size_frac),
-                      texture_photos=F.texture_photos, poses=F.poses)
+                      texture_photos=F.texture_photos, poses=F.poses, occluder_share=F.occluder_share)
     except (PoseInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -238,3 +238,55 @@ def test_resting_poses_put_a_bounding_box_face_down_on_a_table_seen_from_above(m
         _render(models_dir, tmp_path / "bad", camera, 2, poses="sideways", in_process=True)
     out = _render(models_dir, tmp_path / "rest", camera, 2, poses="resting")
     assert json.loads((out / "scenes.json").read_text())["poses"] == "resting"
+
+
+def test_occluders_stand_in_front_of_an_object_and_overlap_it(models_dir, camera, tmp_path):
+    """``--occluder_share 1``: every distractor stands between the camera and one of the annotated objects, its
+    projected centre within that object's projected diameter, so it hides part of it; the objects' own poses are
+    those without occluders, and so are the scenes of share 0; the share is checked and recorded."""
+    from pose_core.objects import builtin_models_dir
+    from render.scenes import (OCCLUDER_DEPTH_SHARE, OCCLUDER_OFFSET, SceneError, SceneRanges, SceneSampler,
+                               load_models)
+
+    models = load_models(models_dir, [1, 2])
+    distractors = load_models(builtin_models_dir(), None)
+    K = np.array(CAMERA["cam_K"]).reshape(3, 3)
+
+    def centre(inst, m):
+        c = inst["R"] @ ((m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0) + inst["t_mm"]
+        return c, (K @ c)[:2] / c[2]
+
+    plain = SceneSampler(models, K, 160, 120, "complete", 0, distractors=distractors)
+    occluded = SceneSampler(models, K, 160, 120, "complete", 0, SceneRanges(occluder_share=1.0),
+                            distractors=distractors)
+    everything = models + distractors
+    checked = 0
+    for i in range(20):
+        p, q = plain.params(i), occluded.params(i)
+        assert [inst["t_mm"].tolist() for inst in p["instances"]] == [inst["t_mm"].tolist() for inst in q["instances"]]
+        for d in q["distractors"]:
+            c_d, uv_d = centre(d, everything[d["model"]])
+            fronted = []
+            for inst in q["instances"]:
+                c_o, uv_o = centre(inst, everything[inst["model"]])
+                size_px = K[0, 0] * everything[inst["model"]].diameter_mm / c_o[2]
+                ratio, offset = c_d[2] / c_o[2], np.linalg.norm(uv_d - uv_o) / size_px
+                fronted.append(OCCLUDER_DEPTH_SHARE[0] - 1e-9 <= ratio <= OCCLUDER_DEPTH_SHARE[1] + 1e-9
+                               and OCCLUDER_OFFSET[0] - 1e-9 <= offset <= OCCLUDER_OFFSET[1] + 1e-9)
+            assert any(fronted)
+            checked += 1
+    assert checked >= 10
+    # share 0 is the sampler of old: the same distractors in the same places
+    zero = SceneSampler(models, K, 160, 120, "complete", 0, SceneRanges(occluder_share=0.0), distractors=distractors)
+    assert [d["t_mm"].tolist() for d in zero.params(3)["distractors"]] == [
+        d["t_mm"].tolist() for d in plain.params(3)["distractors"]]
+    with pytest.raises(SceneError, match="--occluder_share must be in"):
+        _render(models_dir, tmp_path / "bad", camera, 2, occluder_share=1.5, distractors_dir=builtin_models_dir(),
+                in_process=True)
+    with pytest.raises(SceneError, match="give --distractors_dir"):
+        _render(models_dir, tmp_path / "bad", camera, 2, occluder_share=0.5, in_process=True)
+    out = _render(models_dir, tmp_path / "occ", camera, 4, obj_ids=[1], objects_per_image=(1, 1),
+                  distractors_dir=builtin_models_dir(), occluder_share=1.0)
+    assert json.loads((out / "scenes.json").read_text())["occluder_share"] == 1.0
+    info = json.loads((out / "test" / "000000" / "scene_gt_info.json").read_text())
+    assert min(v[0]["visib_fract"] for v in info.values()) < 1.0  # something hides part of the object
