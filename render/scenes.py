@@ -230,13 +230,17 @@ class SceneSampler:
         u = rng.uniform(margin * self.width, (1 - margin) * self.width)
         v = rng.uniform(margin * self.height, (1 - margin) * self.height)
         centre_cam = z * np.linalg.solve(self.K, [u, v, 1.0])  # where the model's box centre goes
+        return self._rotated_at(rng, model_index, m, centre_cam)
+
+    def _rotated_at(self, rng, model_index: int, m: SceneModel, centre_cam) -> dict:
+        """The instance of ``m`` whose bounding-box centre is at ``centre_cam`` (mm, camera frame), rotated as
+        :attr:`SceneRanges.poses` says (the rotation drawn from ``rng`` last)."""
         if self.ranges.poses == "resting":
             R = resting_rotation(rng, self.ranges.camera_elevation_deg, self.ranges.camera_roll_deg)
         else:
             R = random_rotations(1, rng)[0]
         centre_model = (m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0
         return {"model": model_index, "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ centre_model}
-
 
     def _place_in_front(self, rng, model_index: int, m: SceneModel, target: dict) -> dict:
         """A pose of ``m`` that hides part of the instance ``target``: between it and the camera (at
@@ -249,13 +253,7 @@ class SceneSampler:
         z = centre_t[2] * rng.uniform(*OCCLUDER_DEPTH_SHARE)
         angle = rng.uniform(0.0, 2.0 * np.pi)
         u, v = uv_t + rng.uniform(*OCCLUDER_OFFSET) * size_t_px * np.array([np.cos(angle), np.sin(angle)])
-        centre_cam = z * np.linalg.solve(self.K, [u, v, 1.0])
-        if self.ranges.poses == "resting":
-            R = resting_rotation(rng, self.ranges.camera_elevation_deg, self.ranges.camera_roll_deg)
-        else:
-            R = random_rotations(1, rng)[0]
-        centre_model = (m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0
-        return {"model": model_index, "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ centre_model}
+        return self._rotated_at(rng, model_index, m, z * np.linalg.solve(self.K, [u, v, 1.0]))
 
 
 # Occluders (SceneRanges.occluder_share): a distractor put in front of an object stands at this share of the object's
