@@ -691,7 +691,7 @@ def ensemble_detectors(member_dirs, out) -> dict:
     The members must have the same objects, input size and ``fine_tune_stages``, and the same frozen backbone below
     their trained stages (checked, weight by weight): that part runs once per photo, and only the trained stages and
     the heads once per member. Why: on the 20-40 real frames of a set, one training run of the detector is found
-    or lost whole with the seed (the can: 40 / 60 / 100% over three seeds, docs/results.md); averaging the runs'
+    or lost whole with the seed (the can: 40 / 80 / 100% over three seeds, docs/results.md); averaging the runs'
     maps is the classic cure for that variance. Averaging logits rather than probabilities keeps the model to
     Keras' own layers (nothing custom to register when it is loaded)."""
     import keras
@@ -705,16 +705,15 @@ def ensemble_detectors(member_dirs, out) -> dict:
     if len(member_dirs) < 2:
         raise DetectorError(f"an ensemble needs at least 2 detector folders, got {len(member_dirs)}")
     members = [Detector(d) for d in member_dirs]
-    first_cfg = members[0].config
+    if nested := [str(m.dir) for m in members if "ensemble" in m.config]:
+        raise DetectorError(f"{', '.join(nested)}: already an ensemble; give the detectors it was made of")
+    first_cfg = dict(members[0].config, fine_tune_stages=members[0].config.get("fine_tune_stages", 0))
     for m in members[1:]:
-        for key in ("obj_ids", "input_long_side", "feature_layers"):
-            if m.config.get(key) != first_cfg.get(key):
-                raise DetectorError(f"{m.dir}: its {key} ({m.config.get(key)}) differs from {members[0].dir}'s "
-                                    f"({first_cfg.get(key)}): not one ensemble")
-        if m.config.get("fine_tune_stages", 0) != first_cfg.get("fine_tune_stages", 0):
-            raise DetectorError(f"{m.dir}: fine_tune_stages {m.config.get('fine_tune_stages', 0)}, "
-                                f"{members[0].dir}: {first_cfg.get('fine_tune_stages', 0)}: not one ensemble")
-    stages = int(first_cfg.get("fine_tune_stages", 0))
+        for key in ("obj_ids", "input_long_side", "feature_layers", "fine_tune_stages"):
+            if m.config.get(key, 0) != first_cfg[key]:
+                raise DetectorError(f"{m.dir}: its {key} ({m.config.get(key, 0)}) differs from {members[0].dir}'s "
+                                    f"({first_cfg[key]}): not one ensemble")
+    stages = int(first_cfg["fine_tune_stages"])
     shared_last = fine_tune_input_index(stages) if stages else len(FEATURE_LAYERS) - 1
     backbones = [m.model.get_layer("detector_backbone") for m in members]
     shared = keras.Model(backbones[0].input, [backbones[0].get_layer(n).output

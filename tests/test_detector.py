@@ -307,4 +307,6 @@ def test_an_ensemble_averages_its_members_maps_and_runs_their_shared_backbone_on
         det.ensemble_detectors([members[0], member("other_backbone", 4, backbone_seed=1)], tmp_path / "bad2")
     with pytest.raises(det.DetectorError, match="at least 2"):
         det.ensemble_detectors(members[:1], tmp_path / "bad3")
-    assert not any((tmp_path / f"bad{k}").exists() for k in (1, 2, 3))
+    with pytest.raises(det.DetectorError, match="already an ensemble"):
+        det.ensemble_detectors([members[0], tmp_path / "ensemble"], tmp_path / "bad4")
+    assert not any((tmp_path / f"bad{k}").exists() for k in (1, 2, 3, 4))
