@@ -24,6 +24,7 @@ reused (``RUNS/BUDGET/detectors/<set>/``).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -44,7 +45,8 @@ FLAGS = tables.FLAGS
 # 12; real banana 42.5% against 60%), and 3,000 scenes per mode with 3 epochs found the real banana in 40 of 40
 # frames against 60% for 1,000 with 12, in 18 min of the 2 cores (docs/results.md, "Whole photos: the detector")
 BUDGETS = {"quick": dict(scenes=16, epochs=2, lmo_test_scenes=4, fine_tuned_epochs=1, fine_tuned_seeds=(0, 1)),
-           "cpu": dict(scenes=3000, epochs=3, lmo_test_scenes=100, fine_tuned_epochs=6, fine_tuned_seeds=(0, 1, 2)),
+           "cpu": dict(scenes=3000, epochs=3, lmo_test_scenes=100, fine_tuned_epochs=6,
+                       fine_tuned_seeds=(0, 1, 2, 3, 4)),
            "gpu": dict(scenes=5000, epochs=40, lmo_test_scenes=200, fine_tuned_epochs=6, fine_tuned_seeds=(0, 1, 2))}
 # The fine-tuned variant: Lite0's last stage trained with the head (pose_net.detector.fit_head's ``backbone``) on the
 # ``complete`` half's cached features alone, ``fine_tuned_epochs`` epochs, once per seed of ``fine_tuned_seeds``: the
@@ -177,15 +179,20 @@ def fine_tuned_variants(folder: Path, config: dict, obj: common.TestObject, feat
 def fine_tuned_ensemble(folder: Path, obj: common.TestObject, s: dict) -> dict | None:
     """The fine-tuned variants of every seed averaged into one detector (``folder/detector_complete_fine_tuned_
     ensemble``, :func:`pose_net.detector.ensemble_detectors`) and its detection recall on the real photos; None with
-    fewer than two seeds."""
+    fewer than two seeds. An ensemble of other seeds (the budget changed) is made again, and scored again."""
     from pose_net import detector as det
 
     if len(s["fine_tuned_seeds"]) < 2:
         return None
     out = folder / "detector_complete_fine_tuned_ensemble"
     members = [folder / f"detector_complete_fine_tuned_seed{seed}" for seed in s["fine_tuned_seeds"]]
+    recall_json = folder / f"detection_recall_{out.name}.json"
+    if (out / det.DETECTOR_CONFIG).is_file() and json.loads((out / det.DETECTOR_CONFIG).read_text()).get(
+            "ensemble") != [report_path(m) for m in members]:  # made from other seeds (the budget changed): again
+        shutil.rmtree(out)
+        recall_json.unlink(missing_ok=True)
     det.ensemble_detectors(members, out)
-    recall = common.cached_json(folder / f"detection_recall_{out.name}.json",
+    recall = common.cached_json(recall_json,
                                 lambda: det.detection_recall(det.Detector(out), obj.real_root))
     return {"seeds": list(s["fine_tuned_seeds"]), "recall": recall}
 

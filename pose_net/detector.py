@@ -686,7 +686,8 @@ def load_cached_features(cache_dir) -> dict[str, np.ndarray]:
 def ensemble_detectors(member_dirs, out) -> dict:
     """One detector from several trained on the same objects with different seeds (:func:`train_detector`,
     ``fit_head``): their maps averaged (heatmap logits, log sizes, offsets), written to ``out`` as a detector
-    folder :class:`Detector` loads like any other; returns its config. A finished ensemble is not rebuilt.
+    folder :class:`Detector` loads like any other; returns its config. A finished ensemble of the same members is
+    not rebuilt; a folder holding another detector is refused.
 
     The members must have the same objects, input size and ``fine_tune_stages``, and the same frozen backbone below
     their trained stages (checked, weight by weight): that part runs once per photo, and only the trained stages and
@@ -699,9 +700,13 @@ def ensemble_detectors(member_dirs, out) -> dict:
     from pose_net.evaluate import report_path
 
     out = Path(out)
-    if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
-        return json.loads((out / DETECTOR_CONFIG).read_text())
     member_dirs = [Path(d) for d in member_dirs]
+    if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
+        cfg = json.loads((out / DETECTOR_CONFIG).read_text())
+        if cfg.get("ensemble") != [report_path(d) for d in member_dirs]:
+            raise DetectorError(f"{out} holds another detector ({cfg.get('ensemble', 'not an ensemble')}), not the "
+                                f"ensemble of {', '.join(map(str, member_dirs))}: remove it or choose another --out")
+        return cfg
     if len(member_dirs) < 2:
         raise DetectorError(f"an ensemble needs at least 2 detector folders, got {len(member_dirs)}")
     members = [Detector(d) for d in member_dirs]

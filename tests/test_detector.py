@@ -293,6 +293,9 @@ def test_an_ensemble_averages_its_members_maps_and_runs_their_shared_backbone_on
     members = [member(f"seed{s}", s) for s in range(3)]
     cfg = det.ensemble_detectors(members, tmp_path / "ensemble")
     assert len(cfg["ensemble"]) == 3 and cfg["seeds"] == [0, 1, 2] and "seed" not in cfg
+    assert det.ensemble_detectors(members, tmp_path / "ensemble") == cfg  # finished: not rebuilt
+    with pytest.raises(det.DetectorError, match="holds another detector"):  # not silently the old members
+        det.ensemble_detectors(members[:2], tmp_path / "ensemble")
     ensemble = det.Detector(tmp_path / "ensemble")
     x, _ = det.prepare_image(np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8))
     got = ensemble._run(x[None])
