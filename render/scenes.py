@@ -75,7 +75,7 @@ class SceneRanges:
     margin_frac: float = 0.1  # object centres at least this share of the image size from the border
     objects_per_image: tuple = (2, 5)  # inclusive
     distractors_per_image: tuple = (0, 3)  # inclusive, when distractor models are given
-    occluder_share: float = 0.0  # the chance that a distractor is put in front of an object (:func:`occluder_place`)
+    occluder_share: float = 0.0  # the chance that a distractor stands in front of an object (_place_in_front)
     poses: str = "uniform"  # one of POSE_MODES
     camera_elevation_deg: tuple = (10.0, 70.0)  # "resting": the camera's angle above the table plane
     camera_roll_deg: float = 10.0  # "resting": the camera turned about its axis by at most this, either way
@@ -114,6 +114,12 @@ class SceneModel:
     mesh: object
     diameter_mm: float
     path: Path
+
+    @property
+    def box_centre_mm(self) -> np.ndarray:
+        """The centre of the model's axis-aligned bounding box, in model coordinates (mm): what a placement puts
+        at its chosen image position."""
+        return (self.mesh.bounds[0] + self.mesh.bounds[1]) / 2.0
 
 
 def load_camera(path: str | None) -> tuple[np.ndarray, int, int]:
@@ -239,15 +245,14 @@ class SceneSampler:
             R = resting_rotation(rng, self.ranges.camera_elevation_deg, self.ranges.camera_roll_deg)
         else:
             R = random_rotations(1, rng)[0]
-        centre_model = (m.mesh.bounds[0] + m.mesh.bounds[1]) / 2.0
-        return {"model": model_index, "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ centre_model}
+        return {"model": model_index, "obj_id": m.obj_id, "R": R, "t_mm": centre_cam - R @ m.box_centre_mm}
 
     def _place_in_front(self, rng, model_index: int, m: SceneModel, target: dict) -> dict:
         """A pose of ``m`` that hides part of the instance ``target``: between it and the camera (at
         :data:`OCCLUDER_DEPTH_SHARE` of its distance), its centre projected at :data:`OCCLUDER_OFFSET` of the
         target's projected diameter from the target's centre, in a random direction."""
         tm = self.models[target["model"]]
-        centre_t = target["R"] @ ((tm.mesh.bounds[0] + tm.mesh.bounds[1]) / 2.0) + target["t_mm"]
+        centre_t = target["R"] @ tm.box_centre_mm + target["t_mm"]
         uv_t = (self.K @ centre_t)[:2] / centre_t[2]
         size_t_px = self.K[0, 0] * tm.diameter_mm / centre_t[2]
         z = centre_t[2] * rng.uniform(*OCCLUDER_DEPTH_SHARE)
