@@ -24,7 +24,6 @@ reused (``RUNS/BUDGET/detectors/<set>/``).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -179,20 +178,16 @@ def fine_tuned_variants(folder: Path, config: dict, obj: common.TestObject, feat
 def fine_tuned_ensemble(folder: Path, obj: common.TestObject, s: dict) -> dict | None:
     """The fine-tuned variants of every seed averaged into one detector (``folder/detector_complete_fine_tuned_
     ensemble``, :func:`pose_net.detector.ensemble_detectors`) and its detection recall on the real photos; None with
-    fewer than two seeds. An ensemble of other seeds (the budget changed) is made again, and scored again."""
+    fewer than two seeds. An ensemble of other seeds (the budget changed) is made again, and scored again: its
+    recall lives in its folder, which the rebuild removes."""
     from pose_net import detector as det
 
     if len(s["fine_tuned_seeds"]) < 2:
         return None
     out = folder / "detector_complete_fine_tuned_ensemble"
-    members = [folder / f"detector_complete_fine_tuned_seed{seed}" for seed in s["fine_tuned_seeds"]]
-    recall_json = folder / f"detection_recall_{out.name}.json"
-    if (out / det.DETECTOR_CONFIG).is_file() and json.loads((out / det.DETECTOR_CONFIG).read_text()).get(
-            "ensemble") != [report_path(m) for m in members]:  # made from other seeds (the budget changed): again
-        shutil.rmtree(out)
-        recall_json.unlink(missing_ok=True)
-    det.ensemble_detectors(members, out)
-    recall = common.cached_json(recall_json,
+    det.ensemble_detectors([folder / f"detector_complete_fine_tuned_seed{seed}" for seed in s["fine_tuned_seeds"]],
+                           out, rebuild_other=True)
+    recall = common.cached_json(out / "detection_recall.json",
                                 lambda: det.detection_recall(det.Detector(out), obj.real_root))
     return {"seeds": list(s["fine_tuned_seeds"]), "recall": recall}
 

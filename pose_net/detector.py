@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -150,15 +151,20 @@ def backbone_top_stage(backbone, stages: int = 1):
     cached features of :data:`FEATURE_LAYERS` ``[-1 - stages]`` -> the list of those above it, sharing its layers:
     training it changes ``backbone``. Its convolutions become trainable, its batch norms stay frozen (ImageNet
     statistics): :func:`pose_net.feature_cache.train_only`."""
-    import keras
-
     from pose_net.feature_cache import train_only
 
-    first = fine_tune_input_index(stages)
-    top = keras.Model(backbone.get_layer(FEATURE_LAYERS[first]).output,
-                      [backbone.get_layer(n).output for n in FEATURE_LAYERS[first + 1:]], name="detector_backbone_top")
+    top = backbone_slice(backbone, fine_tune_input_index(stages), "detector_backbone_top")
     train_only(backbone, top)
     return top
+
+
+def backbone_slice(backbone, first: int, name: str):
+    """``backbone`` above :data:`FEATURE_LAYERS` ``[first]`` as a model sharing its layers: that feature map -> the
+    list of the feature maps above it (the part a detector with ``fine_tune_stages`` trains)."""
+    import keras
+
+    return keras.Model(backbone.get_layer(FEATURE_LAYERS[first]).output,
+                       [backbone.get_layer(n).output for n in FEATURE_LAYERS[first + 1:]], name=name)
 
 
 def build_head(num_classes: int, channels=(40, 112, 320)):
@@ -683,11 +689,12 @@ def load_cached_features(cache_dir) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------- ensembles
-def ensemble_detectors(member_dirs, out) -> dict:
+def ensemble_detectors(member_dirs, out, rebuild_other: bool = False) -> dict:
     """One detector from several trained on the same objects with different seeds (:func:`train_detector`,
     ``fit_head``): their maps averaged (heatmap logits, log sizes, offsets), written to ``out`` as a detector
     folder :class:`Detector` loads like any other; returns its config. A finished ensemble of the same members is
-    not rebuilt; a folder holding another detector is refused.
+    not rebuilt; a folder holding another detector is refused, or with ``rebuild_other`` removed (with all it
+    holds) and made again.
 
     The members must have the same objects, input size and ``fine_tune_stages``, and the same frozen backbone below
     their trained stages (checked, weight by weight): that part runs once per photo, and only the trained stages and
@@ -703,10 +710,12 @@ def ensemble_detectors(member_dirs, out) -> dict:
     member_dirs = [Path(d) for d in member_dirs]
     if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
         cfg = json.loads((out / DETECTOR_CONFIG).read_text())
-        if cfg.get("ensemble") != [report_path(d) for d in member_dirs]:
+        if cfg.get("ensemble") == [report_path(d) for d in member_dirs]:
+            return cfg
+        if not rebuild_other:
             raise DetectorError(f"{out} holds another detector ({cfg.get('ensemble', 'not an ensemble')}), not the "
                                 f"ensemble of {', '.join(map(str, member_dirs))}: remove it or choose another --out")
-        return cfg
+        shutil.rmtree(out)
     if len(member_dirs) < 2:
         raise DetectorError(f"an ensemble needs at least 2 detector folders, got {len(member_dirs)}")
     members = [Detector(d) for d in member_dirs]
@@ -737,10 +746,7 @@ def ensemble_detectors(member_dirs, out) -> dict:
     for k, (m, b) in enumerate(zip(members, backbones)):
         feats = list(below)
         if stages:
-            top = keras.Model(b.get_layer(FEATURE_LAYERS[shared_last]).output,
-                              [b.get_layer(n).output for n in FEATURE_LAYERS[shared_last + 1:]],
-                              name=f"detector_backbone_top_{k}")
-            above = top(below[shared_last])
+            above = backbone_slice(b, shared_last, f"detector_backbone_top_{k}")(below[shared_last])
             feats += list(above) if isinstance(above, (list, tuple)) else [above]
         head = m.model.get_layer("detector_head")
         head = keras.Model(head.input, head.output, name=f"detector_head_{k}")  # (renamed: one name per member)

@@ -272,7 +272,8 @@ def test_fine_tuning_two_stages_trains_blocks_5_to_15_from_the_stride_8_features
 def test_an_ensemble_averages_its_members_maps_and_runs_their_shared_backbone_once(tmp_path):
     """ensemble_detectors: three detectors whose last stage was trained apart (here: perturbed) become one folder
     whose maps are the mean of the members' maps; members with other objects, or another frozen backbone below the
-    trained stage, are a clear error and write nothing."""
+    trained stage, are a clear error and write nothing; an out folder of other members is refused, or rebuilt when
+    asked."""
     import keras
 
     from pose_net import detector as det
@@ -313,3 +314,8 @@ def test_an_ensemble_averages_its_members_maps_and_runs_their_shared_backbone_on
     with pytest.raises(det.DetectorError, match="already an ensemble"):
         det.ensemble_detectors([members[0], tmp_path / "ensemble"], tmp_path / "bad4")
     assert not any((tmp_path / f"bad{k}").exists() for k in (1, 2, 3, 4))
+    (tmp_path / "ensemble" / "detection_recall.json").write_text("{}")  # a score of the old members, kept inside
+    cfg2 = det.ensemble_detectors(members[:2], tmp_path / "ensemble", rebuild_other=True)
+    assert cfg2["seeds"] == [0, 1] and not (tmp_path / "ensemble" / "detection_recall.json").exists()
+    np.testing.assert_allclose(np.asarray(det.Detector(tmp_path / "ensemble")._run(x[None])["heatmap"]),
+                               np.mean([np.asarray(o["heatmap"]) for o in outs[:2]], axis=0), atol=1e-4)
