@@ -595,13 +595,15 @@ def fit_head(data: dict[str, np.ndarray], num_classes: int, epochs: int, batch_s
 
 def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: int = 30, batch_size: int = 16,
                    learning_rate: float = 2e-3, seed: int = 0, backbone_weights: str = "imagenet",
-                   progress: bool = True, keep_feature_cache: bool = False, fine_tune_stages: int = 0) -> dict:
+                   progress: bool = True, keep_feature_cache: bool = False, fine_tune_stages: int = 0,
+                   feature_cache_dir=None) -> dict:
     """Trains a detector of ``obj_ids`` (default: every object the scenes show) on rendered scene folders and
     writes it to ``out`` (see the module docstring); returns its config. A finished detector is not retrained.
     ``fine_tune_stages``: 0, the backbone stays frozen; else that many of its top stages train with the head
     (:data:`FINE_TUNE_STAGES`, :func:`fit_head`).
-    The features' cache (``out/feature_cache``, about 160 KB an image) is removed once the detector is saved,
-    unless ``keep_feature_cache`` (to train other heads on the same features)."""
+    The features' cache (``feature_cache_dir``, default ``out/feature_cache``; about 160 KB an image, a finished one
+    is reused) is removed once the detector is saved, unless ``keep_feature_cache`` (to train other heads on the
+    same features)."""
     import keras
 
     from pose_net.evaluate import report_path
@@ -619,7 +621,8 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
     t0 = time.time()
     keras.utils.set_random_seed(seed)
     backbone = build_backbone(backbone_weights)
-    data = cache_features(backbone, items, ids, out / "feature_cache", progress=progress)
+    feature_cache_dir = Path(feature_cache_dir) if feature_cache_dir else out / "feature_cache"
+    data = cache_features(backbone, items, ids, feature_cache_dir, progress=progress)
     t_features = time.time() - t0
     t1 = time.time()
     head, history = fit_head(data, len(ids), epochs, batch_size, learning_rate, seed, progress,
@@ -636,8 +639,30 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
            "first_epoch_loss": history[0], "final_loss": history[-1]}
     save_detector(out, model, cfg)
     if not keep_feature_cache:
-        import shutil
+        shutil.rmtree(feature_cache_dir, ignore_errors=True)
+    return cfg
 
+
+def train_detector_ensemble(scene_roots, out, obj_ids: list[int] | None, seeds, keep_feature_cache: bool = False,
+                            **train_kwargs) -> dict:
+    """One detector per seed of ``seeds`` (:func:`train_detector` with ``train_kwargs``, into
+    ``out/members/seed<k>``) on the same features, computed once (``out/feature_cache``), then their ensemble in
+    ``out`` (:func:`ensemble_detectors`); returns its config. Finished members and a finished ensemble are reused.
+    Why several seeds: on a real set of one or two viewpoints, one training run is found or lost whole with its
+    seed (docs/results.md)."""
+    out = Path(out)
+    if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
+        return json.loads((out / DETECTOR_CONFIG).read_text())
+    seeds = list(seeds)
+    if len(seeds) < 2 or len(set(seeds)) < len(seeds):
+        raise DetectorError(f"an ensemble needs at least 2 different seeds, got {seeds}")
+    members = []
+    for seed in seeds:
+        members.append(out / "members" / f"seed{seed}")
+        train_detector(scene_roots, members[-1], obj_ids, seed=seed, keep_feature_cache=True,
+                       feature_cache_dir=out / "feature_cache", **train_kwargs)
+    cfg = ensemble_detectors(members, out)
+    if not keep_feature_cache:
         shutil.rmtree(out / "feature_cache", ignore_errors=True)
     return cfg
 
@@ -646,13 +671,14 @@ def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs
                                  width: int, height: int, epochs: int, seed: int = 0, backgrounds=None,
                                  exclude_obj_ids=(), distractors_dir=None, object_size_frac=None, texture_photos=None,
                                  poses=None, occluder_share=None, render_log=None, progress: bool = True,
-                                 keep_feature_cache: bool = False,
-                                 label: str = "detector", fine_tune_stages: int = 0, say=None) -> dict:
+                                 keep_feature_cache: bool = False, label: str = "detector",
+                                 fine_tune_stages: int = 0, training_seeds=(0,), say=None) -> dict:
     """Renders ``scenes_per_mode`` training scenes of ``obj_ids`` into each folder of ``scene_dirs`` (randomization
     mode -> folder; :func:`render_training_scenes` with ``seed``, at :func:`training_camera` of the test camera
     ``K``, ``width`` x ``height``), then trains the detector on all of them into ``out`` (:func:`train_detector`);
-    returns its config. A finished detector is returned as it is, nothing rendered; finished scene folders are
-    reused. ``say``: where the progress lines go, prefixed with ``label`` (default: printed)."""
+    returns its config. With several ``training_seeds``, one detector per seed and their ensemble
+    (:func:`train_detector_ensemble`). A finished detector is returned as it is, nothing rendered; finished scene
+    folders are reused. ``say``: where the progress lines go, prefixed with ``label`` (default: printed)."""
     out = Path(out)
     if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
         return json.loads((out / DETECTOR_CONFIG).read_text())
@@ -666,8 +692,13 @@ def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs
                                             distractors_dir=distractors_dir, object_size_frac=object_size_frac,
                                             texture_photos=texture_photos, poses=poses,
                                             occluder_share=occluder_share))
-    say(f"{label}: training on {len(roots)} scene folders ({epochs} epochs)")
-    return train_detector(roots, out, obj_ids, epochs=epochs, progress=progress,
+    training_seeds = list(training_seeds)
+    say(f"{label}: training on {len(roots)} scene folders ({epochs} epochs, "
+        f"{fine_tune_stages} backbone stage(s) trained, seed(s) {', '.join(map(str, training_seeds))})")
+    if len(training_seeds) > 1:
+        return train_detector_ensemble(roots, out, obj_ids, training_seeds, epochs=epochs, progress=progress,
+                                       keep_feature_cache=keep_feature_cache, fine_tune_stages=fine_tune_stages)
+    return train_detector(roots, out, obj_ids, epochs=epochs, seed=training_seeds[0], progress=progress,
                           keep_feature_cache=keep_feature_cache, fine_tune_stages=fine_tune_stages)
 
 

@@ -3,6 +3,7 @@ pair with true boxes without looking at the truth to choose them, a short traini
 objects of those scenes, and ``pose_net.evaluate --boxes predicted`` / ``pose_net.predict`` use it; bad input is
 named."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,6 +169,36 @@ def test_a_short_training_lowers_the_loss_and_finds_the_objects_of_its_scenes(tr
     needs_imagenet(cfg)
     assert cfg["final_loss"]["total"] < 1.0
     assert result["detection_recall"] >= 0.7, result
+
+
+def test_an_ensemble_of_seeds_trains_each_member_on_features_computed_once(trained, tmp_path, monkeypatch):
+    """train_detector_ensemble: one detector per seed under out/members, the backbone's features computed for the
+    first and loaded for the others, their ensemble in out (removing the cache); one seed, or a seed twice, is a
+    clear error."""
+    from pose_net import detector as det
+
+    root, scenes, _ = trained
+    caches_found = []
+    cache_features = det.cache_features
+
+    def spy(backbone, items, ids, cache_dir, **kw):
+        caches_found.append((Path(cache_dir) / "done").is_file())
+        return cache_features(backbone, items, ids, cache_dir, **kw)
+
+    monkeypatch.setattr(det, "cache_features", spy)
+    weights = "imagenet" if trained[2]["imagenet_weights"] else "none"
+    cfg = det.train_detector_ensemble([scenes], tmp_path / "ens", None, (3, 7), epochs=2, batch_size=8,
+                                      backbone_weights=weights, progress=False, fine_tune_stages=1)
+    assert caches_found == [False, True]
+    assert cfg["seeds"] == [3, 7] and cfg["fine_tune_stages"] == 1 and cfg["obj_ids"] == [1, 2]
+    assert [json.loads((tmp_path / "ens" / "members" / f"seed{k}" / det.DETECTOR_CONFIG).read_text())["seed"]
+            for k in (3, 7)] == [3, 7]
+    assert not (tmp_path / "ens" / "feature_cache").exists()
+    assert det.Detector(tmp_path / "ens").config["ensemble"]
+    for bad in ((3,), (3, 3)):
+        with pytest.raises(det.DetectorError, match="at least 2 different seeds"):
+            det.train_detector_ensemble([scenes], tmp_path / "bad", None, bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_fine_tuning_the_last_stage_changes_only_that_stage_and_is_saved(trained, tmp_path):
