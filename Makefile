@@ -125,10 +125,10 @@ detector-table: build-ops pretrained
 	$(PY) -m experiments.detector_table --out docs/results --budget $(BUDGET)
 
 # One command for a BOP models folder: the detector and the eight pose models of ../shared/data/lmo_models
-# (budget cpu: about 90 minutes on 2 cores, resumable; docs/results/detector_table.md scores it).
+# (budget cpu: 75-80 minutes on 2 cores, resumable; docs/results/detector_table.md scores it).
 bop-train-lmo: build-ops pretrained
 	$(PY) -m experiments.bop_train --models_dir ../shared/data/lmo_models --obj_ids all --out runs/bop_lmo_$(BUDGET) \
-	    --budget $(BUDGET) --backgrounds ../shared/data/ycbv_backgrounds
+	    --budget $(BUDGET)
 
 clean:
 	rm -rf build bazel-* tf_ops/*.so tf_ops/lib

@@ -202,15 +202,17 @@ def lmo_result(run: Path, s: dict) -> dict | None:
         return None
     test_root = tables.lmo_test_scenes(s["lmo_test_scenes"])
     folder = run / "eval_lmo_scenes"
-    recall = common.cached_json(folder / "detection_recall.json",
-                    lambda: det.detection_recall(det.Detector(run / det.DETECTOR_SUBDIR), test_root))
+    detector_folder = run / det.DETECTOR_SUBDIR / "eval_lmo_scenes"  # (what the detector decides: gone with it)
+    recall = common.cached_json(detector_folder / "detection_recall.json",
+                                lambda: det.detection_recall(det.Detector(run / det.DETECTOR_SUBDIR), test_root))
     out = {"run": report_path(run), "test_set": report_path(test_root), "recall": recall,
            "bop_train": json.loads((run / "bop_train.json").read_text())}
-    for boxes in ("gt", "predicted"):
-        out[boxes] = common.cached_json(folder / f"{boxes}.json", lambda: evaluate_all(
-            run, test_root, boxes, csv_path=folder / f"{boxes}.csv", report_dir=folder / boxes))
+    for boxes, where in (("gt", folder), ("predicted", detector_folder)):
+        out[boxes] = common.cached_json(where / f"{boxes}.json", lambda: evaluate_all(
+            run, test_root, boxes, csv_path=where / f"{boxes}.csv", report_dir=where / boxes))
     log = run / "bop_train.log"
-    out["log_tail"] = log.read_text().strip().splitlines()[-12:] if log.is_file() else []
+    out["log_stages"] = [line for line in log.read_text().splitlines() if "done in" in line or " min this run" in line
+                         ] if log.is_file() else []  # each stage's wall time, of every (resumed) run
     return out
 
 
@@ -292,8 +294,9 @@ def markdown(results: list[dict], lmo: dict | None) -> str:
         lines.append(f"| mean | {100 * rc['detection_recall']:.1f} | "
                      f"{100 * lmo['gt']['mean']['score_recall']:.1f} | "
                      f"{100 * lmo['predicted']['mean']['score_recall']:.1f} | | |")
-        if lmo["log_tail"]:
-            lines += ["", "The run's log (its wall time per stage):", "", "```", *lmo["log_tail"], "```"]
+        if lmo.get("log_stages"):
+            lines += ["", f"The run's log, its stages (wall time; `{lmo['run']}/bop_train.log` has every line):", "",
+                      "```", *lmo["log_stages"], "```"]
     return "\n".join(lines) + "\n"
 
 
