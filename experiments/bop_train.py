@@ -95,7 +95,8 @@ BUDGETS = {
 # The detector: Lite0's last stage trained with its head (pose_net.detector, fine_tune_stages 1), once per seed of
 # ``detector_seeds`` on the same cached features, the seeds' maps averaged. The recipe of docs/results/
 # detector_table.md, where on the real sets it finds the banana, box and can in 100 / 85 / 95% of the frames, the
-# head alone in 100 / 0 / 35%; on lmo_models' rendered scenes the two are alike (71.1% and 68.8%, docs/results.md).
+# head alone in 100 / 0 / 35%; on lmo_models' rendered test scenes 78.8% against the head alone's 68.8%
+# (docs/results.md).
 DETECTOR_FINE_TUNE_STAGES = 1
 RUN_FILE = "bop_train.json"  # what the run folder was made with
 ESAC_SUBDIR = "esac"  # --esac: the ESAC model (its experts stage in esac_experts/)
