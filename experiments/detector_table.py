@@ -1,7 +1,7 @@
 """Whole photos: the detector trained on renderings, its recall on real photos, and pose with its boxes.
 
     python -m experiments.detector_table --out docs/results [--budget quick|cpu] [--real_sets ycbv_banana,...]
-        [--lmo_run runs/bop_lmo_cpu]
+        [--lmo_run runs/bop_lmo_cpu] [--real_runs 'runs/bop_{set}_{budget}']
 
 Per real set of ../shared/data:
 
@@ -17,6 +17,10 @@ With ``--lmo_run`` (an ``experiments.bop_train`` run of ../shared/data/lmo_model
 detector and pose models scored on rendered multi-object test scenes of the eight objects at LINEMOD's 640x480
 camera (one BOP19 CSV, ``pose_net.evaluate --obj_id all``), with true and predicted boxes.
 
+With ``--real_runs`` (the ``experiments.bop_train`` runs of the real sets' own models folders, ``make
+bop-train-real``): each run's detector and pose model scored on its set's real photos, the one command a user holding
+that mesh would run, with true and predicted boxes.
+
 Writes ``OUT/detector_table.md`` and ``.json``. Resumable: scenes, detectors and evaluations already made are
 reused (``RUNS/BUDGET/detectors/<set>/``).
 """
@@ -24,6 +28,7 @@ reused (``RUNS/BUDGET/detectors/<set>/``).
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -38,6 +43,7 @@ from pose_net.evaluate import report_path
 
 flags.DEFINE_list("real_sets", list(common.REAL_SETS), "real sets of ../shared/data")
 flags.DEFINE_string("lmo_run", "runs/bop_lmo_cpu", "an experiments.bop_train run of lmo_models ('' to skip)")
+flags.DEFINE_string("real_runs", "runs/bop_{set}_{budget}", "the experiments.bop_train runs of the real sets' models folders (make bop-train-real), {set} and {budget} filled in ('' to skip)")
 FLAGS = tables.FLAGS
 # scenes per randomization mode and detector epochs. Many fresh scenes and few epochs: the head on cached features
 # learns the renderings by heart (on 100 held-out rendered box scenes, recall 66% after 40 epochs against 74.5% after
@@ -194,15 +200,30 @@ def fine_tuned_ensemble(folder: Path, obj: common.TestObject, s: dict) -> dict |
 
 def lmo_result(run: Path, s: dict) -> dict | None:
     """The bop_train run of lmo_models on rendered multi-object test scenes, with true and predicted boxes."""
+    return bop_run_result(run, tables.lmo_test_scenes(s["lmo_test_scenes"]), "eval_lmo_scenes",
+                          "make bop-train-lmo", "LMO section")
+
+
+def real_bop_run_result(real_set: str, obj: common.TestObject) -> dict | None:
+    """The bop_train run of a real set's models folder (``make bop-train-real``) on that set's real photos."""
+    run = Path(FLAGS.real_runs.format(set=real_set, budget=FLAGS.budget))
+    result = bop_run_result(run, obj.real_root, "eval_real", "make bop-train-real", f"{real_set}'s bop_train row")
+    return None if result is None else dict(result, real_set=real_set)
+
+
+def bop_run_result(run: Path, test_root: Path, eval_name: str, make_target: str, what: str) -> dict | None:
+    """A finished bop_train run (its detector and pose models) scored on the BOP folder ``test_root``: the
+    detector's recall, and every object's pose with the true boxes (``RUN/<eval_name>/``) and with the detector's
+    (``RUN/detector/<eval_name>/``: what the detector decides goes with it when it is retrained). None, with a line
+    saying so, when the run is not finished."""
     from pose_net import detector as det
     from pose_net.evaluate import evaluate_all
 
     if not (run / "objects.json").is_file() or not (run / det.DETECTOR_SUBDIR / det.DETECTOR_CONFIG).is_file():
-        print(f"{run}: no finished bop_train run with a detector (make bop-train-lmo): the LMO section is left out")
+        print(f"{run}: no finished bop_train run with a detector ({make_target}): the {what} is left out")
         return None
-    test_root = tables.lmo_test_scenes(s["lmo_test_scenes"])
-    folder = run / "eval_lmo_scenes"
-    detector_folder = run / det.DETECTOR_SUBDIR / "eval_lmo_scenes"  # (what the detector decides: gone with it)
+    folder = run / eval_name
+    detector_folder = run / det.DETECTOR_SUBDIR / eval_name
     recall = common.cached_json(detector_folder / "detection_recall.json",
                                 lambda: det.detection_recall(det.Detector(run / det.DETECTOR_SUBDIR), test_root))
     out = {"run": report_path(run), "test_set": report_path(test_root), "recall": recall,
@@ -225,7 +246,7 @@ def median(r: dict, symmetric: bool) -> str:
     return "inf" if v == float("inf") else f"{v:.0f}"
 
 
-def markdown(results: list[dict], lmo: dict | None) -> str:
+def markdown(results: list[dict], lmo: dict | None, real_runs: list[dict] = ()) -> str:
     s = BUDGETS[FLAGS.budget]
     lines = ["# Whole photos: the detector trained on renderings", "",
              f"Made by `python -m experiments.detector_table --budget {FLAGS.budget}` (`make detector-table`); "
@@ -297,7 +318,34 @@ def markdown(results: list[dict], lmo: dict | None) -> str:
         if lmo.get("log_stages"):
             lines += ["", f"The run's log, its stages (wall time; `{lmo['run']}/bop_train.log` has every line):", "",
                       "```", *lmo["log_stages"], "```"]
+    lines += real_runs_lines(real_runs)
     return "\n".join(lines) + "\n"
+
+
+def real_runs_lines(real_runs: list[dict]) -> list[str]:
+    """The section of ``make bop-train-real``: one command per real set's models folder, scored on its photos."""
+    if not real_runs:
+        return []
+    lines = ["", "## One command per real set: experiments.bop_train on its models folder", "",
+             "`make bop-train-real`: `experiments.bop_train` on each real set's `models/` folder with that set's "
+             "camera, LINEMOD's objects as distractors and the object at 0.2-0.8 of the image, as a user holding "
+             "that mesh would run it; then `pose_net.evaluate --obj_id all` on the real photos with the true boxes "
+             "and with the run's detector. Recall at 10% of the diameter; a missed object counts as a wrong pose. The "
+             "runs are the folders of `--real_runs` (`runs/bop_<set>_<budget>` by default; the JSON names each).", "",
+             "| set | run | detection recall (IoU 0.5) | median IoU | ADD true / detector boxes | ADD-S true / detector "
+             "boxes | median ADD-S mm, true / detector boxes | wall time (min) |", "|---|---|---|---|---|---|---|---|"]
+    for r in real_runs:
+        rc = r["recall"]
+        g, p = r["gt"]["mean"], r["predicted"]["mean"]
+        gm = [o["add_s_median_mm"] for o in r["gt"]["objects"].values()]
+        pm = [o["add_s_median_mm"] for o in r["predicted"]["objects"].values()]
+        minutes = sum(float(m.group(1)) for line in r["log_stages"] if (m := re.search(r"\(([\d.]+) min this run", line)))
+        lines.append(f"| {r['real_set']} | `{Path(r['run']).name}` | **{100 * rc['detection_recall']:.1f}%** "
+                     f"({rc['instances']} instances) | {rc['median_iou']:.2f} | "
+                     f"{100 * g['add_recall']:.1f} / {100 * p['add_recall']:.1f} | "
+                     f"{100 * g['add_s_recall']:.1f} / {100 * p['add_s_recall']:.1f} | "
+                     f"{' '.join(f'{v:.0f}' for v in gm)} / {' '.join(f'{v:.0f}' for v in pm)} | {minutes:.1f} |")
+    return lines
 
 
 def fine_tuned_lines(results: list[dict]) -> list[str]:
@@ -348,12 +396,14 @@ def main(argv):
             continue
         results.append(real_set_result(real_set, obj, s, previous_json))
     lmo = lmo_result(Path(FLAGS.lmo_run), s) if FLAGS.lmo_run else None
+    real_runs = [r for real_set, obj in tables.real_set_objects(FLAGS.real_sets) if FLAGS.real_runs and obj.real_root
+                 for r in [real_bop_run_result(real_set, obj)] if r is not None]
     out.mkdir(parents=True, exist_ok=True)
     if lmo is None and FLAGS.lmo_run:
         lmo = previous_lmo_result(previous_json, FLAGS.lmo_run)
-    (out / "detector_table.json").write_text(json.dumps(common.report_paths({"real_sets": results, "lmo": lmo}),
-                                                        indent=1, default=str))
-    (out / "detector_table.md").write_text(markdown(results, lmo))
+    (out / "detector_table.json").write_text(json.dumps(common.report_paths(
+        {"real_sets": results, "lmo": lmo, "real_bop_train_runs": real_runs}), indent=1, default=str))
+    (out / "detector_table.md").write_text(markdown(results, lmo, real_runs))
     print((out / "detector_table.md").read_text())
 
 

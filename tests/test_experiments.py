@@ -227,10 +227,17 @@ def test_esac_table_trains_one_model_for_two_objects_beside_the_per_object_ones(
 
 def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_results):
     """The detector table on the quick budget: scenes of the can with distractors, its detector, the detection
-    recall on the real photos, and the per-object table's model scored with the true and the detector's boxes."""
+    recall on the real photos, and the per-object table's model scored with the true and the detector's boxes;
+    and the bop_train run of the can's models folder (make bop-train-real) scored on the same photos."""
+    from experiments.bop_train import bop_train
+
     tmp, _ = quick_results
+    can = shared_data_dir() / "ycbv_can"
+    bop_train(can / "models", tmp / "runs" / "bop_ycbv_can_quick", None, budget="quick",
+              camera=can / "test" / "000000" / "scene_camera.json", object_size_frac=(0.2, 0.8))
     cmd = [sys.executable, "-m", "experiments.detector_table", "--budget=quick", f"--out={tmp / 'results'}",
-           f"--runs_dir={tmp / 'runs'}", "--real_sets=ycbv_can", "--lmo_run="]
+           f"--runs_dir={tmp / 'runs'}", "--real_sets=ycbv_can", "--lmo_run=",
+           f"--real_runs={tmp / 'runs'}/bop_{{set}}_{{budget}}"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     folder = tmp / "runs" / "quick" / "detectors" / "ycbv_can"
@@ -262,6 +269,12 @@ def test_detector_table_scores_the_tables_pose_models_with_its_boxes(quick_resul
     assert "| ycbv_can |" in md and "| ycbv_can | direct head (per-object table) |" in md
     assert "## Fine-tuned on the complete scenes only" in md and "(seeds 0, 1) |" in md
     assert "ensemble of the seeds" in md
+    # the one command on the can's models folder, scored on its real photos with true and detector boxes
+    run_result, = json.loads((tmp / "results" / "detector_table.json").read_text())["real_bop_train_runs"]
+    assert run_result["real_set"] == "ycbv_can" and run_result["recall"]["instances"] == 20
+    assert run_result["gt"]["mean"]["instances"] == run_result["predicted"]["mean"]["instances"] == 20
+    assert (tmp / "runs" / "bop_ycbv_can_quick" / "detector" / "eval_real" / "predicted.csv").is_file()
+    assert "## One command per real set" in md and "| ycbv_can | `bop_ycbv_can_quick` |" in md
     assert str(REPO_ROOT) not in md and str(tmp) not in md
 
 
