@@ -63,9 +63,10 @@ def define_flags():
     flags.DEFINE_bool("allow_object_mismatch", False, "evaluate even if the model was trained on another mesh")
     flags.DEFINE_bool("depth", False, "coordinate head: use the test set's depth images (BOP depth/ folders): "
                       "poses by RANSAC-Kabsch on 3D-3D correspondences instead of RANSAC-PnP")
-    flags.DEFINE_enum("translation", None, ["auto", "regressed", "box"], "direct head: the translation head's "
-                      "output, or the translation that fits the model, turned by the predicted rotation, into the "
-                      "2D box; auto (the default): box with --boxes gt, regressed with the network's own boxes")
+    flags.DEFINE_enum("translation", None, ["auto", "regressed", "box", "blend"], "direct head: the translation "
+                      "head's output, the translation that fits the model, turned by the predicted rotation, into the "
+                      "2D box, or a blend of the two (pose_net/inference.py); auto (the default): box with --boxes gt, "
+                      "blend with the detector's boxes, regressed with the network's own boxes")
 
 
 def load_test_object(bop_root, obj_id: int, models_dir=None):
@@ -159,7 +160,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else \
                 (det.bbox_xywh if det is not None else None)
             t0 = time.time()
-            est = estimator.estimate(rgb, im.K, box, bop.load_depth_mm(im) if depth else None)
+            est = estimator.estimate(rgb, im.K, box, bop.load_depth_mm(im) if depth else None,
+                                     box_is_detection=det is not None)
             elapsed = time.time() - t0 + (detect_seconds if det is not None else 0.0)
             e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points)

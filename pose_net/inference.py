@@ -21,11 +21,18 @@ CONFIG_FILE = "config.json"
 EXPORT_FILE = "model.keras"
 # Where the direct head's translation comes from at inference: ``regressed`` (the thesis: its translation head),
 # ``box`` (the translation that fits the model, turned by the predicted rotation, into the 2D box the crop was made
-# from: :func:`pose_core.geometry.translation_from_box`; the regressed one where that cannot be solved), or ``auto``:
-# ``box`` when the caller gives the box, ``regressed`` when the network's own box head found it. Measured on the
-# built-in toy's renderings (docs/results/README.md): with given boxes the fit adds 4.5-6 points of ADD, with the
-# box head's boxes it loses 9 (that box is not tight enough to fix a depth).
-TRANSLATION_SOURCES = ("auto", "regressed", "box")
+# from: :func:`pose_core.geometry.translation_from_box`; the regressed one where that cannot be solved), ``blend``
+# (:data:`DETECTION_BOX_FIT_WEIGHT` times the box's plus the rest times the regressed one), or ``auto``: ``box`` when
+# the caller gives an exact box (a true one), ``blend`` when it gives a detector's, ``regressed`` when the network's
+# own box head found it. Measured on the built-in toy's renderings (docs/results/README.md): with given boxes the
+# fit adds 4.5-6 points of ADD, with the box head's boxes it loses 9 (that box is not tight enough to fix a depth).
+TRANSLATION_SOURCES = ("auto", "regressed", "box", "blend")
+# The box fit's weight in ``blend``. A detector's box is off by about 7% in size (median absolute deviation on
+# lmo_models' rendered scenes), which the fit turns into 7% of depth; the regressed translation errs on its own.
+# Chosen on a validation set of 100 rendered lmo_models scenes (seed 2000, not the test scenes) with bop_train's
+# detector, mean ADD(-S) recall: weight 0 10.5%, 0.1 10.7%, 0.25 11.5%, 0.5 9.8%, 0.75 8.7%, 1 7.8%
+# (docs/results.md, "Whole photos: the detector").
+DETECTION_BOX_FIT_WEIGHT = 0.25
 DEFAULT_TRANSLATION = "auto"
 
 
@@ -45,7 +52,7 @@ class PoseResult:
     coordinate_picture: np.ndarray | None = None
     ok: bool = True
     num_inliers: int = 0
-    translation: str = "regressed"  # where t_mm came from: regressed, box (TRANSLATION_SOURCES), ransac_pnp or
+    translation: str = "regressed"  # where t_mm came from: regressed, box, blend (TRANSLATION_SOURCES), ransac_pnp or
     # ransac_kabsch (the coordinate head with a depth image)
     t_regressed_mm: np.ndarray | None = None  # the direct head's translation head, whatever t_mm came from
     inlier_error_px: float | None = None  # coordinate head: mean reprojection error of the inliers (grid px)
@@ -168,15 +175,17 @@ class PoseEstimator:
             extent = [cols.min() / n, rows.min() / n, (cols.max() + 1.0) / n, (rows.max() + 1.0) / n]
         return param.crop_target_to_box(tf.constant([extent], tf.float32), c, s).numpy()[0].astype(np.float64)
 
-    def estimate(self, image: np.ndarray, K: np.ndarray, bbox_xywh=None, depth_mm: np.ndarray | None = None
-                 ) -> PoseResult:
+    def estimate(self, image: np.ndarray, K: np.ndarray, bbox_xywh=None, depth_mm: np.ndarray | None = None,
+                 box_is_detection: bool = False) -> PoseResult:
         """Pose in one RGB image ``[H, W, 3]`` (uint8) with intrinsics ``K [3, 3]``.
 
         ``bbox_xywh``: a 2D box of the object (pixels) to crop around; ``None`` finds it first with the network's
         own box head (the coordinate head: the extent of its mask) on the whole image (or uses the whole image in
-        ``full`` input mode). ``depth_mm`` ``[H, W]`` (z-depth in mm, 0 = none; coordinate head only): the pose
-        comes from 3D-3D correspondences by RANSAC-Kabsch (:func:`pose_net.coordinates.solve_pose_rgbd`) instead of
-        RANSAC-PnP; ``inlier_error_px`` is then None.
+        ``full`` input mode). ``box_is_detection``: the box is a detector's, not a true one (the ``auto``
+        translation then blends the box fit with the regressed translation, :data:`DETECTION_BOX_FIT_WEIGHT`).
+        ``depth_mm`` ``[H, W]`` (z-depth in mm, 0 = none; coordinate head only): the pose comes from 3D-3D
+        correspondences by RANSAC-Kabsch (:func:`pose_net.coordinates.solve_pose_rgbd`) instead of RANSAC-PnP;
+        ``inlier_error_px`` is then None.
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
@@ -236,11 +245,13 @@ class PoseEstimator:
         R, t = R.numpy()[0].astype(np.float64), t.numpy()[0].astype(np.float64)
         ok, source, t_regressed = True, self.translation, t
         if source == "auto":
-            source = "box" if bbox_xywh is not None else "regressed"
-        if source == "box" and self.config.get("input_mode", "roi") == "roi":
+            source = "regressed" if bbox_xywh is None else "blend" if box_is_detection else "box"
+        if source in ("box", "blend") and self.config.get("input_mode", "roi") == "roi":
             from pose_core.geometry import translation_from_box
 
             t, ok = translation_from_box(self.points_mm, R, box, K, t, image.shape[:2])
+            if source == "blend":
+                t = DETECTION_BOX_FIT_WEIGHT * t + (1.0 - DETECTION_BOX_FIT_WEIGHT) * t_regressed
         else:
             source = "regressed"
         return PoseResult(R, t, np.asarray(box, np.float64), predicted_box, ok=ok, translation=source,

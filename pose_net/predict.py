@@ -38,9 +38,10 @@ def define_flags():
     flags.DEFINE_string("out", None, "overlay picture to write")
     flags.DEFINE_string("detector", None, "detector folder (pose_net.detector); default M/detector when it exists")
     flags.DEFINE_integer("max_per_object", 1, "with a detector: poses of at most this many instances per object")
-    flags.DEFINE_enum("translation", None, ["auto", "regressed", "box"], "direct head: the translation head's "
-                      "output, or the translation that fits the model, turned by the predicted rotation, into the "
-                      "2D box; auto (the default): box when --box is given, regressed otherwise")
+    flags.DEFINE_enum("translation", None, ["auto", "regressed", "box", "blend"], "direct head: the translation "
+                      "head's output, the translation that fits the model, turned by the predicted rotation, into the "
+                      "2D box, or a blend of the two (pose_net/inference.py); auto (the default): box when --box is "
+                      "given, blend with the detector's boxes, regressed otherwise")
 
 
 def load_camera(path, image_hw=None) -> np.ndarray:
@@ -168,7 +169,7 @@ def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=N
             if d.obj_id not in estimators:
                 estimators[d.obj_id] = PoseEstimator(folder, translation=translation)
             e = estimators[d.obj_id]
-            est = e.estimate(image, K, d.bbox_xywh)
+            est = e.estimate(image, K, d.bbox_xywh, box_is_detection=True)
             entry = {"obj_id": d.obj_id, "score": round(d.score, 4), "bbox_xywh": est.bbox_xywh.tolist(),
                      "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "translation": est.translation}
             if e.head == "coords":

@@ -201,7 +201,8 @@ def test_clear_errors_for_predict_inputs(tmp_path):
 def test_translation_from_the_box_fits_the_model_into_the_box():
     """``translation="box"``: the returned translation is :func:`translation_from_box`'s for the network's own
     rotation, the box the crop was made from and the regressed translation as the start; the rotation is the
-    network's either way; ``auto`` fits given boxes only; an unknown source is named."""
+    network's either way; ``auto`` fits given boxes only, and blends a detector's box fit with the regressed
+    translation; an unknown source is named."""
     import keras
 
     from pose_core.geometry import translation_from_box
@@ -228,5 +229,14 @@ def test_translation_from_the_box_fits_the_model_into_the_box():
     np.testing.assert_allclose(fitted.t_mm, expected)
     np.testing.assert_allclose(fitted.t_regressed_mm, regressed.t_mm)  # kept beside it, for the thesis' figure
     assert np.linalg.norm(fitted.t_mm - regressed.t_mm) > 1.0  # an untrained head's translation is not the box's
+    # a detector's box: auto blends the fit with the regressed translation (the fit is only as good as the box)
+    from pose_net.inference import DETECTION_BOX_FIT_WEIGHT
+
+    blended = auto.estimate(image, K, box, box_is_detection=True)
+    assert blended.translation == "blend" and 0.0 < DETECTION_BOX_FIT_WEIGHT < 1.0
+    np.testing.assert_allclose(blended.t_mm, DETECTION_BOX_FIT_WEIGHT * fitted.t_mm
+                               + (1 - DETECTION_BOX_FIT_WEIGHT) * regressed.t_mm, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(PoseEstimator(model=model, config=config, translation="blend").estimate(
+        image, K, box).t_mm, blended.t_mm, rtol=1e-5, atol=1e-4)
     with pytest.raises(PoseInputError, match="unknown translation source"):
         PoseEstimator(model=model, config=config, translation="depth")
