@@ -43,7 +43,8 @@ from pose_net.evaluate import report_path
 
 flags.DEFINE_list("real_sets", list(common.REAL_SETS), "real sets of ../shared/data")
 flags.DEFINE_string("lmo_run", "runs/bop_lmo_cpu", "an experiments.bop_train run of lmo_models ('' to skip)")
-flags.DEFINE_string("real_runs", "runs/bop_{set}_{budget}", "the experiments.bop_train runs of the real sets' models folders (make bop-train-real), {set} and {budget} filled in ('' to skip)")
+flags.DEFINE_string("real_runs", "runs/bop_{set}_{budget}", "the experiments.bop_train runs of the real sets' "
+                    "models folders (make bop-train-real), {set} and {budget} filled in ('' to skip)")
 FLAGS = tables.FLAGS
 # scenes per randomization mode and detector epochs. Many fresh scenes and few epochs: the head on cached features
 # learns the renderings by heart (on 100 held-out rendered box scenes, recall 66% after 40 epochs against 74.5% after
@@ -332,14 +333,16 @@ def real_runs_lines(real_runs: list[dict]) -> list[str]:
              "that mesh would run it; then `pose_net.evaluate --obj_id all` on the real photos with the true boxes "
              "and with the run's detector. Recall at 10% of the diameter; a missed object counts as a wrong pose. The "
              "runs are the folders of `--real_runs` (`runs/bop_<set>_<budget>` by default; the JSON names each).", "",
-             "| set | run | detection recall (IoU 0.5) | median IoU | ADD true / detector boxes | ADD-S true / detector "
-             "boxes | median ADD-S mm, true / detector boxes | wall time (min) |", "|---|---|---|---|---|---|---|---|"]
+             "| set | run | detection recall (IoU 0.5) | median IoU | ADD true / detector boxes | "
+             "ADD-S true / detector boxes | median ADD-S mm, true / detector boxes | wall time (min) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in real_runs:
         rc = r["recall"]
         g, p = r["gt"]["mean"], r["predicted"]["mean"]
         gm = [o["add_s_median_mm"] for o in r["gt"]["objects"].values()]
         pm = [o["add_s_median_mm"] for o in r["predicted"]["objects"].values()]
-        minutes = sum(float(m.group(1)) for line in r["log_stages"] if (m := re.search(r"\(([\d.]+) min this run", line)))
+        minutes = sum(float(m.group(1)) for line in r["log_stages"]
+                      if (m := re.search(r"\(([\d.]+) min this run", line)))
         lines.append(f"| {r['real_set']} | `{Path(r['run']).name}` | **{100 * rc['detection_recall']:.1f}%** "
                      f"({rc['instances']} instances) | {rc['median_iou']:.2f} | "
                      f"{100 * g['add_recall']:.1f} / {100 * p['add_recall']:.1f} | "
@@ -389,15 +392,15 @@ def main(argv):
     s = BUDGETS[FLAGS.budget]
     out = Path(FLAGS.out)
     previous_json = out / "detector_table.json"  # read before it is overwritten: rows to carry over
-    results = []
+    results, real_runs = [], []
     for real_set, obj in tables.real_set_objects(FLAGS.real_sets):
         if obj.real_root is None:
             print(f"{real_set}: {obj.note}: no real photos to detect in, left out")
             continue
         results.append(real_set_result(real_set, obj, s, previous_json))
+        if FLAGS.real_runs and (run := real_bop_run_result(real_set, obj)) is not None:
+            real_runs.append(run)
     lmo = lmo_result(Path(FLAGS.lmo_run), s) if FLAGS.lmo_run else None
-    real_runs = [r for real_set, obj in tables.real_set_objects(FLAGS.real_sets) if FLAGS.real_runs and obj.real_root
-                 for r in [real_bop_run_result(real_set, obj)] if r is not None]
     out.mkdir(parents=True, exist_ok=True)
     if lmo is None and FLAGS.lmo_run:
         lmo = previous_lmo_result(previous_json, FLAGS.lmo_run)
