@@ -7,6 +7,7 @@ Every step is skipped when its output is already complete, so an experiment star
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -82,14 +83,47 @@ def run(cmd: list[str], log: Path | None = None) -> None:
     print(f"  done in {time.time() - t0:.0f} s", flush=True)
 
 
-def cached_json(path: Path, compute) -> dict:
+INPUTS_SUFFIX = ".inputs.json"  # beside a cached result: the fingerprint of the files it was computed from
+
+
+def inputs_fingerprint(inputs, base: Path) -> dict[str, list[int]]:
+    """``{path relative to base: [size in bytes, modification time in ns]}`` of the files ``inputs`` names; a
+    folder stands for the files directly inside it (a model folder: its config and exported network; its
+    subfolders, such as evaluations written into it, are not inputs). A missing path is recorded as ``[-1, -1]``."""
+    files = []
+    for p in map(Path, inputs):
+        files += sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
+    out = {}
+    for f in files:
+        st = f.stat() if f.is_file() else None
+        out[os.path.relpath(f, base)] = [st.st_size, st.st_mtime_ns] if st else [-1, -1]
+    return out
+
+
+def cached_json(path: Path, compute, inputs=()) -> dict:
     """The JSON in ``path`` when it exists, else ``compute()``'s result written there (a table's finished
-    evaluations are kept and reused, so a rerun goes on where it stopped)."""
+    evaluations are kept and reused, so a rerun goes on where it stopped).
+
+    ``inputs``: the files or folders (:func:`inputs_fingerprint`) the result is computed from, such as the model
+    folders an evaluation runs: their fingerprint is kept beside the result (``NAME.inputs.json``), and a cached
+    result whose inputs changed since (a model trained again) is computed again. A cached result without that file
+    (written before fingerprints were kept) is taken as computed from the inputs as they are now."""
+    path = Path(path)
+    record = path.with_name(path.stem + INPUTS_SUFFIX)
+    fingerprint = inputs_fingerprint(inputs, path.parent)
     if path.is_file():
-        return json.loads(path.read_text())
+        if not inputs:
+            return json.loads(path.read_text())
+        if not record.is_file():
+            record.write_text(json.dumps(fingerprint, indent=1))
+        if json.loads(record.read_text()) == fingerprint:
+            return json.loads(path.read_text())
+        print(f"{path}: its inputs changed since it was computed; computing it again", flush=True)
     result = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
+    if inputs:
+        record.write_text(json.dumps(fingerprint, indent=1))
     return result
 
 

@@ -70,6 +70,14 @@ DISTRACTORS = common.SHARED_DATA / "lmo_models"
 OBJECT_SIZE_FRAC = (0.2, 0.8)
 
 
+def detector_files(detector_dir: Path) -> list[Path]:
+    """What a detector's results are computed from (``inputs`` of :func:`experiments.common.cached_json`): its
+    config and network, not the evaluations kept in its folder."""
+    from pose_net import detector as det
+
+    return [Path(detector_dir) / det.DETECTOR_CONFIG, Path(detector_dir) / det.DETECTOR_MODEL]
+
+
 def pose_models(obj: common.TestObject) -> list[tuple[str, Path]]:
     """``(label, model folder)`` of the other tables' models of ``obj`` (those not trained yet are left out)."""
     direct = tables.Cell(obj, "complete", FLAGS.projection_weight)
@@ -98,12 +106,14 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict, previous_jso
             keep_feature_cache=True, label=real_set)  # (the cache: other epochs or heads later, no backbone again)
     config = json.loads((detector_dir / det.DETECTOR_CONFIG).read_text())
     detector = det.Detector(detector_dir)
-    recall = common.cached_json(folder / "detection_recall.json", lambda: det.detection_recall(detector, obj.real_root))
+    recall = common.cached_json(folder / "detection_recall.json", lambda: det.detection_recall(detector, obj.real_root),
+                                inputs=detector_files(detector_dir))
     features = cached_features(detector_dir)
     # the same head trained on the complete-mode scenes only (no real backgrounds), from the same cached features
     variant_dir = train_complete_only(folder / "detector_complete_only", folder, config, obj, features, s["epochs"])
     recall_complete = common.cached_json(folder / "detection_recall_complete_only.json",
-                             lambda: det.detection_recall(det.Detector(variant_dir), obj.real_root))
+                                         lambda: det.detection_recall(det.Detector(variant_dir), obj.real_root),
+                                         inputs=detector_files(variant_dir))
     fine_tuned = fine_tuned_variants(folder, config, obj, features, s)
     ensemble = fine_tuned_ensemble(folder, obj, s)
     poses = []
@@ -112,8 +122,10 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict, previous_jso
         for boxes in ("gt", "predicted"):
             name = f"eval_{model.parent.name}_{boxes}"
             row[boxes] = common.cached_json(folder / name / "metrics.json",
-                                lambda: evaluate(model, obj.real_root, obj.obj_id, boxes, report_dir=folder / name,
-                                                 detector=detector))
+                                            lambda: evaluate(model, obj.real_root, obj.obj_id, boxes,
+                                                             report_dir=folder / name, detector=detector),
+                                            inputs=[model] + (detector_files(detector_dir) if boxes == "predicted"
+                                                              else []))
         poses.append(row)
     if not poses and previous_json is not None:
         poses = previous_pose_rows(previous_json, real_set)
@@ -175,7 +187,8 @@ def fine_tuned_variants(folder: Path, config: dict, obj: common.TestObject, feat
         variant_dir = train_complete_only(folder / f"detector_complete_fine_tuned_seed{seed}", folder, config, obj,
                                           features, s["fine_tuned_epochs"], seed=seed, fine_tune_stages=1)
         recall = common.cached_json(folder / f"detection_recall_{variant_dir.name}.json",
-                                    lambda: det.detection_recall(det.Detector(variant_dir), obj.real_root))
+                                    lambda: det.detection_recall(det.Detector(variant_dir), obj.real_root),
+                                    inputs=detector_files(variant_dir))
         cfg = json.loads((variant_dir / det.DETECTOR_CONFIG).read_text())
         out.append({"seed": seed, "epochs": cfg["epochs"], "images": cfg["images"],
                     "seconds_training": cfg["seconds_training"], "recall": recall})
@@ -195,7 +208,8 @@ def fine_tuned_ensemble(folder: Path, obj: common.TestObject, s: dict) -> dict |
     det.ensemble_detectors([folder / f"detector_complete_fine_tuned_seed{seed}" for seed in s["fine_tuned_seeds"]],
                            out, rebuild_other=True)
     recall = common.cached_json(out / "detection_recall.json",
-                                lambda: det.detection_recall(det.Detector(out), obj.real_root))
+                                lambda: det.detection_recall(det.Detector(out), obj.real_root),
+                                inputs=detector_files(out))
     return {"seeds": list(s["fine_tuned_seeds"]), "recall": recall}
 
 
@@ -216,22 +230,29 @@ def bop_run_result(run: Path, test_root: Path, eval_name: str, make_target: str,
     """A finished bop_train run (its detector and pose models) scored on the BOP folder ``test_root``: the
     detector's recall, and every object's pose with the true boxes (``RUN/<eval_name>/``) and with the detector's
     (``RUN/detector/<eval_name>/``: what the detector decides goes with it when it is retrained). None, with a line
-    saying so, when the run is not finished."""
+    saying so, when the run is not finished. Each figure is kept (``cached_json``) until the detector or a pose
+    model it came from is trained again."""
     from pose_net import detector as det
     from pose_net.evaluate import evaluate_all
+    from pose_net.inference import MODEL_SET_FILE
 
-    if not (run / "objects.json").is_file() or not (run / det.DETECTOR_SUBDIR / det.DETECTOR_CONFIG).is_file():
+    if not (run / MODEL_SET_FILE).is_file() or not (run / det.DETECTOR_SUBDIR / det.DETECTOR_CONFIG).is_file():
         print(f"{run}: no finished bop_train run with a detector ({make_target}): the {what} is left out")
         return None
     folder = run / eval_name
     detector_folder = run / det.DETECTOR_SUBDIR / eval_name
+    detector = detector_files(run / det.DETECTOR_SUBDIR)
     recall = common.cached_json(detector_folder / "detection_recall.json",
-                                lambda: det.detection_recall(det.Detector(run / det.DETECTOR_SUBDIR), test_root))
+                                lambda: det.detection_recall(det.Detector(run / det.DETECTOR_SUBDIR), test_root),
+                                inputs=detector)
+    models = [run / MODEL_SET_FILE] + [run / name for name in
+                                       json.loads((run / MODEL_SET_FILE).read_text())["objects"].values()]
     out = {"run": report_path(run), "test_set": report_path(test_root), "recall": recall,
            "bop_train": json.loads((run / "bop_train.json").read_text())}
     for boxes, where in (("gt", folder), ("predicted", detector_folder)):
         out[boxes] = common.cached_json(where / f"{boxes}.json", lambda: evaluate_all(
-            run, test_root, boxes, csv_path=where / f"{boxes}.csv", report_dir=where / boxes))
+            run, test_root, boxes, csv_path=where / f"{boxes}.csv", report_dir=where / boxes),
+            inputs=models + (detector if boxes == "predicted" else []))
     log = run / "bop_train.log"
     out["log_stages"] = [line for line in log.read_text().splitlines() if "done in" in line or " min this run" in line
                          ] if log.is_file() else []  # each stage's wall time, of every (resumed) run

@@ -115,7 +115,7 @@ def esac_results(root: Path, test_sets: list[tuple[str, str, int, Path]]) -> dic
                                          report_dir=model_dir / "eval" / f"{kind}_{key}",
                                          num_pictures=tables.sizes()["num_pictures"])
                 out[(stage, mode, kind, key)] = common.cached_json(model_dir / "eval" / f"{kind}_{key}_{mode}.json",
-                                                                compute)
+                                                                compute, inputs=[model_dir])
         keras.backend.clear_session()
     return out
 

@@ -359,3 +359,35 @@ def test_crop_enlarge_is_recorded_in_the_cells_and_passed_to_training():
                               env=subprocess_env(), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert json.loads(proc.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_a_cached_result_is_computed_again_when_the_models_it_came_from_change(tmp_path):
+    """experiments.common.cached_json with ``inputs``: a table's cached evaluation is reused while its model
+    folders are as they were, and computed again once a model is trained again (here: its files rewritten); a
+    subfolder of a model folder (evaluations kept there) is no input; a cache from before fingerprints is adopted."""
+    from experiments import common
+
+    model = tmp_path / "obj_000001"
+    (model / "eval").mkdir(parents=True)
+    (model / "model.keras").write_text("weights")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"evaluations": len(calls)}
+
+    path = tmp_path / "eval_real" / "gt.json"
+    assert common.cached_json(path, compute, inputs=[model]) == {"evaluations": 1}
+    assert common.cached_json(path, compute, inputs=[model]) == {"evaluations": 1}
+    (model / "eval" / "metrics.json").write_text("{}")
+    assert common.cached_json(path, compute, inputs=[model]) == {"evaluations": 1}
+    (model / "model.keras").write_text("weights trained again")
+    assert common.cached_json(path, compute, inputs=[model]) == {"evaluations": 2}
+    record = path.with_name("gt" + common.INPUTS_SUFFIX)
+    assert json.loads(record.read_text()) == common.inputs_fingerprint([model], path.parent)
+    assert all(not k.startswith("/") for k in json.loads(record.read_text()))  # no machine's folder in it
+    record.unlink()  # written before fingerprints were kept: taken as computed from the models as they are
+    assert common.cached_json(path, compute, inputs=[model]) == {"evaluations": 2} and record.is_file()
+    (model / "model.keras").unlink()
+    assert common.cached_json(path, compute, inputs=[model]) == {"evaluations": 3}
+    assert common.cached_json(path, compute) == {"evaluations": 3}  # without inputs: kept whatever happens
