@@ -414,14 +414,15 @@ def training_camera(K, width: int, height: int) -> dict:
 def render_training_scenes(models_dir, out, obj_ids: list[int], num_images: int, camera: dict, mode: str,
                            seed: int, objects_per_image=(1, 4), backgrounds=None, exclude_obj_ids=(), log=None,
                            distractors_dir=None, object_size_frac=None, texture_photos=None, poses=None,
-                           occluder_share=None):
+                           occluder_share=None, part_material_share=None):
     """Renders (or finishes) one folder of training scenes at ``camera`` (:func:`training_camera`), ``render.scenes``
     in a subprocess; returns the folder. ``distractors_dir``: a models folder of other objects shown unannotated
     (without them the object is the only rendered thing on a real background, and a detector learns to find
     whatever looks rendered); ``object_size_frac``: its projected diameter over the shorter image side, ``(min,
     max)`` (default render.scenes'); ``texture_photos``: a folder of photos that random appearances cut textures
     from (``render.scenes --texture_photos``; ``exclude_obj_ids`` applies); ``poses``: ``render.scenes --poses``
-    (None: its default, uniform on SO(3)); ``occluder_share``: ``render.scenes --occluder_share`` (None: none)."""
+    (None: its default, uniform on SO(3)); ``occluder_share``: ``render.scenes --occluder_share`` (None: none);
+    ``part_material_share``: ``render.scenes --part_material_share`` (None: none)."""
     from render.scenes import render_scenes_in_subprocess
 
     out = Path(out)
@@ -433,7 +434,7 @@ def render_training_scenes(models_dir, out, obj_ids: list[int], num_images: int,
         randomization=mode, seed=seed, backgrounds=backgrounds, exclude_obj_ids=list(exclude_obj_ids) or None,
         objects_per_image=(objects_per_image[0], min(objects_per_image[1], len(obj_ids))),
         distractors_dir=distractors_dir, object_size_frac=object_size_frac, texture_photos=texture_photos,
-        poses=poses, occluder_share=occluder_share or None)
+        poses=poses, occluder_share=occluder_share or None, part_material_share=part_material_share or None)
 
 
 def list_training_images(roots, obj_ids: list[int] | None) -> tuple[list, list[int]]:
@@ -670,7 +671,8 @@ def train_detector_ensemble(scene_roots, out, obj_ids: list[int] | None, seeds, 
 def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs: dict, scenes_per_mode: int, K,
                                  width: int, height: int, epochs: int, seed: int = 0, backgrounds=None,
                                  exclude_obj_ids=(), distractors_dir=None, object_size_frac=None, texture_photos=None,
-                                 poses=None, occluder_share=None, render_log=None, progress: bool = True,
+                                 poses=None, occluder_share=None, part_material_share=None, render_log=None,
+                                 progress: bool = True,
                                  keep_feature_cache: bool = False, label: str = "detector",
                                  fine_tune_stages: int = 0, training_seeds=(0,), say=None) -> dict:
     """Renders ``scenes_per_mode`` training scenes of ``obj_ids`` into each folder of ``scene_dirs`` (randomization
@@ -691,7 +693,8 @@ def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs
                                             backgrounds=backgrounds, exclude_obj_ids=exclude_obj_ids, log=render_log,
                                             distractors_dir=distractors_dir, object_size_frac=object_size_frac,
                                             texture_photos=texture_photos, poses=poses,
-                                            occluder_share=occluder_share))
+                                            occluder_share=occluder_share,
+                                            part_material_share=part_material_share))
     training_seeds = list(training_seeds)
     say(f"{label}: training on {len(roots)} scene folders ({epochs} epochs, "
         f"{fine_tune_stages} backbone stage(s) trained, seed(s) {', '.join(map(str, training_seeds))})")

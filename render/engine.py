@@ -63,15 +63,17 @@ def spherical_uv(vertices: np.ndarray) -> np.ndarray:
     return np.stack([u * 3.0, v * 2.0], axis=1)  # a few repeats: textures show at object scale
 
 
-def random_material_primitive(mesh):
+def random_material_primitive(mesh, faces=None):
     """A pyrender primitive of ``mesh`` (in metres) with generated texture coordinates (:func:`spherical_uv`), for
-    random materials (:func:`material` is assigned to its ``material`` per image)."""
+    random materials (:func:`material` is assigned to its ``material`` per image). ``faces``: the indices of the
+    faces it draws (a part of the model, :func:`render.scenes.model_parts`); None: all."""
     import pyrender
 
+    indices = np.asarray(mesh.faces if faces is None else np.asarray(mesh.faces)[faces], np.uint32)
     return pyrender.Primitive(
         positions=np.asarray(mesh.vertices, np.float32), normals=np.asarray(mesh.vertex_normals, np.float32),
         texcoord_0=spherical_uv(np.asarray(mesh.vertices)).astype(np.float32),
-        indices=np.asarray(mesh.faces, np.uint32), material=pyrender.MetallicRoughnessMaterial())
+        indices=indices, material=pyrender.MetallicRoughnessMaterial())
 
 
 def can_cull_back_faces(mesh) -> bool:

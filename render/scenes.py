@@ -3,7 +3,7 @@
     python -m render.scenes --models_dir DIR --out BOP_ROOT [--obj_ids 1,5,6|all] [--num_images 100]
         [--camera CAMERA.json] [--objects_per_image 2,5] [--randomization complete] [--backgrounds DIR]
         [--exclude_obj_ids 10] [--distractors_dir MODELS] [--object_size_frac 0.15,0.5] [--seed 0]
-        [--poses uniform|resting] [--occluder_share 0.5] [--split test] [--scene_id 0]
+        [--poses uniform|resting] [--occluder_share 0.5] [--part_material_share 0.5] [--split test] [--scene_id 0]
 
 Each image shows 2-5 (``--objects_per_image``) different objects of a BOP models folder at the test camera's
 intrinsics and image size (``--camera``: a JSON with ``cam_K`` and ``width``/``height``, or a BOP
@@ -13,7 +13,8 @@ uniformly on SO(3) (or resting on a table: ``--poses resting``), with the random
 (render/modes.py: background, object appearance, lights, noise; each object gets its own appearance).
 ``--distractors_dir``: 0-3 objects of another BOP models folder per image, rendered like the others but not
 annotated (the other things a photo holds, for detectors); ``--occluder_share``: the chance that one of them stands
-in front of an object and hides part of it.
+in front of an object and hides part of it. ``--part_material_share``: the chance that each end of an object with a
+random appearance (:func:`model_parts`: a lid, a base, a box's side) wears a random material of its own.
 
 Written (BOP layout, the same as real test sets, so ``pose_net.evaluate`` and detectors read both):
 
@@ -62,6 +63,7 @@ FLUSH_EVERY = 10  # images between rewrites of the scene's JSON files (what a ki
 SCENE_INFO = "scenes.json"  # what the folder was made with (the refusal of a different run)
 # The random streams of a scene image (render/randomize.py's STREAM_* numbers stay those of single-object data).
 STREAM_LAYOUT, STREAM_BACKGROUND, STREAM_LIGHT, STREAM_NOISE, STREAM_APPEARANCE, STREAM_DISTRACTORS = range(100, 106)
+STREAM_PARTS = 106  # the parts' own materials (SceneRanges.part_material_share)
 
 
 class SceneError(PoseInputError):
@@ -76,9 +78,40 @@ class SceneRanges:
     objects_per_image: tuple = (2, 5)  # inclusive
     distractors_per_image: tuple = (0, 3)  # inclusive, when distractor models are given
     occluder_share: float = 0.0  # the chance that a distractor stands in front of an object (_place_in_front)
+    part_material_share: float = 0.0  # the chance that each end part of an object wears its own material
     poses: str = "uniform"  # one of POSE_MODES
     camera_elevation_deg: tuple = (10.0, 70.0)  # "resting": the camera's angle above the table plane
     camera_roll_deg: float = 10.0  # "resting": the camera turned about its axis by at most this, either way
+
+
+# The end parts of a model (model_parts): the faces whose centre lies in the outer PART_END_SHARE of the model's extent
+# along one of its axes, at either end. Real objects are seldom one material: a can's metal lid and base around its
+# label, a box's lighter top above its printed front. A detector trained on objects of one random material each
+# learns that an object ends where its material does; on the real can its boxes stop short of the unprinted base
+# (14% short, docs/results.md).
+PART_END_SHARE = 0.15
+PART_AXES = (2, 0, 1)  # the order a face in two ends is given to one: z first (BOP's symmetry axis: a can's lid)
+
+
+def model_parts(vertices_mm: np.ndarray, faces: np.ndarray) -> list[np.ndarray]:
+    """The faces of a model split into parts: ``[core, end, end, ...]``, each an array of face indices (empty
+    parts left out, the core first, possibly empty too). An end holds the faces whose centre is within
+    :data:`PART_END_SHARE` of the model's extent from its bounding box's low or high side along an axis
+    (:data:`PART_AXES` in order; a face is in the first end it falls in); the core is the rest. A model's faces
+    lie on its surface, so most fall in some end: a cylinder along z gives its lid and base (caps and the side's
+    outer bands) and four sides, a box its six faces, and the core is empty or small."""
+    v = np.asarray(vertices_mm, np.float64)
+    f = np.asarray(faces, np.int64)
+    centre = v[f].mean(axis=1)
+    lo, hi = v.min(axis=0), v.max(axis=0)
+    frac = (centre - lo) / np.maximum(hi - lo, 1e-9)
+    label = np.zeros(len(f), np.int64)  # 0: core
+    k = 0
+    for axis in PART_AXES:
+        for end in (frac[:, axis] < PART_END_SHARE, frac[:, axis] > 1.0 - PART_END_SHARE):
+            k += 1
+            label[(label == 0) & end] = k
+    return [np.flatnonzero(label == 0)] + [idx for j in range(1, k + 1) if len(idx := np.flatnonzero(label == j))]
 
 
 # How objects are rotated: "uniform" on SO(3) (every view equally likely), or "resting" on a table (one face of the
@@ -185,6 +218,9 @@ class SceneSampler:
         self.distractors = list(distractors)
         self.axes, self.seed, self.ranges, self.look, self.photos = mode_axes(mode), seed, ranges, look, list(photos)
         self.texture_photos = list(texture_photos)
+        # per model (objects, then distractors): its parts' faces, when parts may wear their own materials
+        self.parts = ([model_parts(m.mesh.vertices, m.mesh.faces) for m in self.models + self.distractors]
+                      if ranges.part_material_share > 0 else [])
         if self.axes["background"] == "real" and not self.photos:
             raise SceneError("randomization real_background needs background photos (--backgrounds)")
 
@@ -220,6 +256,14 @@ class SceneSampler:
         for inst in instances + distractors:  # the distractors' after the objects': those stay as they were
             inst["appearance"] = (rz.object_appearance(rng_app, self.look, texture_photos=self.texture_photos)
                                   if self.axes["object"] == "random" else "own")
+        if self.parts:  # their own stream, drawn only when asked: scenes without parts stay as they were
+            rng_parts = rz.sample_rng(self.seed, index, STREAM_PARTS)
+            share = self.ranges.part_material_share
+            for inst in instances + distractors:
+                if inst["appearance"] != "own":  # per end part (not the core): its own material, or None
+                    inst["part_appearances"] = [
+                        rz.object_appearance(rng_parts, self.look, texture_photos=self.texture_photos)
+                        if rng_parts.uniform() < share else None for _ in self.parts[inst["model"]][1:]]
         centre_m = np.mean([i["t_mm"] for i in instances], axis=0) * MM
         light = (rz.sample_lights(rz.sample_rng(self.seed, index, STREAM_LIGHT), centre_m, self.look)
                  if self.axes["light"] == "random" else rz.FIXED_LIGHT)
@@ -280,16 +324,17 @@ class SceneRenderer:
 
         self.sampler = sampler
         self.scene = pyrender.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.3, 0.3, 0.3])
-        self.nodes = []  # per model: (own node, random node, random primitive)
+        self.nodes = []  # per model: (own node, random node, random primitives: the whole, or one per part)
         cull_all = True
-        for m in sampler.models + sampler.distractors:
+        for k, m in enumerate(sampler.models + sampler.distractors):
             mesh = m.mesh.copy()
             mesh.apply_scale(MM)
             own = self.scene.add(pyrender.Mesh.from_trimesh(mesh, smooth=not _is_textured(mesh)))
-            prim = random_material_primitive(mesh)
-            rand = self.scene.add(pyrender.Mesh([prim]))
+            prims = ([random_material_primitive(mesh, faces) if len(faces) else None for faces in sampler.parts[k]]
+                     if sampler.parts else [random_material_primitive(mesh)])  # (None: an empty core)
+            rand = self.scene.add(pyrender.Mesh([prim for prim in prims if prim is not None]))
             own.mesh.is_visible = rand.mesh.is_visible = False
-            self.nodes.append((own, rand, prim))
+            self.nodes.append((own, rand, prims))
             cull_all &= can_cull_back_faces(mesh)
         self.lights = LightRig(self.scene)
         add_opencv_camera(self.scene, sampler.K)
@@ -311,10 +356,14 @@ class SceneRenderer:
             own.mesh.is_visible = rand.mesh.is_visible = False
         shown = p["instances"] + p.get("distractors", [])
         for inst in shown:
-            own, rand, prim = self.nodes[inst["model"]]
+            own, rand, prims = self.nodes[inst["model"]]
             node = own if inst["appearance"] == "own" else rand
             if inst["appearance"] != "own":
-                prim.material = material(inst["appearance"])
+                body = material(inst["appearance"])
+                parts = inst.get("part_appearances") or []
+                for prim, app in zip(prims, [None] + parts):  # the core (or the whole), then the ends
+                    if prim is not None:
+                        prim.material = body if app is None else material(app)
             self.scene.set_pose(node, pose_matrix(inst["R"], inst["t_mm"] * MM))
             self._show(inst, True)
         self.lights.set(p["light"])
@@ -356,7 +405,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
                   objects_per_image: tuple = SceneRanges.objects_per_image, backgrounds: str | None = None,
                   progress: bool = True, exclude_obj_ids=(), distractors_dir=None,
                   object_size_frac: tuple = SceneRanges.object_size_frac, texture_photos: str | None = None,
-                  poses: str = SceneRanges.poses, occluder_share: float = SceneRanges.occluder_share) -> Path:
+                  poses: str = SceneRanges.poses, occluder_share: float = SceneRanges.occluder_share,
+                  part_material_share: float = SceneRanges.part_material_share) -> Path:
     """Renders (or finishes) a BOP folder of scene images; returns its root. See the module docstring.
     ``exclude_obj_ids``: background photos that show these objects (``objects_in_frame.json`` of
     ``backgrounds``) are left out, so a photo of the test object cannot leak into its training scenes.
@@ -366,7 +416,9 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
     ``texture_photos``: a folder of photos (``exclude_obj_ids`` applies to it too) that random object appearances
     cut textures from (:func:`render.randomize.object_appearance`): real print on untextured models. ``poses``:
     one of :data:`POSE_MODES` (objects and distractors alike). ``occluder_share``: the chance that a distractor
-    stands in front of an object and hides part of it (:meth:`SceneSampler._place_in_front`)."""
+    stands in front of an object and hides part of it (:meth:`SceneSampler._place_in_front`).
+    ``part_material_share``: the chance that each end part of an object or distractor with a random appearance
+    (:func:`model_parts`) wears a random material of its own."""
     from PIL import Image
 
     if num_images < 1:
@@ -404,6 +456,10 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
         raise SceneError("--occluder_share puts distractors in front of the objects: give --distractors_dir")
     if occluder_share:  # (recorded only when given, likewise)
         wanted["occluder_share"] = float(occluder_share)
+    if not 0.0 <= part_material_share <= 1.0:
+        raise SceneError(f"--part_material_share must be in [0, 1], got {part_material_share}")
+    if part_material_share:  # (recorded only when given, likewise)
+        wanted["part_material_share"] = float(part_material_share)
     if texture_photos:  # (recorded only when given, likewise)
         wanted["texture_photos_exclude_obj_ids"] = sorted(int(i) for i in exclude_obj_ids)
     info_path = out / SCENE_INFO
@@ -422,7 +478,8 @@ def render_scenes(models_dir, out, obj_ids: list[int] | None = None, num_images:
               else [])
     sampler = SceneSampler(models, K, width, height, mode, seed,
                            SceneRanges(objects_per_image=(lo, hi), object_size_frac=(lo_s, hi_s), poses=poses,
-                                       occluder_share=float(occluder_share)),
+                                       occluder_share=float(occluder_share),
+                                       part_material_share=float(part_material_share)),
                            photos=photos,
                            distractors=distractors,
                            texture_photos=photo_list(texture_photos, "--texture_photos") if texture_photos else [])
@@ -528,6 +585,9 @@ def define_flags():
                       "resting on a table (a bounding-box face down, the table seen from 10-70 degrees above)")
     flags.DEFINE_float("occluder_share", SceneRanges.occluder_share, "the chance that a distractor is put in front "
                        "of an object, hiding part of it (needs --distractors_dir)")
+    flags.DEFINE_float("part_material_share", SceneRanges.part_material_share, "the chance that each end part of an "
+                       "object (a lid, a base, a box's side: the outer 15 percent of its extent along an axis) wears a "
+                       "random material of its own")
     flags.DEFINE_integer("seed", 0, "seed of every random choice")
     flags.DEFINE_string("split", "test", "BOP split folder to write")
     flags.DEFINE_integer("scene_id", 0, "BOP scene id to write")
@@ -554,7 +614,8 @@ def main(argv):
                       F.seed, F.split, F.scene_id, (lo, hi), F.backgrounds,
                       exclude_obj_ids=[int(x) for x in F.exclude_obj_ids], distractors_dir=F.distractors_dir,
                       object_size_frac=tuple(float(x) for x in F.object_size_frac),
-                      texture_photos=F.texture_photos, poses=F.poses, occluder_share=F.occluder_share)
+                      texture_photos=F.texture_photos, poses=F.poses, occluder_share=F.occluder_share,
+                      part_material_share=F.part_material_share)
     except (PoseInputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

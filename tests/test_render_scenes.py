@@ -290,3 +290,53 @@ def test_occluders_stand_in_front_of_an_object_and_overlap_it(models_dir, camera
     assert json.loads((out / "scenes.json").read_text())["occluder_share"] == 1.0
     info = json.loads((out / "test" / "000000" / "scene_gt_info.json").read_text())
     assert min(v[0]["visib_fract"] for v in info.values()) < 1.0  # something hides part of the object
+
+
+def test_end_parts_of_an_object_wear_their_own_materials(models_dir, camera, tmp_path):
+    """``--part_material_share``: model_parts splits a cylinder into its core and the ends along its axis (every
+    face in exactly one part); each end of a random appearance wears its own material with that chance, drawn from
+    a stream of its own, so poses and the body's appearance are those of the same seed without parts; the rendered
+    scene's annotations are the same, its pixels not; the share is checked and recorded."""
+    from PIL import Image
+
+    from render.scenes import PART_END_SHARE, SceneError, SceneRanges, SceneSampler, load_models, model_parts
+
+    cylinder = trimesh.creation.cylinder(radius=25, height=70, sections=24).subdivide().subdivide()
+    parts = model_parts(cylinder.vertices, cylinder.faces)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(cylinder.faces)))  # a partition
+    centre_z = cylinder.vertices[cylinder.faces].mean(axis=1)[:, 2]
+    edge = 35 * (1 - 2 * PART_END_SHARE)  # within PART_END_SHARE of the 70 mm height from an end
+    assert len(parts) == 7  # the core (empty: a surface's faces all lie near a side), base, lid, four sides
+    assert len(parts[0]) == 0 and centre_z[parts[1]].max() < -edge and centre_z[parts[2]].min() > edge
+    assert len(parts[1]) + len(parts[2]) == int((np.abs(centre_z) > edge).sum())  # z first: all of the lid, base
+    box = trimesh.creation.box(extents=(60, 40, 20))
+    assert [len(f) for f in model_parts(box.vertices, box.faces)] == [0, 2, 2, 2, 2, 2, 2]  # one face each
+
+    models = load_models(models_dir, None)
+    K = np.asarray(CAMERA["cam_K"]).reshape(3, 3)
+    plain = SceneSampler(models, K, 160, 120, "complete", seed=5)
+    zero = SceneSampler(models, K, 160, 120, "complete", 5, SceneRanges(part_material_share=0.0))
+    half = SceneSampler(models, K, 160, 120, "complete", 5, SceneRanges(part_material_share=0.5))
+    own = []
+    for i in range(60):
+        a, z, b = plain.params(i), zero.params(i), half.params(i)
+        for x, y, w in zip(a["instances"], b["instances"], z["instances"]):
+            assert x["R"].tolist() == y["R"].tolist() and x["appearance"]["colour"] == y["appearance"]["colour"]
+            assert "part_appearances" not in w
+            assert len(y["part_appearances"]) == len(half.parts[y["model"]]) - 1
+            own += [p is not None for p in y["part_appearances"]]
+    assert abs(np.mean(own) - 0.5) < 0.1, np.mean(own)
+
+    with pytest.raises(SceneError, match="--part_material_share must be in"):
+        _render(models_dir, tmp_path / "bad", camera, 2, part_material_share=1.5, in_process=True)
+    a = _render(models_dir, tmp_path / "plain", camera, 3, obj_ids=[2], objects_per_image=(1, 1), seed=4)
+    b = _render(models_dir, tmp_path / "parts", camera, 3, obj_ids=[2], objects_per_image=(1, 1), seed=4,
+                part_material_share=1.0)
+    assert json.loads((b / "scenes.json").read_text())["part_material_share"] == 1.0
+    for name in ("scene_gt.json", "scene_gt_info.json"):
+        assert (a / "test/000000" / name).read_text() == (b / "test/000000" / name).read_text()
+    differ = 0
+    for f in sorted((a / "test/000000/rgb").iterdir()):
+        x, y = (np.asarray(Image.open(r / "test/000000/rgb" / f.name), np.int16) for r in (a, b))
+        differ += int(np.abs(x - y).max() > 30)
+    assert differ >= 2
