@@ -112,11 +112,10 @@ def cached_json(path: Path, compute, inputs=()) -> dict:
     record = path.with_name(path.stem + INPUTS_SUFFIX)
     fingerprint = inputs_fingerprint(inputs, path.parent)
     if path.is_file():
-        if not inputs:
-            return json.loads(path.read_text())
-        if not record.is_file():
-            record.write_text(json.dumps(fingerprint, indent=1))
-        if json.loads(record.read_text()) == fingerprint:
+        kept = json.loads(record.read_text()) if inputs and record.is_file() else None
+        if kept is None or kept == fingerprint:
+            if inputs and kept is None:  # (a cache from before fingerprints: adopted)
+                record.write_text(json.dumps(fingerprint, indent=1))
             return json.loads(path.read_text())
         print(f"{path}: its inputs changed since it was computed; computing it again", flush=True)
     result = compute()
