@@ -7,7 +7,8 @@ First the detector of all the objects (``RUN/detector/``, pose_net/detector.py):
 rendered at the test camera (``--camera``: ``cam_K``, ``width``, ``height``, or a BOP ``scene_camera.json``; default
 LINEMOD's) shrunk to the detector's input size, ``complete`` randomization, and as many again on real photos when
 ``--backgrounds`` is given (``real_background``; ``--exclude_obj_ids`` leaves out photos showing the objects), with
-``--distractors_dir``'s objects shown unannotated and the objects at ``--object_size_frac`` of the image; Lite0's
+``--distractors_dir``'s objects shown unannotated and the objects at ``--object_size_frac`` of the image (and, with
+``--detector_part_material_share``, their end parts in materials of their own: render.scenes); Lite0's
 last stage and the detector's head trained on them once per seed of the budget's ``detector_seeds``, the seeds'
 maps averaged into one detector (:data:`DETECTOR_FINE_TUNE_STAGES`); then, for each object of ``--obj_ids`` (validated first: models_info.json, model files in millimetres, known ids):
 
@@ -69,6 +70,10 @@ def define_flags():
                         "detector's scenes")
     flags.DEFINE_list("object_size_frac", ["0.15", "0.5"], "MIN,MAX of an object's projected diameter over the "
                       "shorter image side in the detector's scenes (the distances seen in practice)")
+    flags.DEFINE_float("detector_part_material_share", 0.0, "the chance that each end part of an object (a lid, a "
+                       "base, a box's side) wears a material of its own in the detector's scenes "
+                       "(render.scenes --part_material_share; measured on the real sets in docs/results.md: not the "
+                       "default)")
     flags.DEFINE_enum("head", "direct", ["direct", "coords"], "pose head of every object "
                       "(docs/results/method_table.md: the direct head has the lower real median errors of the two at "
                       "the CPU budget)")
@@ -112,7 +117,7 @@ def log(run: Path, text: str):
 
 def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", head: str = "direct",
               camera=None, backgrounds=None, exclude_obj_ids=(), distractors_dir=None,
-              object_size_frac=(0.15, 0.5), esac: bool = False) -> Path:
+              object_size_frac=(0.15, 0.5), esac: bool = False, detector_part_material_share: float = 0.0) -> Path:
     """Renders and trains the detector and every object's pose network; returns the run folder (see the module
     docstring)."""
     from pose_core import bop
@@ -142,7 +147,7 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
     info = bop.load_models_info(Path(models_dir) / "models_info.json")
     t_all = time.time()
     train_run_detector(run, models_dir, [m.obj_id for m in models], s, K, width, height, backgrounds,
-                       exclude_obj_ids, distractors_dir, object_size_frac)
+                       exclude_obj_ids, distractors_dir, object_size_frac, detector_part_material_share)
     for k, m in enumerate(models):
         name = f"obj_{m.obj_id:06d}"
         model_dir = run / name
@@ -200,7 +205,7 @@ def train_run_esac(run: Path, datasets: list[Path], s: dict):
 
 
 def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height, backgrounds, exclude_obj_ids,
-                       distractors_dir=None, object_size_frac=(0.15, 0.5)):
+                       distractors_dir=None, object_size_frac=(0.15, 0.5), part_material_share: float = 0.0):
     """``RUN/detector/`` of all the objects, on scenes rendered at the test camera (skipped when finished)."""
     from pose_net import detector as det
 
@@ -214,7 +219,8 @@ def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height
         s["detector_scenes"] // len(modes), K, width, height, epochs=s["detector_epochs"], seed=0,
         fine_tune_stages=DETECTOR_FINE_TUNE_STAGES, training_seeds=s["detector_seeds"],
         backgrounds=backgrounds, exclude_obj_ids=exclude_obj_ids, distractors_dir=distractors_dir,
-        object_size_frac=tuple(object_size_frac), render_log=run / "render.log", progress=False,
+        object_size_frac=tuple(object_size_frac), part_material_share=part_material_share,
+        render_log=run / "render.log", progress=False,
         say=lambda text: log(run, text))
     import keras
 
@@ -231,7 +237,7 @@ def main(argv):
     try:
         bop_train(FLAGS.models_dir, FLAGS.out, parse_obj_ids(FLAGS.obj_ids), FLAGS.budget, FLAGS.head, FLAGS.camera,
                   FLAGS.backgrounds, [int(x) for x in FLAGS.exclude_obj_ids], FLAGS.distractors_dir,
-                  tuple(float(x) for x in FLAGS.object_size_frac), FLAGS.esac)
+                  tuple(float(x) for x in FLAGS.object_size_frac), FLAGS.esac, FLAGS.detector_part_material_share)
     except PoseInputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -243,7 +243,9 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
 
     root, scenes, _ = trained
     run = bop_train(builtin_models_dir(), tmp_path / "run", [1], budget="quick",
-                    camera=str(root / "camera.json"))
+                    camera=str(root / "camera.json"), detector_part_material_share=0.5)
+    scenes_made = json.loads((run / "data" / "detector_scenes_complete" / "scenes.json").read_text())
+    assert scenes_made["part_material_share"] == 0.5  # --detector_part_material_share reaches the scenes
     model = run / "obj_000001"
     shutil.rmtree(run / "detector")
     shutil.copytree(root / "detector", model / "detector")  # the trained one, not the quick budget's
