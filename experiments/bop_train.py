@@ -209,7 +209,7 @@ def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height
     """``RUN/detector/`` of all the objects, on scenes rendered at the test camera (skipped when finished)."""
     from pose_net import detector as det
 
-    if (run / det.DETECTOR_SUBDIR / det.DETECTOR_CONFIG).is_file():
+    if det.is_trained(run / det.DETECTOR_SUBDIR):
         log(run, f"detector of objects {obj_ids}: trained, skipping")
         return
     t0 = time.time()

@@ -70,14 +70,6 @@ DISTRACTORS = common.SHARED_DATA / "lmo_models"
 OBJECT_SIZE_FRAC = (0.2, 0.8)
 
 
-def detector_files(detector_dir: Path) -> list[Path]:
-    """What a detector's results are computed from (``inputs`` of :func:`experiments.common.cached_json`): its
-    config and network, not the evaluations kept in its folder."""
-    from pose_net import detector as det
-
-    return [Path(detector_dir) / det.DETECTOR_CONFIG, Path(detector_dir) / det.DETECTOR_MODEL]
-
-
 def pose_models(obj: common.TestObject) -> list[tuple[str, Path]]:
     """``(label, model folder)`` of the other tables' models of ``obj`` (those not trained yet are left out)."""
     direct = tables.Cell(obj, "complete", FLAGS.projection_weight)
@@ -96,7 +88,7 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict, previous_jso
     folder = tables.budget_dir() / "detectors" / real_set
     detector_dir = folder / "detector"
     t0 = time.time()
-    if not (detector_dir / det.DETECTOR_CONFIG).is_file():
+    if not det.is_trained(detector_dir):
         K, width, height = load_camera(obj.real_root / "test" / "000000" / "scene_camera.json")
         det.train_detector_on_renderings(
             obj.real_root / "models", detector_dir, [obj.obj_id], {m: folder / f"scenes_{m}" for m in SCENE_MODES},
@@ -107,13 +99,13 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict, previous_jso
     config = json.loads((detector_dir / det.DETECTOR_CONFIG).read_text())
     detector = det.Detector(detector_dir)
     recall = common.cached_json(folder / "detection_recall.json", lambda: det.detection_recall(detector, obj.real_root),
-                                inputs=detector_files(detector_dir))
+                                inputs=det.detector_files(detector_dir))
     features = cached_features(detector_dir)
     # the same head trained on the complete-mode scenes only (no real backgrounds), from the same cached features
     variant_dir = train_complete_only(folder / "detector_complete_only", folder, config, obj, features, s["epochs"])
     recall_complete = common.cached_json(folder / "detection_recall_complete_only.json",
                                          lambda: det.detection_recall(det.Detector(variant_dir), obj.real_root),
-                                         inputs=detector_files(variant_dir))
+                                         inputs=det.detector_files(variant_dir))
     fine_tuned = fine_tuned_variants(folder, config, obj, features, s)
     ensemble = fine_tuned_ensemble(folder, obj, s)
     poses = []
@@ -124,7 +116,7 @@ def real_set_result(real_set: str, obj: common.TestObject, s: dict, previous_jso
             row[boxes] = common.cached_json(folder / name / "metrics.json",
                                             lambda: evaluate(model, obj.real_root, obj.obj_id, boxes,
                                                              report_dir=folder / name, detector=detector),
-                                            inputs=[model] + (detector_files(detector_dir) if boxes == "predicted"
+                                            inputs=[model] + (det.detector_files(detector_dir) if boxes == "predicted"
                                                               else []))
         poses.append(row)
     if not poses and previous_json is not None:
@@ -154,7 +146,7 @@ def train_complete_only(variant_dir: Path, folder: Path, config: dict, obj: comm
     from pose_net import detector as det
     from pose_net.evaluate import report_path
 
-    if (variant_dir / det.DETECTOR_CONFIG).is_file():
+    if det.is_trained(variant_dir):
         return variant_dir
     scenes = folder / f"scenes_{SCENE_MODES[0]}"
     n_complete = len(det.list_training_images([scenes], [obj.obj_id])[0])
@@ -188,7 +180,7 @@ def fine_tuned_variants(folder: Path, config: dict, obj: common.TestObject, feat
                                           features, s["fine_tuned_epochs"], seed=seed, fine_tune_stages=1)
         recall = common.cached_json(folder / f"detection_recall_{variant_dir.name}.json",
                                     lambda: det.detection_recall(det.Detector(variant_dir), obj.real_root),
-                                    inputs=detector_files(variant_dir))
+                                    inputs=det.detector_files(variant_dir))
         cfg = json.loads((variant_dir / det.DETECTOR_CONFIG).read_text())
         out.append({"seed": seed, "epochs": cfg["epochs"], "images": cfg["images"],
                     "seconds_training": cfg["seconds_training"], "recall": recall})
@@ -209,7 +201,7 @@ def fine_tuned_ensemble(folder: Path, obj: common.TestObject, s: dict) -> dict |
                            out, rebuild_other=True)
     recall = common.cached_json(out / "detection_recall.json",
                                 lambda: det.detection_recall(det.Detector(out), obj.real_root),
-                                inputs=detector_files(out))
+                                inputs=det.detector_files(out))
     return {"seeds": list(s["fine_tuned_seeds"]), "recall": recall}
 
 
@@ -236,12 +228,12 @@ def bop_run_result(run: Path, test_root: Path, eval_name: str, make_target: str,
     from pose_net.evaluate import evaluate_all
     from pose_net.inference import MODEL_SET_FILE
 
-    if not (run / MODEL_SET_FILE).is_file() or not (run / det.DETECTOR_SUBDIR / det.DETECTOR_CONFIG).is_file():
+    if not (run / MODEL_SET_FILE).is_file() or not det.is_trained(run / det.DETECTOR_SUBDIR):
         print(f"{run}: no finished bop_train run with a detector ({make_target}): the {what} is left out")
         return None
     folder = run / eval_name
     detector_folder = run / det.DETECTOR_SUBDIR / eval_name
-    detector = detector_files(run / det.DETECTOR_SUBDIR)
+    detector = det.detector_files(run / det.DETECTOR_SUBDIR)
     recall = common.cached_json(detector_folder / "detection_recall.json",
                                 lambda: det.detection_recall(det.Detector(run / det.DETECTOR_SUBDIR), test_root),
                                 inputs=detector)

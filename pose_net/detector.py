@@ -69,6 +69,18 @@ DETECTOR_CONFIG, DETECTOR_MODEL = "detector.json", "detector.keras"
 DETECTOR_SUBDIR = "detector"  # where a model folder (one pose model, or bop_train's run) keeps its detector
 
 
+def detector_files(detector_dir) -> list[Path]:
+    """The files of a trained detector folder, its config then its network (``save_detector`` writes the network
+    first): what loading it reads, and what a result computed from it depends on (``inputs`` of
+    :func:`experiments.common.cached_json`), not the evaluations kept beside them."""
+    return [Path(detector_dir) / DETECTOR_CONFIG, Path(detector_dir) / DETECTOR_MODEL]
+
+
+def is_trained(detector_dir) -> bool:
+    """Whether ``detector_dir`` holds a finished detector (both of :func:`detector_files`)."""
+    return all(f.is_file() for f in detector_files(detector_dir))
+
+
 class DetectorError(PoseInputError):
     """Bad input to the detector (folders, ids, images)."""
 
@@ -360,8 +372,8 @@ class Detector:
         import tensorflow as tf
 
         d = Path(detector_dir)
-        cfg_path, model_path = d / DETECTOR_CONFIG, d / DETECTOR_MODEL
-        if not cfg_path.is_file() or not model_path.is_file():
+        cfg_path, model_path = detector_files(d)
+        if not is_trained(d):
             raise DetectorError(f"{d} holds no trained detector ({DETECTOR_CONFIG} and {DETECTOR_MODEL}): train one "
                                 f"with `python -m pose_net.detector --scenes SCENES --out {d}`")
         self.dir = d
@@ -393,11 +405,13 @@ class Detector:
 def find_detector(model_dir, detector_dir=None) -> Path | None:
     """``detector_dir`` if given (it must hold a detector), else ``MODEL_DIR/detector`` when it holds one."""
     if detector_dir:
-        if not (Path(detector_dir) / DETECTOR_CONFIG).is_file():
-            raise DetectorError(f"--detector {detector_dir} holds no trained detector ({DETECTOR_CONFIG} missing)")
+        if not is_trained(detector_dir):
+            missing = [f.name for f in detector_files(detector_dir) if not f.is_file()]
+            raise DetectorError(f"--detector {detector_dir} holds no trained detector ({' and '.join(missing)} "
+                                f"missing)")
         return Path(detector_dir)
     d = Path(model_dir) / DETECTOR_SUBDIR
-    return d if (d / DETECTOR_CONFIG).is_file() else None
+    return d if is_trained(d) else None
 
 
 # -------------------------------------------------------------------------------------------------- training
@@ -610,7 +624,7 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
     from pose_net.evaluate import report_path
 
     out = Path(out)
-    if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
+    if is_trained(out):
         cfg = json.loads((out / DETECTOR_CONFIG).read_text())
         if progress:
             print(f"{out}: detector already trained ({cfg['obj_ids']})", flush=True)
@@ -652,7 +666,7 @@ def train_detector_ensemble(scene_roots, out, obj_ids: list[int] | None, seeds, 
     Why several seeds: on a real set of one or two viewpoints, one training run is found or lost whole with its
     seed (docs/results.md)."""
     out = Path(out)
-    if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
+    if is_trained(out):
         return json.loads((out / DETECTOR_CONFIG).read_text())
     seeds = list(seeds)
     if len(seeds) < 2 or len(set(seeds)) < len(seeds):
@@ -682,7 +696,7 @@ def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs
     (:func:`train_detector_ensemble`). A finished detector is returned as it is, nothing rendered; finished scene
     folders are reused. ``say``: where the progress lines go, prefixed with ``label`` (default: printed)."""
     out = Path(out)
-    if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
+    if is_trained(out):
         return json.loads((out / DETECTOR_CONFIG).read_text())
     say = say or (lambda text: print(text, flush=True))
     camera = training_camera(K, width, height)
@@ -742,7 +756,7 @@ def ensemble_detectors(member_dirs, out, rebuild_other: bool = False) -> dict:
 
     out = Path(out)
     member_dirs = [Path(d) for d in member_dirs]
-    if (out / DETECTOR_CONFIG).is_file() and (out / DETECTOR_MODEL).is_file():
+    if is_trained(out):
         cfg = json.loads((out / DETECTOR_CONFIG).read_text())
         if cfg.get("ensemble") == [report_path(d) for d in member_dirs]:
             return cfg
