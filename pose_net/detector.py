@@ -90,6 +90,14 @@ class Detection:
     obj_id: int
     score: float
     bbox_xywh: np.ndarray  # in the photo's pixels
+    # the detector's own box when ``bbox_xywh`` was made again by the object's pose network
+    # (pose_net.inference.PoseEstimator.refine_detection); None: ``bbox_xywh`` is the detector's
+    detector_bbox_xywh: np.ndarray | None = None
+
+    @property
+    def detector_box(self) -> np.ndarray:
+        """The detector's own box (what a pose's translation is fitted into: pose_net.inference)."""
+        return self.bbox_xywh if self.detector_bbox_xywh is None else self.detector_bbox_xywh
 
 
 # -------------------------------------------------------------------------------------------------- geometry

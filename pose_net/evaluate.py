@@ -55,6 +55,9 @@ def define_flags():
                       "by the pose network's own box head)")
     flags.DEFINE_string("detector", None, "detector folder (pose_net.detector) for --boxes predicted; default "
                         "MODEL_DIR/detector when it exists")
+    flags.DEFINE_bool("refine_boxes", False, "with --boxes predicted: each detector box made again by the object's "
+                      "pose network (its box on the crop around the detection) before it is matched with the truth; "
+                      "the pose is still fitted into the detector's box (pose_net/inference.py, docs/results.md)")
     flags.DEFINE_string("split", "test", "BOP split folder")
     flags.DEFINE_string("models_dir", None, "BOP models folder (default: BOP_ROOT/models)")
     flags.DEFINE_string("csv", None, "BOP19 results CSV to write")
@@ -91,13 +94,16 @@ def gt_box(instance: dict, points_mm, K, image_hw) -> np.ndarray:
 def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "test", models_dir=None,
              csv_path=None, report_dir=None, num_pictures: int = 12, allow_object_mismatch: bool = False,
              translation: str | None = None, depth: bool = False, min_visib: float = bop.DEFAULT_MIN_VISIB,
-             estimates_out: list | None = None, detector=None) -> dict:
+             estimates_out: list | None = None, detector=None, refine_boxes: bool = False) -> dict:
     """Runs the model on the test set; returns the figures (and writes CSV / report when asked). ``depth``: the
     coordinate head solves each pose from the image's depth too (:meth:`PoseEstimator.estimate`). ``min_visib`` and
     BOP19's ``test_targets_bop19.json`` (when the set has one) choose the instances scored
     (:func:`pose_core.bop.list_test_images`). ``estimates_out``: a list the BOP19 rows are appended to.
     ``detector``: with ``boxes="predicted"``, a :class:`pose_net.detector.Detector` (or its folder); None: the one in
-    ``MODEL_DIR/detector`` if any, else the pose network's own box head."""
+    ``MODEL_DIR/detector`` if any, else the pose network's own box head. ``refine_boxes``: each of the detector's
+    boxes of the object is made again by the pose network (:meth:`PoseEstimator.refine_detection`) before it is
+    matched with the true boxes, so the detection recall is that of the refined boxes; the pose is still fitted
+    into the detector's own box."""
     from PIL import Image
 
     from pose_net.draw import beside, contact_sheet, draw_pose_overlay, zoom_to_box
@@ -148,8 +154,11 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
 
             t0 = time.time()
             dets = detector.detect_file(im.rgb_path, rgb)
-            detect_seconds = time.time() - t0
             true_boxes = [gt_box(inst, points, im.K, rgb.shape[:2]) for inst in im.instances]
+            if refine_boxes:  # the object's detections that are matched (its best len(true_boxes)), made again
+                dets = [estimator.refine_detection(rgb, im.K, d)
+                        for d in [d for d in dets if d.obj_id == obj_id][:len(true_boxes)]]
+            detect_seconds = time.time() - t0
             detected, ious = match_with_ious(dets, obj_id, true_boxes)
             detection_ious += ious
         for inst, det in zip(im.instances, detected):
@@ -158,7 +167,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
                              "t_err_mm": np.inf, "ok": False, "num_inliers": 0, "translation": NOT_DETECTED})
                 continue
             box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else \
-                (det.bbox_xywh if det is not None else None)
+                (det.detector_box if det is not None else None)
             t0 = time.time()
             est = estimator.estimate(rgb, im.K, box, bop.load_depth_mm(im) if depth else None,
                                      box_is_detection=det is not None)
@@ -208,7 +217,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         "translation": "+".join(sorted({r["translation"] for r in rows} - {NOT_DETECTED})),
     }
     if boxes == "predicted":
-        result["box_source"] = "detector" if detector is not None else "pose network's box head"
+        result["box_source"] = ("detector, refined by the pose network" if detector is not None and refine_boxes
+                                else "detector" if detector is not None else "pose network's box head")
     if detection_ious:
         from pose_net.detector import detected_share
 
@@ -265,13 +275,14 @@ def _evaluate_esac_model(model_dir, bop_root, obj_id, boxes, split, models_dir, 
 
 def evaluate_all(model_dir, bop_root, boxes: str = "gt", split: str = "test", models_dir=None, csv_path=None,
                  report_dir=None, num_pictures: int = 12, translation: str | None = None, depth: bool = False,
-                 min_visib: float = bop.DEFAULT_MIN_VISIB, detector=None) -> dict:
+                 min_visib: float = bop.DEFAULT_MIN_VISIB, detector=None, refine_boxes: bool = False) -> dict:
     """Every object the model folder knows (:func:`pose_net.inference.model_set`) that the test set annotates,
     each scored as :func:`evaluate` does, into ONE BOP19 CSV and one report (``report/table.md`` with a row per
     object and their mean, ``report/obj_NNNNNN/`` per object). Returns ``{"objects": {obj_id: figures},
     "mean": {...}, "not_trained": [...], "not_in_test_set": [...]}``; the mean's ``score_recall`` takes ADD-S for
     symmetric objects and ADD for the others, as BOP's ADD(-S). ``detector`` (``boxes="predicted"``): a detector
-    folder, default ``MODEL_DIR/detector`` (bop_train's), run once per photo for every object."""
+    folder, default ``MODEL_DIR/detector`` (bop_train's), run once per photo for every object; ``refine_boxes``: as
+    :func:`evaluate`'s."""
     from pose_net.detector import Detector, find_detector
     from pose_net.inference import model_set
 
@@ -290,7 +301,7 @@ def evaluate_all(model_dir, bop_root, boxes: str = "gt", split: str = "test", mo
             per_object[obj_id] = evaluate(models[obj_id], bop_root, obj_id, boxes, split, models_dir,
                                           report_dir=sub, num_pictures=num_pictures, translation=translation,
                                           depth=depth, min_visib=min_visib, estimates_out=estimates,
-                                          detector=detector)
+                                          detector=detector, refine_boxes=refine_boxes)
         except PoseInputError as e:
             if "no image shows object" not in str(e):
                 raise
@@ -410,12 +421,13 @@ def main(argv):
         if FLAGS.obj_id.strip().lower() == "all":
             result = evaluate_all(FLAGS.model_dir, FLAGS.bop_root, FLAGS.boxes, FLAGS.split, FLAGS.models_dir,
                                   FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.translation, FLAGS.depth,
-                                  FLAGS.min_visib, FLAGS.detector)
+                                  FLAGS.min_visib, FLAGS.detector, FLAGS.refine_boxes)
             print((Path(FLAGS.report) / "table.md").read_text() if FLAGS.report else json.dumps(result["mean"]))
             return
         result = evaluate(FLAGS.model_dir, FLAGS.bop_root, int(FLAGS.obj_id), FLAGS.boxes, FLAGS.split,
                           FLAGS.models_dir, FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.allow_object_mismatch,
-                          FLAGS.translation, FLAGS.depth, FLAGS.min_visib, detector=FLAGS.detector)
+                          FLAGS.translation, FLAGS.depth, FLAGS.min_visib, detector=FLAGS.detector,
+                          refine_boxes=FLAGS.refine_boxes)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
     print(format_table(result))

@@ -37,6 +37,8 @@ def define_flags():
     flags.DEFINE_string("box", None, "optional 2D box x,y,w,h (pixels) around the object; default: the network's own")
     flags.DEFINE_string("out", None, "overlay picture to write")
     flags.DEFINE_string("detector", None, "detector folder (pose_net.detector); default M/detector when it exists")
+    flags.DEFINE_bool("refine_boxes", False, "with a detector: each detection's box made again by the object's pose "
+                      "network (pose_net/inference.py refine_detection); the pose is still fitted into the detector's")
     flags.DEFINE_integer("max_per_object", 1, "with a detector: poses of at most this many instances per object")
     flags.DEFINE_enum("translation", None, ["auto", "regressed", "box", "blend"], "direct head: the translation "
                       "head's output, the translation that fits the model, turned by the predicted rotation, into the "
@@ -85,7 +87,7 @@ def load_image(path) -> np.ndarray:
 
 
 def predict(model_dir, image_path, camera_path, box=None, out=None, translation: str | None = None,
-            detector_dir=None, max_per_object: int = 1) -> dict:
+            detector_dir=None, max_per_object: int = 1, refine_boxes: bool = False) -> dict:
     from pose_net.detector import find_detector
     from pose_net.draw import beside, draw_pose_overlay, zoom_to_box
     from pose_net.inference import PoseEstimator
@@ -94,7 +96,7 @@ def predict(model_dir, image_path, camera_path, box=None, out=None, translation:
     K = load_camera(camera_path, image.shape[:2])
     found = None if box is not None else find_detector(model_dir, detector_dir)
     if found is not None:
-        return predict_all(model_dir, image, K, found, out, translation, max_per_object)
+        return predict_all(model_dir, image, K, found, out, translation, max_per_object, refine_boxes)
     from pose_net.esac import ESAC_FILE
 
     if (Path(model_dir) / ESAC_FILE).is_file():
@@ -134,9 +136,11 @@ def predict_esac(model_dir, image: np.ndarray, K: np.ndarray, box, out=None) -> 
 
 
 def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=None, translation=None,
-                max_per_object: int = 1) -> dict:
+                max_per_object: int = 1, refine_boxes: bool = False) -> dict:
     """Every object the detector finds in ``image`` with a model in ``model_dir``: ``{"objects": [...]}``, best
-    detection first, and one picture with every predicted outline."""
+    detection first, and one picture with every predicted outline. ``refine_boxes``: each detection's box made
+    again by its object's pose network (``bbox_xywh``; the detector's own in ``detector_bbox_xywh``, which the pose
+    is fitted into: :meth:`pose_net.inference.PoseEstimator.refine_detection`); not for ESAC models."""
     from PIL import ImageDraw
 
     from pose_net.detector import Detector
@@ -169,13 +173,17 @@ def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=N
             if d.obj_id not in estimators:
                 estimators[d.obj_id] = PoseEstimator(folder, translation=translation)
             e = estimators[d.obj_id]
-            est = e.estimate(image, K, d.bbox_xywh, box_is_detection=True)
-            entry = {"obj_id": d.obj_id, "score": round(d.score, 4), "bbox_xywh": est.bbox_xywh.tolist(),
+            if refine_boxes:
+                d = e.refine_detection(image, K, d)
+            est = e.estimate(image, K, d.detector_box, box_is_detection=True)
+            entry = {"obj_id": d.obj_id, "score": round(d.score, 4), "bbox_xywh": np.asarray(d.bbox_xywh).tolist(),
                      "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "translation": est.translation}
+            if d.detector_bbox_xywh is not None:
+                entry["detector_bbox_xywh"] = d.detector_bbox_xywh.tolist()
             if e.head == "coords":
                 entry.update(ok=est.ok, num_inliers=est.num_inliers)
             objects.append(entry)
-            points, diameter, R, t, bbox = e.points_mm, e.diameter_mm, est.R, est.t_mm, est.bbox_xywh
+            points, diameter, R, t, bbox = e.points_mm, e.diameter_mm, est.R, est.t_mm, np.asarray(d.bbox_xywh)
         if out:
             picture = np.asarray(draw_pose_overlay(picture, K, points, diameter, R, t, bbox_xywh=bbox))
     if out:
@@ -204,7 +212,7 @@ def main(argv):
             raise app.UsageError(f"--box must be x,y,w,h (4 numbers), got {FLAGS.box!r}")
     try:
         result = predict(FLAGS.model_dir, FLAGS.image, FLAGS.camera, box, FLAGS.out, FLAGS.translation,
-                         FLAGS.detector, FLAGS.max_per_object)
+                         FLAGS.detector, FLAGS.max_per_object, FLAGS.refine_boxes)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
     print(json.dumps(result))

@@ -259,6 +259,26 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
     missed = sum(r["translation"] == NOT_DETECTED for r in per_instance)
     assert len(rows) == result["instances"] - missed  # missed instances have no estimate, and a wrong pose
     assert all(r["add_mm"] == float("inf") for r in per_instance if r["translation"] == NOT_DETECTED)
+    refined = evaluate(model, scenes, 1, boxes="predicted", min_visib=0.3, refine_boxes=True)
+    assert refined["box_source"] == "detector, refined by the pose network"
+    assert refined["instances"] == gt["instances"] and 0.0 <= refined["detection_recall"] <= 1.0
+    from PIL import Image
+
+    from pose_net import detector as det
+    from pose_net.inference import PoseEstimator
+
+    rgb = np.asarray(Image.open(next((scenes / "test" / "000000" / "rgb").glob("*.png"))).convert("RGB"))
+    K = np.asarray(CAMERA["cam_K"], np.float64).reshape(3, 3)
+    estimator = PoseEstimator(model)
+    box = estimator.refine_box(rgb, K, [40.0, 30.0, 50.0, 40.0])
+    assert box.shape == (4,) and np.all(np.isfinite(box)) and box[2] > 0 and box[3] > 0
+    found = det.Detection(1, 0.9, np.array([40.0, 30.0, 50.0, 40.0]))
+    refined_once = estimator.refine_detection(rgb, K, found)
+    np.testing.assert_allclose(refined_once.bbox_xywh, box, rtol=1e-5)
+    assert refined_once.detector_box.tolist() == found.bbox_xywh.tolist() == found.detector_box.tolist()
+    again = estimator.refine_detection(rgb, K, refined_once)  # always from the detector's own box
+    np.testing.assert_allclose(again.bbox_xywh, box, rtol=1e-5)
+    assert again.detector_box.tolist() == found.bbox_xywh.tolist()
     with pytest.raises(PoseInputError, match="finds objects"):
         evaluate(run / "obj_000001", scenes, 3, boxes="predicted", detector=model / "detector",
                  models_dir=builtin_models_dir(), allow_object_mismatch=True)
@@ -271,6 +291,13 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
                   out=tmp_path / "all.png")
     assert [o["obj_id"] for o in out["objects"]] == [1] and (tmp_path / "all.png").is_file()
     assert len(out["objects"][0]["R"]) == 9 and out["objects"][0]["score"] >= 0.1
+    plain_entry = out["objects"][0]
+    assert "detector_bbox_xywh" not in plain_entry
+    out = predict(model, scenes / "test" / "000000" / "rgb" / f"{int(im_id):06d}.png", tmp_path / "cam.json",
+                  refine_boxes=True)
+    entry = out["objects"][0]  # the refined box reported, the detector's beside it, the pose fitted into that one
+    assert entry["detector_bbox_xywh"] == plain_entry["bbox_xywh"] and entry["bbox_xywh"] != plain_entry["bbox_xywh"]
+    np.testing.assert_allclose(entry["t_mm"], plain_entry["t_mm"], rtol=1e-4)
 
 
 def test_fine_tuning_two_stages_trains_blocks_5_to_15_from_the_stride_8_features(tmp_path):
