@@ -667,21 +667,28 @@ def train_detector(scene_roots, out, obj_ids: list[int] | None = None, epochs: i
 
 
 def train_detector_ensemble(scene_roots, out, obj_ids: list[int] | None, seeds, keep_feature_cache: bool = False,
-                            **train_kwargs) -> dict:
+                            scene_roots_per_seed: dict | None = None, **train_kwargs) -> dict:
     """One detector per seed of ``seeds`` (:func:`train_detector` with ``train_kwargs``, into
     ``out/members/seed<k>``) on the same features, computed once (``out/feature_cache``), then their ensemble in
     ``out`` (:func:`ensemble_detectors`); returns its config. Finished members and a finished ensemble are reused.
     Why several seeds: on a real set of one or two viewpoints, one training run is found or lost whole with its
-    seed (docs/results.md)."""
+    seed (docs/results.md). ``scene_roots_per_seed``: ``{seed: scene folders}``, each member trained on its own
+    scenes (its features cached in its own folder, removed once it is trained) instead of ``scene_roots``."""
     out = Path(out)
     if is_trained(out):
         return json.loads((out / DETECTOR_CONFIG).read_text())
     seeds = list(seeds)
     if len(seeds) < 2 or len(set(seeds)) < len(seeds):
         raise DetectorError(f"an ensemble needs at least 2 different seeds, got {seeds}")
+    if scene_roots_per_seed is not None and (missing := [s for s in seeds if s not in scene_roots_per_seed]):
+        raise DetectorError(f"no scene folders for seed(s) {missing} of the ensemble")
     members = []
     for seed in seeds:
         members.append(out / "members" / f"seed{seed}")
+        if scene_roots_per_seed is not None:
+            train_detector(scene_roots_per_seed[seed], members[-1], obj_ids, seed=seed,
+                           keep_feature_cache=keep_feature_cache, **train_kwargs)
+            continue
         train_detector(scene_roots, members[-1], obj_ids, seed=seed, keep_feature_cache=True,
                        feature_cache_dir=out / "feature_cache", **train_kwargs)
     cfg = ensemble_detectors(members, out)
@@ -696,34 +703,49 @@ def train_detector_on_renderings(models_dir, out, obj_ids: list[int], scene_dirs
                                  poses=None, occluder_share=None, part_material_share=None, render_log=None,
                                  progress: bool = True,
                                  keep_feature_cache: bool = False, label: str = "detector",
-                                 fine_tune_stages: int = 0, training_seeds=(0,), say=None) -> dict:
+                                 fine_tune_stages: int = 0, training_seeds=(0,), say=None,
+                                 scene_draw_per_seed: bool = False) -> dict:
     """Renders ``scenes_per_mode`` training scenes of ``obj_ids`` into each folder of ``scene_dirs`` (randomization
     mode -> folder; :func:`render_training_scenes` with ``seed``, at :func:`training_camera` of the test camera
     ``K``, ``width`` x ``height``), then trains the detector on all of them into ``out`` (:func:`train_detector`);
     returns its config. With several ``training_seeds``, one detector per seed and their ensemble
-    (:func:`train_detector_ensemble`). A finished detector is returned as it is, nothing rendered; finished scene
-    folders are reused. ``say``: where the progress lines go, prefixed with ``label`` (default: printed)."""
+    (:func:`train_detector_ensemble`); with ``scene_draw_per_seed`` too, the i-th seed's member trains on scenes of
+    its own, rendered with scene seed ``seed + i`` (the first in ``scene_dirs``, the others beside them in
+    ``<folder>_draw<scene seed>``): the ensemble then averages over the draw of the scenes as well as over the
+    training seed (on the real cracker box the draw of the scenes moves a member's recall as much as its seed
+    does: docs/results.md). A finished detector is returned as it is, nothing rendered;
+    finished scene folders are reused. ``say``: where the progress lines go, prefixed with ``label`` (default:
+    printed)."""
     out = Path(out)
     if is_trained(out):
         return json.loads((out / DETECTOR_CONFIG).read_text())
     say = say or (lambda text: print(text, flush=True))
     camera = training_camera(K, width, height)
-    roots = []
-    for mode, folder in scene_dirs.items():
-        say(f"{label}: rendering {scenes_per_mode} scenes ({mode}) at {camera['width']}x{camera['height']}")
-        roots.append(render_training_scenes(models_dir, folder, obj_ids, scenes_per_mode, camera, mode, seed,
-                                            backgrounds=backgrounds, exclude_obj_ids=exclude_obj_ids, log=render_log,
-                                            distractors_dir=distractors_dir, object_size_frac=object_size_frac,
-                                            texture_photos=texture_photos, poses=poses,
-                                            occluder_share=occluder_share,
-                                            part_material_share=part_material_share))
     training_seeds = list(training_seeds)
-    say(f"{label}: training on {len(roots)} scene folders ({epochs} epochs, "
-        f"{fine_tune_stages} backbone stage(s) trained, seed(s) {', '.join(map(str, training_seeds))})")
+    draws = len(training_seeds) if scene_draw_per_seed and len(training_seeds) > 1 else 1
+    roots_per_draw = []
+    for i in range(draws):
+        roots = []
+        for mode, folder in scene_dirs.items():
+            folder = Path(folder) if i == 0 else Path(folder).parent / f"{Path(folder).name}_draw{seed + i}"
+            say(f"{label}: rendering {scenes_per_mode} scenes ({mode}, scene seed {seed + i}) at "
+                f"{camera['width']}x{camera['height']}")
+            roots.append(render_training_scenes(models_dir, folder, obj_ids, scenes_per_mode, camera, mode, seed + i,
+                                                backgrounds=backgrounds, exclude_obj_ids=exclude_obj_ids,
+                                                log=render_log, distractors_dir=distractors_dir,
+                                                object_size_frac=object_size_frac, texture_photos=texture_photos,
+                                                poses=poses, occluder_share=occluder_share,
+                                                part_material_share=part_material_share))
+        roots_per_draw.append(roots)
+    say(f"{label}: training on {len(roots_per_draw[0])} scene folder(s){' per seed' if draws > 1 else ''} "
+        f"({epochs} epochs, {fine_tune_stages} backbone stage(s) trained, seed(s) "
+        f"{', '.join(map(str, training_seeds))})")
     if len(training_seeds) > 1:
-        return train_detector_ensemble(roots, out, obj_ids, training_seeds, epochs=epochs, progress=progress,
-                                       keep_feature_cache=keep_feature_cache, fine_tune_stages=fine_tune_stages)
-    return train_detector(roots, out, obj_ids, epochs=epochs, seed=training_seeds[0], progress=progress,
+        per_seed = dict(zip(training_seeds, roots_per_draw)) if draws > 1 else None
+        return train_detector_ensemble(roots_per_draw[0], out, obj_ids, training_seeds, epochs=epochs,
+                                       progress=progress, keep_feature_cache=keep_feature_cache,
+                                       fine_tune_stages=fine_tune_stages, scene_roots_per_seed=per_seed)
+    return train_detector(roots_per_draw[0], out, obj_ids, epochs=epochs, seed=training_seeds[0], progress=progress,
                           keep_feature_cache=keep_feature_cache, fine_tune_stages=fine_tune_stages)
 
 

@@ -201,6 +201,31 @@ def test_an_ensemble_of_seeds_trains_each_member_on_features_computed_once(train
     assert not (tmp_path / "bad").exists()
 
 
+def test_an_ensemble_over_scene_draws_trains_each_member_on_scenes_of_its_own(trained, tmp_path):
+    """train_detector_on_renderings(scene_draw_per_seed=True): the i-th training seed's member trains on scenes
+    rendered with scene seed ``seed + i``, the first in the given folder, the next beside it (``_draw<seed>``);
+    every member's features are removed once it is trained, and the ensemble loads and runs."""
+    from pose_core.objects import builtin_models_dir
+    from pose_net import detector as det
+
+    weights_cached = trained[2]["imagenet_weights"]
+    if not weights_cached:
+        pytest.skip("the ImageNet Lite0 weights are not cached (make pretrained): the trainer loads them")
+    K = np.asarray(CAMERA["cam_K"], np.float64).reshape(3, 3)
+    cfg = det.train_detector_on_renderings(builtin_models_dir(), tmp_path / "det", [1], {"complete": tmp_path /
+                                           "scenes"}, 16, K, CAMERA["width"], CAMERA["height"], epochs=1, seed=5,
+                                           training_seeds=(0, 1), scene_draw_per_seed=True, progress=False,
+                                           fine_tune_stages=1, say=lambda text: None)
+    made = {p.name: json.loads((p / "scenes.json").read_text())["seed"] for p in tmp_path.glob("scenes*") if p.is_dir()}
+    assert made == {"scenes": 5, "scenes_draw6": 6}
+    members = [json.loads((tmp_path / "det" / "members" / f"seed{k}" / det.DETECTOR_CONFIG).read_text())
+               for k in (0, 1)]
+    assert [Path(m["scenes"][0]).name for m in members] == ["scenes", "scenes_draw6"]
+    assert [m["seed"] for m in members] == [0, 1] and cfg["seeds"] == [0, 1]
+    assert not list((tmp_path / "det").rglob("feature_cache"))
+    det.Detector(tmp_path / "det").detect(np.zeros((120, 160, 3), np.uint8))
+
+
 def test_fine_tuning_the_last_stage_changes_only_that_stage_and_is_saved(trained, tmp_path):
     """--fine_tune_stages 1: Lite0's blocks 11-15 train with the head (from the cached stride-16 features); the
     saved detector carries them, changed, while every block below is the ImageNet one; its loss falls as the
