@@ -8,7 +8,8 @@ rendered at the test camera (``--camera``: ``cam_K``, ``width``, ``height``, or 
 LINEMOD's) shrunk to the detector's input size, ``complete`` randomization, and as many again on real photos when
 ``--backgrounds`` is given (``real_background``; ``--exclude_obj_ids`` leaves out photos showing the objects), with
 ``--distractors_dir``'s objects shown unannotated and the objects at ``--object_size_frac`` of the image (and, with
-``--detector_part_material_share``, their end parts in materials of their own: render.scenes); Lite0's
+``--detector_part_material_share``, their end parts in materials of their own: render.scenes; with
+``--detector_scene_draws``, each seed on scenes of its own draw); Lite0's
 last stage and the detector's head trained on them once per seed of the budget's ``detector_seeds``, the seeds'
 maps averaged into one detector (:data:`DETECTOR_FINE_TUNE_STAGES`); then, for each object of ``--obj_ids`` (validated first: models_info.json, model files in millimetres, known ids):
 
@@ -74,6 +75,9 @@ def define_flags():
                        "base, a box's side) wears a material of its own in the detector's scenes "
                        "(render.scenes --part_material_share; measured on the real sets in docs/results.md: not the "
                        "default)")
+    flags.DEFINE_bool("detector_scene_draws", False, "each seed of the detector's ensemble trains on scenes of its own "
+                      "draw (scene seeds 0, 1, 2, ...: pose_net.detector.train_detector_on_renderings "
+                      "scene_draw_per_seed) instead of all on the same scenes (docs/results.md)")
     flags.DEFINE_enum("head", "direct", ["direct", "coords"], "pose head of every object "
                       "(docs/results/method_table.md: the direct head has the lower real median errors of the two at "
                       "the CPU budget)")
@@ -117,7 +121,8 @@ def log(run: Path, text: str):
 
 def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", head: str = "direct",
               camera=None, backgrounds=None, exclude_obj_ids=(), distractors_dir=None,
-              object_size_frac=(0.15, 0.5), esac: bool = False, detector_part_material_share: float = 0.0) -> Path:
+              object_size_frac=(0.15, 0.5), esac: bool = False, detector_part_material_share: float = 0.0,
+              detector_scene_draws: bool = False) -> Path:
     """Renders and trains the detector and every object's pose network; returns the run folder (see the module
     docstring)."""
     from pose_core import bop
@@ -147,7 +152,8 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
     info = bop.load_models_info(Path(models_dir) / "models_info.json")
     t_all = time.time()
     train_run_detector(run, models_dir, [m.obj_id for m in models], s, K, width, height, backgrounds,
-                       exclude_obj_ids, distractors_dir, object_size_frac, detector_part_material_share)
+                       exclude_obj_ids, distractors_dir, object_size_frac, detector_part_material_share,
+                       detector_scene_draws)
     for k, m in enumerate(models):
         name = f"obj_{m.obj_id:06d}"
         model_dir = run / name
@@ -205,7 +211,8 @@ def train_run_esac(run: Path, datasets: list[Path], s: dict):
 
 
 def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height, backgrounds, exclude_obj_ids,
-                       distractors_dir=None, object_size_frac=(0.15, 0.5), part_material_share: float = 0.0):
+                       distractors_dir=None, object_size_frac=(0.15, 0.5), part_material_share: float = 0.0,
+                       scene_draws: bool = False):
     """``RUN/detector/`` of all the objects, on scenes rendered at the test camera (skipped when finished)."""
     from pose_net import detector as det
 
@@ -220,7 +227,7 @@ def train_run_detector(run: Path, models_dir, obj_ids, s: dict, K, width, height
         fine_tune_stages=DETECTOR_FINE_TUNE_STAGES, training_seeds=s["detector_seeds"],
         backgrounds=backgrounds, exclude_obj_ids=exclude_obj_ids, distractors_dir=distractors_dir,
         object_size_frac=tuple(object_size_frac), part_material_share=part_material_share,
-        render_log=run / "render.log", progress=False,
+        scene_draw_per_seed=scene_draws, render_log=run / "render.log", progress=False,
         say=lambda text: log(run, text))
     import keras
 
@@ -237,7 +244,8 @@ def main(argv):
     try:
         bop_train(FLAGS.models_dir, FLAGS.out, parse_obj_ids(FLAGS.obj_ids), FLAGS.budget, FLAGS.head, FLAGS.camera,
                   FLAGS.backgrounds, [int(x) for x in FLAGS.exclude_obj_ids], FLAGS.distractors_dir,
-                  tuple(float(x) for x in FLAGS.object_size_frac), FLAGS.esac, FLAGS.detector_part_material_share)
+                  tuple(float(x) for x in FLAGS.object_size_frac), FLAGS.esac, FLAGS.detector_part_material_share,
+                  FLAGS.detector_scene_draws)
     except PoseInputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -268,9 +268,11 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
 
     root, scenes, _ = trained
     run = bop_train(builtin_models_dir(), tmp_path / "run", [1], budget="quick",
-                    camera=str(root / "camera.json"), detector_part_material_share=0.5)
-    scenes_made = json.loads((run / "data" / "detector_scenes_complete" / "scenes.json").read_text())
-    assert scenes_made["part_material_share"] == 0.5  # --detector_part_material_share reaches the scenes
+                    camera=str(root / "camera.json"), detector_part_material_share=0.5, detector_scene_draws=True)
+    for folder, seed in (("detector_scenes_complete", 0), ("detector_scenes_complete_draw1", 1)):  # a draw per seed
+        scenes_made = json.loads((run / "data" / folder / "scenes.json").read_text())
+        assert scenes_made["part_material_share"] == 0.5  # --detector_part_material_share reaches the scenes
+        assert scenes_made["seed"] == seed
     model = run / "obj_000001"
     shutil.rmtree(run / "detector")
     shutil.copytree(root / "detector", model / "detector")  # the trained one, not the quick budget's
