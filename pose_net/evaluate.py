@@ -120,6 +120,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         raise PoseInputError(
             f"the model in {model_dir} was trained on an object of diameter {trained_d:.1f} mm, but object {obj_id} "
             f"of {bop_root} measures {diameter:.1f} mm: another object? (--allow_object_mismatch to go on)")
+    if refine_boxes and boxes != "predicted":
+        raise PoseInputError(f"--refine_boxes refines the detector's boxes: it needs --boxes predicted, not {boxes}")
     if boxes == "predicted":
         from pose_net.detector import Detector, find_detector
 
@@ -127,6 +129,9 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             detector = found
         if detector is not None and not isinstance(detector, Detector):
             detector = Detector(detector)
+        if refine_boxes and detector is None:
+            raise PoseInputError(f"--refine_boxes refines a detector's boxes, and there is none ({model_dir}/detector "
+                                 f"is missing and no --detector was given)")
         if detector is not None and obj_id not in detector.obj_ids:
             raise PoseInputError(f"the detector in {detector.dir} finds objects {detector.obj_ids}, not {obj_id}")
     targets = bop.load_test_targets(bop_root)

@@ -286,6 +286,8 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
     missed = sum(r["translation"] == NOT_DETECTED for r in per_instance)
     assert len(rows) == result["instances"] - missed  # missed instances have no estimate, and a wrong pose
     assert all(r["add_mm"] == float("inf") for r in per_instance if r["translation"] == NOT_DETECTED)
+    with pytest.raises(PoseInputError, match="needs --boxes predicted"):
+        evaluate(model, scenes, 1, boxes="gt", refine_boxes=True)
     refined = evaluate(model, scenes, 1, boxes="predicted", min_visib=0.3, refine_boxes=True)
     assert refined["box_source"] == "detector, refined by the pose network"
     assert refined["instances"] == gt["instances"] and 0.0 <= refined["detection_recall"] <= 1.0

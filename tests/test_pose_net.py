@@ -144,6 +144,8 @@ def test_evaluate_writes_bop_results_and_report(tiny_dataset, tmp_path):
         assert (tmp_path / "rep" / f).is_file(), f
     predicted = evaluate(tmp_path / "m", root, 1, "predicted")
     assert predicted["instances"] == 96
+    with pytest.raises(PoseInputError, match="refines a detector's boxes, and there is none"):
+        evaluate(tmp_path / "m", root, 1, "predicted", refine_boxes=True)  # no detector in the model folder
 
 
 def test_corrupt_shard_is_named_with_its_record(tiny_dataset, tmp_path):
