@@ -110,6 +110,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     from pose_net.esac import ESAC_FILE
     from pose_net.inference import PoseEstimator
 
+    if refine_boxes and boxes != "predicted":
+        raise PoseInputError(f"--refine_boxes refines the detector's boxes: it needs --boxes predicted, not {boxes}")
     if (Path(model_dir) / ESAC_FILE).is_file():  # one ESAC model of several objects (pose_net/esac.py)
         return _evaluate_esac_model(model_dir, bop_root, obj_id, boxes, split, models_dir, csv_path, report_dir,
                                     num_pictures, depth, min_visib, estimates_out)
@@ -120,8 +122,6 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         raise PoseInputError(
             f"the model in {model_dir} was trained on an object of diameter {trained_d:.1f} mm, but object {obj_id} "
             f"of {bop_root} measures {diameter:.1f} mm: another object? (--allow_object_mismatch to go on)")
-    if refine_boxes and boxes != "predicted":
-        raise PoseInputError(f"--refine_boxes refines the detector's boxes: it needs --boxes predicted, not {boxes}")
     if boxes == "predicted":
         from pose_net.detector import Detector, find_detector
 

@@ -163,7 +163,7 @@ class PoseEstimator:
         return image_crops(image, centers, sizes, self.input_size)
 
     def _box_from_mask(self, out, c, s) -> np.ndarray:
-        """The coordinate head's box: the extent of its mask on a whole-image crop (image pixels, x, y, w, h)."""
+        """The coordinate head's box: the extent of its mask on a crop (image pixels, x, y, w, h)."""
         from pose_net.coordinates import MASK_THRESHOLD
 
         prob = tf.sigmoid(out["mask"])[0, ..., 0].numpy()
@@ -174,6 +174,19 @@ class PoseEstimator:
         else:  # grid cells -> (x0, y0, x1, y1) / crop size, the box head's own parametrisation
             extent = [cols.min() / n, rows.min() / n, (cols.max() + 1.0) / n, (rows.max() + 1.0) / n]
         return param.crop_target_to_box(tf.constant([extent], tf.float32), c, s).numpy()[0].astype(np.float64)
+
+    def _own_box(self, out, c, s) -> np.ndarray:
+        """The network's own box of the object on a crop (image pixels, x, y, w, h): the direct head's box head, the
+        coordinate head's mask extent (:meth:`_box_from_mask`)."""
+        if self.head == "coords":
+            return self._box_from_mask(out, c, s)
+        return param.crop_target_to_box(out["box"], c, s).numpy()[0]
+
+    def _run_around(self, image, K, box):
+        """The network's outputs on the crop around ``box`` (``roi_enlarge`` times it): ``(out, centers, sizes)``."""
+        center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
+        crops, c, s = self._crops(image, K, center.numpy(), size.numpy())
+        return self._run(crops), c, s
 
     def refine_box(self, image: np.ndarray, K: np.ndarray, bbox_xywh) -> np.ndarray:
         """A detector's box of this object (pixels, x, y, w, h) made again by the pose network: its own box on the
@@ -186,12 +199,7 @@ class PoseEstimator:
         box = np.asarray(bbox_xywh, np.float64)
         if self.head != "coords" and self.config.get("input_mode", "roi") != "roi":
             return box
-        center, size = param.roi_crop_from_box(box.astype(np.float32)[None], self.roi_enlarge)
-        crops, c, s = self._crops(image, K, center.numpy(), size.numpy())
-        out = self._run(crops)
-        if self.head == "coords":
-            return self._box_from_mask(out, c, s)
-        return param.crop_target_to_box(out["box"], c, s).numpy()[0].astype(np.float64)
+        return np.asarray(self._own_box(*self._run_around(image, K, box)), np.float64)
 
     def refine_detection(self, image: np.ndarray, K: np.ndarray, detection):
         """A :class:`pose_net.detector.Detection` of this object with its box made again (:meth:`refine_box`), the
@@ -242,15 +250,12 @@ class PoseEstimator:
         else:
             crops, c, s = self._crops(image, K, full_center, full_size)
             out = self._run(crops)
-            predicted_box = (self._box_from_mask(out, c, s) if self.head == "coords"
-                             else param.crop_target_to_box(out["box"], c, s).numpy()[0])
+            predicted_box = self._own_box(out, c, s)
         if self.head == "coords":
             from pose_net.coordinates import coordinate_picture, solve_pose
 
             box = predicted_box if bbox_xywh is None else np.asarray(bbox_xywh, np.float64)
-            center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
-            crops, c, s = self._crops(image, K, center.numpy(), size.numpy())
-            out = self._run(crops)
+            out, c, s = self._run_around(image, K, box)
             if depth_mm is None:
                 R, t, ok, inliers, inlier_error = solve_pose(out, Kb, c, s, self.frame, self.diameter_mm, self.pnp)
                 method = "ransac_pnp"
@@ -267,9 +272,7 @@ class PoseEstimator:
                               inlier_error_px=None if inlier_error[0] is None else float(inlier_error[0]))
         if self.config.get("input_mode", "roi") == "roi":
             box = predicted_box if bbox_xywh is None else np.asarray(bbox_xywh, np.float64)
-            center, size = param.roi_crop_from_box(np.asarray(box, np.float32)[None], self.roi_enlarge)
-            crops, c, s = self._crops(image, K, center.numpy(), size.numpy())
-            out = self._run(crops)
+            out, c, s = self._run_around(image, K, box)
         else:
             box = predicted_box
         R, t = param.decode_pose(out, Kb, c, s, self.diameter_mm)
