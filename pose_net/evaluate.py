@@ -160,9 +160,9 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             t0 = time.time()
             dets = detector.detect_file(im.rgb_path, rgb)
             true_boxes = [gt_box(inst, points, im.K, rgb.shape[:2]) for inst in im.instances]
-            if refine_boxes:  # the object's detections that are matched (its best len(true_boxes)), made again
-                dets = [estimator.refine_detection(rgb, im.K, d)
-                        for d in [d for d in dets if d.obj_id == obj_id][:len(true_boxes)]]
+            if refine_boxes:  # the object's detections that can be matched (its best len(true_boxes)), made again
+                mine = [d for d in dets if d.obj_id == obj_id][:len(true_boxes)]
+                dets = [estimator.refine_detection(rgb, im.K, d) for d in mine]
             detect_seconds = time.time() - t0
             detected, ious = match_with_ious(dets, obj_id, true_boxes)
             detection_ious += ious
