@@ -35,7 +35,9 @@ goes to stdout and ``RUN/bop_train.log``.
 Budgets (``cpu``: the 8 objects of lmo_models within 90 minutes on the 2 cores, measured in docs/results.md):
 ``quick`` a smoke test of the path (seconds, figures meaningless); ``cpu`` the detector on 2,000 scenes (6 epochs,
 3 seeds), then the demo's recipe cut to about 8 minutes an object: 12,000 renderings at 128 pixels, frozen ImageNet Lite0 with its stride-16 features cached
-once, its last stage and the direct head (6D rotation) trained for 6 epochs; ``gpu`` fine-tuning at 256 pixels.
+once, its last stage and the direct head (6D rotation) trained for 6 epochs (``--head coords``: the coordinate head
+on the frozen backbone for 6 minutes of wall time, :data:`COORDS_CPU_TRAIN_MINUTES`); ``gpu`` fine-tuning at 256
+pixels.
 """
 
 from __future__ import annotations
@@ -101,6 +103,29 @@ BUDGETS = {
         backbone="efficientnet_lite0", backbone_weights="imagenet", freeze_backbone=False, epochs=30,
         batch_size=64)),
 }
+# The coordinate head's recipe within the ``cpu`` budget: the feature cache serves the direct head only (the
+# coordinate head's per-pixel targets follow each crop's own jitter), so the frozen backbone runs at every step
+# (about 100 crops/s on the 2 cores against thousands from the cache) and the training stops on wall time instead,
+# chosen so that an object costs about what the direct head's does (7-9 minutes with its rendering).
+COORDS_CPU_TRAIN_MINUTES = 6.0
+COORDS_CPU_MAX_EPOCHS = 30  # a cap the wall time reaches first on the 2 cores (about 3 epochs of 12,000 in 6 min)
+DIRECT_ONLY_TRAIN_KEYS = ("feature_cache", "feature_cache_layer", "rotation_repr", "rotation_hypotheses")
+
+
+def train_recipe(budget: str, head: str) -> dict:
+    """``pose_net.train`` flag values of one object's pose network for ``budget`` and ``head`` (direct or coords):
+    the budget's ``train`` settings, the direct head's Projection Loss weight, and for the coordinate head within
+    the ``cpu`` budget a wall-time budget instead of the feature cache (:data:`COORDS_CPU_TRAIN_MINUTES`)."""
+    recipe = dict(BUDGETS[budget]["train"])
+    if head == "direct":
+        return {"lambda_projection": 0.1, **recipe}
+    for key in DIRECT_ONLY_TRAIN_KEYS:
+        recipe.pop(key, None)
+    if budget == "cpu":
+        recipe.update(time_budget_min=COORDS_CPU_TRAIN_MINUTES, epochs=COORDS_CPU_MAX_EPOCHS)
+    return recipe
+
+
 # The detector: Lite0's last stage trained with its head (pose_net.detector, fine_tune_stages 1), once per seed of
 # ``detector_seeds`` on the same cached features, the seeds' maps averaged. The recipe of docs/results/
 # detector_table.md, where on the real sets (five seeds on 3,000 scenes) it finds the banana, box and can in
@@ -173,8 +198,7 @@ def bop_train(models_dir, out, obj_ids: list[int] | None, budget: str = "cpu", h
             continue
         log(run, f"[{k + 1}/{len(models)}] object {m.obj_id}: training the {head} head ({budget} budget)")
         train(default_flag_values(dataset=str(data), model_dir=str(model_dir), head=head,
-                                  input_size=s["input_size"], progress=False, seed=0,
-                                  **({"lambda_projection": 0.1} if head == "direct" else {}), **s["train"]))
+                                  input_size=s["input_size"], progress=False, seed=0, **train_recipe(budget, head)))
         import keras
 
         keras.backend.clear_session()

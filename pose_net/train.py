@@ -242,22 +242,11 @@ def validate(estimator, dataset, points_mm, diameter_mm, symmetric, max_images, 
     return out
 
 
-def train(flag_values: dict) -> dict:
-    """Trains (or resumes) a model; returns the last validation figures. ``flag_values``: the flags as a dict."""
-    import keras
-    import tensorflow as tf
-    from tqdm import tqdm
+def check_training_flags(f: dict):
+    """Raises :class:`PoseInputError` naming the flag where the training flags ``f`` (a dict, as
+    :func:`default_flag_values` gives) cannot go together; called by :func:`train` before anything is written."""
+    from pose_net.inference import EXPORT_FILE
 
-    from pose_net import data as pdata
-    from pose_net import losses
-    from pose_net.inference import CONFIG_FILE, EXPORT_FILE, PoseEstimator
-    from pose_net.coordinates import CoordinateFrame
-    from pose_net.model import build_model
-    from pose_core.symmetry import Symmetries
-    from render.dataset import load_dataset_info
-
-    f = flag_values
-    model_dir = Path(f["model_dir"])
     use_cache = f["feature_cache"]
     if use_cache and not (f["freeze_backbone"] and f["head"] == "direct"):
         raise PoseInputError("--feature_cache needs --freeze_backbone and --head=direct (the backbone's features "
@@ -278,6 +267,27 @@ def train(flag_values: dict) -> dict:
         raise PoseInputError(f"--rotation_hypotheses {hypotheses}: must be 1, or more with --rotation_repr 6d")
     if f["feature_cache_passes"] < 1:
         raise PoseInputError(f"--feature_cache_passes must be >= 1, got {f['feature_cache_passes']}")
+
+
+def train(flag_values: dict) -> dict:
+    """Trains (or resumes) a model; returns the last validation figures. ``flag_values``: the flags as a dict."""
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from pose_net import data as pdata
+    from pose_net import losses
+    from pose_net.inference import CONFIG_FILE, EXPORT_FILE, PoseEstimator
+    from pose_net.coordinates import CoordinateFrame
+    from pose_net.model import build_model
+    from pose_core.symmetry import Symmetries
+    from render.dataset import load_dataset_info
+
+    f = flag_values
+    model_dir = Path(f["model_dir"])
+    check_training_flags(f)
+    use_cache = f["feature_cache"]
+    dsac_stage = f.get("stage", "coords") != "coords"
     info = load_dataset_info(f["dataset"])
     config = make_config(f, info)
     check_resume(model_dir, config)

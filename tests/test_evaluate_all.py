@@ -107,6 +107,24 @@ def test_bop_train_resumes_and_refuses_another_recipe(setup, capsys):
     assert not (root / "other").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize("budget", ["quick", "cpu", "gpu"])
+@pytest.mark.parametrize("head", ["direct", "coords"])
+def test_bop_train_recipe_is_one_pose_net_train_accepts(budget, head):
+    """Every budget's recipe for every head passes ``pose_net.train``'s flag checks (the ``cpu`` budget's feature
+    cache serves the direct head only: the coordinate head trains on wall time instead)."""
+    from experiments.bop_train import COORDS_CPU_TRAIN_MINUTES, train_recipe
+    from pose_net.train import check_training_flags, default_flag_values
+
+    recipe = train_recipe(budget, head)
+    check_training_flags(default_flag_values(dataset="data", model_dir="model", head=head, **recipe))
+    assert recipe.get("feature_cache", False) == (budget == "cpu" and head == "direct")
+    if budget == "cpu" and head == "coords":
+        assert recipe["time_budget_min"] == COORDS_CPU_TRAIN_MINUTES and recipe["freeze_backbone"]
+    with pytest.raises(PoseInputError, match="--feature_cache needs"):
+        check_training_flags(default_flag_values(dataset="data", model_dir="model", head="coords",
+                                                 **train_recipe("cpu", "direct")))
+
+
 def test_bop_train_command_line_names_a_bad_object(tmp_path):
     """The command exits 2 naming the problem; importing it beside modules with flags of the same names (as a
     test process does) defines no flags twice."""
