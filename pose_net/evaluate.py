@@ -146,6 +146,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         raise PoseInputError(f"--depth: {len(missing)} of {len(images)} test images have no depth image, e.g. "
                              f"{missing[0].rgb_path.parent.parent / 'depth' / missing[0].rgb_path.name}")
     rows, estimates, pictures, detection_ious = [], [], [], []
+    box_log_ratios = []  # per matched detection: log(width, height of the detector's box / the true box's)
     pick = set(np.linspace(0, len(images) - 1, min(num_pictures, len(images))).round().astype(int).tolist())
     for k, im in enumerate(images):
         try:
@@ -166,10 +167,12 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             detect_seconds = time.time() - t0
             detected, ious = match_with_ious(dets, obj_id, true_boxes)
             detection_ious += ious
+            box_log_ratios += [np.log(np.asarray(d.detector_box, float)[2:] / np.asarray(tb, float)[2:])
+                               for d, tb in zip(detected, true_boxes) if d is not None]
         for inst, det in zip(im.instances, detected):
             if boxes == "predicted" and detector is not None and det is None:  # missed: no pose, a wrong one
                 rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": np.inf, "add_s_mm": np.inf,
-                             "t_err_mm": np.inf, "ok": False, "num_inliers": 0, "translation": NOT_DETECTED})
+                             "t_err_mm": np.inf, "depth_err_rel": np.inf, "ok": False, "num_inliers": 0, "translation": NOT_DETECTED})
                 continue
             box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else \
                 (det.detector_box if det is not None else None)
@@ -180,7 +183,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": e_add, "add_s_mm": e_adds,
-                         "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"])), "ok": est.ok,
+                         "t_err_mm": float(np.linalg.norm(est.t_mm - inst["t_mm"])),
+                         "depth_err_rel": float((est.t_mm[2] - inst["t_mm"][2]) / inst["t_mm"][2]), "ok": est.ok,
                          "num_inliers": est.num_inliers, "translation": est.translation})
             # the rotation's share of the error: the angle, and ADD with the true translation
             rows[-1]["r_err_deg"] = float(rotation_angle_deg(est.R, inst["R"]))
@@ -212,6 +216,9 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         "add_recall": metrics.recall(add_errors, diameter), "add_s_recall": metrics.recall(adds_errors, diameter),
         "add_median_mm": float(np.median(add_errors)), "add_s_median_mm": float(np.median(adds_errors)),
         "t_err_median_mm": float(np.median([r["t_err_mm"] for r in rows])),
+        # |z - z_true| / z_true: the share of the translation's error a 2D box decides (a box fit turns a box
+        # that is k% too large into a depth k% too far)
+        "depth_err_median_percent": float(100 * np.median([abs(r["depth_err_rel"]) for r in rows])),
         # rotation alone (missed detections count as wrong): the angle, and ADD recall with the true translation
         "r_err_median_deg": float(np.median([r.get("r_err_deg", np.inf) for r in rows])),
         "add_recall_true_translation": metrics.recall(
@@ -230,6 +237,11 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         result["not_detected"] = int(sum(1 for r in rows if r["translation"] == NOT_DETECTED))
         result["detection_recall"] = detected_share(detection_ious)
         result["detection_iou_median"] = float(np.median(detection_ious))
+        if box_log_ratios:  # the detector's box size against the true box's, over the matched detections
+            ratios = np.array(box_log_ratios)
+            result["detector_box_width_log_ratio_median"] = float(np.median(ratios[:, 0]))
+            result["detector_box_height_log_ratio_median"] = float(np.median(ratios[:, 1]))
+            result["detector_box_size_error_median_percent"] = float(100 * np.median(np.abs(ratios)))
         result["detector_dir"] = report_path(detector.dir)
     failures = int(sum(1 for r in rows if not r.get("ok", True) and r["translation"] != NOT_DETECTED))
     if estimator.head == "coords":
@@ -342,7 +354,7 @@ def evaluate_all(model_dir, bop_root, boxes: str = "gt", split: str = "test", mo
                  f"| mean over {m['objects']} objects | | {boxes} | | {m['instances']} | {100 * m['add_recall']:.1f} | "
                  f"{100 * m['add_s_recall']:.1f} | | |", "",
                  f"ADD(-S) (ADD-S for symmetric objects, ADD for the others), mean over objects: "
-                 f"{100 * m['score_recall']:.1f}%"]
+                 f"{100 * m['score_recall']:.1f}%"] + detector_box_notes(list(scored.values()))
         for key, text in (("not_trained", "annotated in the test set, not in the model folder"),
                           ("not_in_test_set", "in the model folder, not annotated in the test set")):
             if result[key]:
@@ -378,14 +390,25 @@ def format_table(results) -> str:
     """Markdown table of one result dict or a list of them."""
     results = [results] if isinstance(results, dict) else results
     lines = ["| set | obj | boxes | translation | instances | ADD (10% d) | ADD-S (10% d) | median ADD mm | "
-             "median t err mm | median R err deg | ADD, true t (10% d) |", "|---" * 11 + "|"]
+             "median t err mm | median depth err % | median R err deg | ADD, true t (10% d) |", "|---" * 12 + "|"]
     for r in results:
         lines.append(f"| {Path(r['bop_root']).name} | {r['obj_id']} | {r['boxes']} | "
                      f"{r.get('translation', 'regressed')} | {r['instances']} | "
                      f"{100 * r['add_recall']:.1f} | {100 * r['add_s_recall']:.1f} | {r['add_median_mm']:.1f} | "
-                     f"{r['t_err_median_mm']:.1f} | {_fmt(r.get('r_err_median_deg'), 1)} | "
+                     f"{r['t_err_median_mm']:.1f} | {_fmt(r.get('depth_err_median_percent'), 1)} | "
+                     f"{_fmt(r.get('r_err_median_deg'), 1)} | "
                      f"{_fmt(r.get('add_recall_true_translation'), 1, 100)} |")
     return "\n".join(lines) + "\n"
+
+
+def detector_box_notes(results) -> list[str]:
+    """A sentence per result scored with a detector's boxes: their size against the true boxes'."""
+    results = [results] if isinstance(results, dict) else results
+    return [f"{Path(r['bop_root']).name}, object {r['obj_id']}: the detector's boxes against the true ones, median "
+            f"log ratio of width {r['detector_box_width_log_ratio_median']:+.3f} and height "
+            f"{r['detector_box_height_log_ratio_median']:+.3f}; their size is off by "
+            f"{r['detector_box_size_error_median_percent']:.1f}% in median (a translation fitted into a box carries "
+            f"its size error into the depth)." for r in results if "detector_box_size_error_median_percent" in r]
 
 
 def write_report(report: Path, result, rows, add_errors, adds_errors, diameter, pictures, contact_sheet):
@@ -397,7 +420,7 @@ def write_report(report: Path, result, rows, add_errors, adds_errors, diameter, 
     report.mkdir(parents=True, exist_ok=True)
     (report / "metrics.json").write_text(json.dumps(result, indent=1))
     (report / "per_instance.json").write_text(json.dumps(rows, indent=1))
-    (report / "table.md").write_text(format_table(result))
+    (report / "table.md").write_text("\n".join([format_table(result)] + detector_box_notes(result)) + "\n")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for errors, name in ((add_errors, "ADD"), (adds_errors, "ADD-S")):
         th, acc = metrics.accuracy_vs_threshold(errors, diameter)
@@ -435,7 +458,7 @@ def main(argv):
                           refine_boxes=FLAGS.refine_boxes)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
-    print(format_table(result))
+    print("\n".join([format_table(result)] + detector_box_notes(result)))
     if FLAGS.report:
         print(f"report written to {FLAGS.report}")
 

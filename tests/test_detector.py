@@ -286,6 +286,23 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
     missed = sum(r["translation"] == NOT_DETECTED for r in per_instance)
     assert len(rows) == result["instances"] - missed  # missed instances have no estimate, and a wrong pose
     assert all(r["add_mm"] == float("inf") for r in per_instance if r["translation"] == NOT_DETECTED)
+    assert result["depth_err_median_percent"] == pytest.approx(
+        100 * np.median([abs(r["depth_err_rel"]) for r in per_instance]))
+    # the detector's box sizes against the true boxes', over the matched detections, as evaluate matched them
+    from pose_core import bop
+    from pose_net.detector import Detector, match_with_ious
+    from pose_net.evaluate import gt_box, load_test_object
+
+    points = load_test_object(scenes, 1)[0]
+    detector, ratios = Detector(model / "detector"), []
+    for im in bop.list_test_images(scenes, 1, "test", 0.3, None):
+        truth = [gt_box(inst, points, im.K, (CAMERA["height"], CAMERA["width"])) for inst in im.instances]
+        matched, _ = match_with_ious(detector.detect_file(im.rgb_path), 1, truth)
+        ratios += [np.log(d.bbox_xywh[2:] / np.asarray(t)[2:]) for d, t in zip(matched, truth) if d is not None]
+    assert result["detector_box_width_log_ratio_median"] == pytest.approx(np.median(np.array(ratios)[:, 0]), abs=1e-6)
+    assert result["detector_box_size_error_median_percent"] == pytest.approx(100 * np.median(np.abs(ratios)),
+                                                                            abs=1e-4)
+    assert "the detector's boxes against the true ones" in (tmp_path / "rep" / "table.md").read_text()
     with pytest.raises(PoseInputError, match="needs --boxes predicted"):
         evaluate(model, scenes, 1, boxes="gt", refine_boxes=True)
     refined = evaluate(model, scenes, 1, boxes="predicted", min_visib=0.3, refine_boxes=True)
