@@ -172,7 +172,8 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
         for inst, det in zip(im.instances, detected):
             if boxes == "predicted" and detector is not None and det is None:  # missed: no pose, a wrong one
                 rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": np.inf, "add_s_mm": np.inf,
-                             "t_err_mm": np.inf, "depth_err_rel": np.inf, "ok": False, "num_inliers": 0, "translation": NOT_DETECTED})
+                             "t_err_mm": np.inf, "depth_err_rel": np.inf, "ok": False, "num_inliers": 0,
+                             "translation": NOT_DETECTED})
                 continue
             box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else \
                 (det.detector_box if det is not None else None)
