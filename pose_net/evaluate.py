@@ -58,6 +58,9 @@ def define_flags():
     flags.DEFINE_bool("refine_boxes", False, "with --boxes predicted: each detector box made again by the object's "
                       "pose network (its box on the crop around the detection) before it is matched with the truth; "
                       "the pose is still fitted into the detector's box (pose_net/inference.py, docs/results.md)")
+    flags.DEFINE_string("fit_box_model", None, "with --boxes predicted: a coordinate-head model folder of the same "
+                        "objects (a single model or a bop_train --head coords run); the translation is fitted into "
+                        "its mask's box around each detection instead of blended (docs/detector.md)")
     flags.DEFINE_string("split", "test", "BOP split folder")
     flags.DEFINE_string("models_dir", None, "BOP models folder (default: BOP_ROOT/models)")
     flags.DEFINE_string("csv", None, "BOP19 results CSV to write")
@@ -94,7 +97,8 @@ def gt_box(instance: dict, points_mm, K, image_hw) -> np.ndarray:
 def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "test", models_dir=None,
              csv_path=None, report_dir=None, num_pictures: int = 12, allow_object_mismatch: bool = False,
              translation: str | None = None, depth: bool = False, min_visib: float = bop.DEFAULT_MIN_VISIB,
-             estimates_out: list | None = None, detector=None, refine_boxes: bool = False) -> dict:
+             estimates_out: list | None = None, detector=None, refine_boxes: bool = False,
+             fit_box_model=None) -> dict:
     """Runs the model on the test set; returns the figures (and writes CSV / report when asked). ``depth``: the
     coordinate head solves each pose from the image's depth too (:meth:`PoseEstimator.estimate`). ``min_visib`` and
     BOP19's ``test_targets_bop19.json`` (when the set has one) choose the instances scored
@@ -103,7 +107,9 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     ``MODEL_DIR/detector`` if any, else the pose network's own box head. ``refine_boxes``: each of the detector's
     boxes of the object is made again by the pose network (:meth:`PoseEstimator.refine_detection`) before it is
     matched with the true boxes, so the detection recall is that of the refined boxes; the pose is still fitted
-    into the detector's own box."""
+    into the detector's own box. ``fit_box_model``: a coordinate-head model folder of the object
+    (:func:`pose_net.inference.mask_box_estimator`); the pose network still crops around each detector's box, and
+    the translation is fitted into the box of that model's mask around it (docs/detector.md)."""
     from PIL import Image
 
     from pose_net.draw import beside, contact_sheet, draw_pose_overlay, zoom_to_box
@@ -112,6 +118,9 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
 
     if refine_boxes and boxes != "predicted":
         raise PoseInputError(f"--refine_boxes refines the detector's boxes: it needs --boxes predicted, not {boxes}")
+    if fit_box_model and boxes != "predicted":
+        raise PoseInputError(f"--fit_box_model fits the translation into a mask around the detector's boxes: it "
+                             f"needs --boxes predicted, not {boxes}")
     if (Path(model_dir) / ESAC_FILE).is_file():  # one ESAC model of several objects (pose_net/esac.py)
         return _evaluate_esac_model(model_dir, bop_root, obj_id, boxes, split, models_dir, csv_path, report_dir,
                                     num_pictures, depth, min_visib, estimates_out)
@@ -129,11 +138,17 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             detector = found
         if detector is not None and not isinstance(detector, Detector):
             detector = Detector(detector)
-        if refine_boxes and detector is None:
-            raise PoseInputError(f"--refine_boxes refines a detector's boxes, and there is none ({model_dir}/detector "
-                                 f"is missing and no --detector was given)")
+        for option, wanted in (("--refine_boxes", refine_boxes), ("--fit_box_model", fit_box_model)):
+            if wanted and detector is None:
+                raise PoseInputError(f"{option} works on a detector's boxes, and there is none ({model_dir}/detector "
+                                     f"is missing and no --detector was given)")
         if detector is not None and obj_id not in detector.obj_ids:
             raise PoseInputError(f"the detector in {detector.dir} finds objects {detector.obj_ids}, not {obj_id}")
+    mask_estimator = None
+    if fit_box_model:
+        from pose_net.inference import mask_box_estimator
+
+        mask_estimator = mask_box_estimator(fit_box_model, obj_id)
     targets = bop.load_test_targets(bop_root)
     images = bop.list_test_images(bop_root, obj_id, split, min_visib, targets)
     if not images:
@@ -147,6 +162,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
                              f"{missing[0].rgb_path.parent.parent / 'depth' / missing[0].rgb_path.name}")
     rows, estimates, pictures, detection_ious = [], [], [], []
     box_log_ratios = []  # per matched detection: log(width, height of the detector's box / the true box's)
+    fit_box_log_ratios = []  # the same of the mask's box (fit_box_model)
     pick = set(np.linspace(0, len(images) - 1, min(num_pictures, len(images))).round().astype(int).tolist())
     for k, im in enumerate(images):
         try:
@@ -178,8 +194,12 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             box = gt_box(inst, points, im.K, rgb.shape[:2]) if boxes == "gt" else \
                 (det.detector_box if det is not None else None)
             t0 = time.time()
+            fit_box = None
+            if mask_estimator is not None and det is not None:  # the translation fitted into the mask's box
+                fit_box = mask_estimator.refine_box(rgb, im.K, det.detector_box)
+                fit_box_log_ratios.append(np.log(fit_box[2:] / gt_box(inst, points, im.K, rgb.shape[:2])[2:]))
             est = estimator.estimate(rgb, im.K, box, bop.load_depth_mm(im) if depth else None,
-                                     box_is_detection=det is not None)
+                                     box_is_detection=det is not None, fit_box_xywh=fit_box)
             elapsed = time.time() - t0 + (detect_seconds if det is not None else 0.0)
             e_add = metrics.add(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
             e_adds = metrics.add_s(est.R, est.t_mm, inst["R"], inst["t_mm"], points)
@@ -232,17 +252,22 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
     if boxes == "predicted":
         result["box_source"] = ("detector, refined by the pose network" if detector is not None and refine_boxes
                                 else "detector" if detector is not None else "pose network's box head")
+        if mask_estimator is not None:
+            result["box_source"] += "; the translation fitted into a coordinate head's mask around it"
+            result["fit_box_model"] = report_path(fit_box_model)
     if detection_ious:
         from pose_net.detector import detected_share
 
         result["not_detected"] = int(sum(1 for r in rows if r["translation"] == NOT_DETECTED))
         result["detection_recall"] = detected_share(detection_ious)
         result["detection_iou_median"] = float(np.median(detection_ious))
-        if box_log_ratios:  # the detector's box size against the true box's, over the matched detections
-            ratios = np.array(box_log_ratios)
-            result["detector_box_width_log_ratio_median"] = float(np.median(ratios[:, 0]))
-            result["detector_box_height_log_ratio_median"] = float(np.median(ratios[:, 1]))
-            result["detector_box_size_error_median_percent"] = float(100 * np.median(np.abs(ratios)))
+        # the detector's (and the mask's) box size against the true box's, over the matched detections
+        for name, log_ratios in (("detector_box", box_log_ratios), ("fit_box", fit_box_log_ratios)):
+            if log_ratios:
+                ratios = np.array(log_ratios)
+                result[f"{name}_width_log_ratio_median"] = float(np.median(ratios[:, 0]))
+                result[f"{name}_height_log_ratio_median"] = float(np.median(ratios[:, 1]))
+                result[f"{name}_size_error_median_percent"] = float(100 * np.median(np.abs(ratios)))
         result["detector_dir"] = report_path(detector.dir)
     failures = int(sum(1 for r in rows if not r.get("ok", True) and r["translation"] != NOT_DETECTED))
     if estimator.head == "coords":
@@ -293,14 +318,16 @@ def _evaluate_esac_model(model_dir, bop_root, obj_id, boxes, split, models_dir, 
 
 def evaluate_all(model_dir, bop_root, boxes: str = "gt", split: str = "test", models_dir=None, csv_path=None,
                  report_dir=None, num_pictures: int = 12, translation: str | None = None, depth: bool = False,
-                 min_visib: float = bop.DEFAULT_MIN_VISIB, detector=None, refine_boxes: bool = False) -> dict:
+                 min_visib: float = bop.DEFAULT_MIN_VISIB, detector=None, refine_boxes: bool = False,
+                 fit_box_model=None) -> dict:
     """Every object the model folder knows (:func:`pose_net.inference.model_set`) that the test set annotates,
     each scored as :func:`evaluate` does, into ONE BOP19 CSV and one report (``report/table.md`` with a row per
     object and their mean, ``report/obj_NNNNNN/`` per object). Returns ``{"objects": {obj_id: figures},
     "mean": {...}, "not_trained": [...], "not_in_test_set": [...]}``; the mean's ``score_recall`` takes ADD-S for
     symmetric objects and ADD for the others, as BOP's ADD(-S). ``detector`` (``boxes="predicted"``): a detector
-    folder, default ``MODEL_DIR/detector`` (bop_train's), run once per photo for every object; ``refine_boxes``: as
-    :func:`evaluate`'s."""
+    folder, default ``MODEL_DIR/detector`` (bop_train's), run once per photo for every object; ``refine_boxes`` and
+    ``fit_box_model`` (a folder of coordinate-head models of these objects, e.g. a ``bop_train --head coords`` run):
+    as :func:`evaluate`'s."""
     from pose_net.detector import Detector, find_detector
     from pose_net.inference import model_set
 
@@ -319,7 +346,8 @@ def evaluate_all(model_dir, bop_root, boxes: str = "gt", split: str = "test", mo
             per_object[obj_id] = evaluate(models[obj_id], bop_root, obj_id, boxes, split, models_dir,
                                           report_dir=sub, num_pictures=num_pictures, translation=translation,
                                           depth=depth, min_visib=min_visib, estimates_out=estimates,
-                                          detector=detector, refine_boxes=refine_boxes)
+                                          detector=detector, refine_boxes=refine_boxes,
+                                          fit_box_model=fit_box_model)
         except PoseInputError as e:
             if "no image shows object" not in str(e):
                 raise
@@ -450,13 +478,13 @@ def main(argv):
         if FLAGS.obj_id.strip().lower() == "all":
             result = evaluate_all(FLAGS.model_dir, FLAGS.bop_root, FLAGS.boxes, FLAGS.split, FLAGS.models_dir,
                                   FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.translation, FLAGS.depth,
-                                  FLAGS.min_visib, FLAGS.detector, FLAGS.refine_boxes)
+                                  FLAGS.min_visib, FLAGS.detector, FLAGS.refine_boxes, FLAGS.fit_box_model)
             print((Path(FLAGS.report) / "table.md").read_text() if FLAGS.report else json.dumps(result["mean"]))
             return
         result = evaluate(FLAGS.model_dir, FLAGS.bop_root, int(FLAGS.obj_id), FLAGS.boxes, FLAGS.split,
                           FLAGS.models_dir, FLAGS.csv, FLAGS.report, FLAGS.num_pictures, FLAGS.allow_object_mismatch,
                           FLAGS.translation, FLAGS.depth, FLAGS.min_visib, detector=FLAGS.detector,
-                          refine_boxes=FLAGS.refine_boxes)
+                          refine_boxes=FLAGS.refine_boxes, fit_box_model=FLAGS.fit_box_model)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
     print("\n".join([format_table(result)] + detector_box_notes(result)))

@@ -39,6 +39,9 @@ def define_flags():
     flags.DEFINE_string("detector", None, "detector folder (pose_net.detector); default M/detector when it exists")
     flags.DEFINE_bool("refine_boxes", False, "with a detector: each detection's box made again by the object's pose "
                       "network (pose_net/inference.py refine_detection); the pose is still fitted into the detector's")
+    flags.DEFINE_string("fit_box_model", None, "with a detector: a coordinate-head model folder of the same objects "
+                        "(a single model or a bop_train --head coords run); each translation is fitted into its "
+                        "mask's box around the detection instead of blended (docs/detector.md)")
     flags.DEFINE_integer("max_per_object", 1, "with a detector: poses of at most this many instances per object")
     flags.DEFINE_enum("translation", None, ["auto", "regressed", "box", "blend"], "direct head: the translation "
                       "head's output, the translation that fits the model, turned by the predicted rotation, into the "
@@ -87,7 +90,7 @@ def load_image(path) -> np.ndarray:
 
 
 def predict(model_dir, image_path, camera_path, box=None, out=None, translation: str | None = None,
-            detector_dir=None, max_per_object: int = 1, refine_boxes: bool = False) -> dict:
+            detector_dir=None, max_per_object: int = 1, refine_boxes: bool = False, fit_box_model=None) -> dict:
     from pose_net.detector import find_detector
     from pose_net.draw import beside, draw_pose_overlay, zoom_to_box
     from pose_net.inference import PoseEstimator
@@ -95,8 +98,12 @@ def predict(model_dir, image_path, camera_path, box=None, out=None, translation:
     image = load_image(image_path)
     K = load_camera(camera_path, image.shape[:2])
     found = None if box is not None else find_detector(model_dir, detector_dir)
+    if fit_box_model and found is None:
+        raise PoseInputError(f"--fit_box_model works on a detector's boxes: "
+                             f"{'--box was given' if box is not None else f'{model_dir} has no detector'}")
     if found is not None:
-        return predict_all(model_dir, image, K, found, out, translation, max_per_object, refine_boxes)
+        return predict_all(model_dir, image, K, found, out, translation, max_per_object, refine_boxes,
+                           fit_box_model)
     from pose_net.esac import ESAC_FILE
 
     if (Path(model_dir) / ESAC_FILE).is_file():
@@ -136,24 +143,27 @@ def predict_esac(model_dir, image: np.ndarray, K: np.ndarray, box, out=None) -> 
 
 
 def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=None, translation=None,
-                max_per_object: int = 1, refine_boxes: bool = False) -> dict:
+                max_per_object: int = 1, refine_boxes: bool = False, fit_box_model=None) -> dict:
     """Every object the detector finds in ``image`` with a model in ``model_dir``: ``{"objects": [...]}``, best
     detection first, and one picture with every predicted outline. ``refine_boxes``: each detection's box made
     again by its object's pose network (``bbox_xywh``; the detector's own in ``detector_bbox_xywh``, which the pose
-    is fitted into: :meth:`pose_net.inference.PoseEstimator.refine_detection`); not for ESAC models."""
+    is fitted into: :meth:`pose_net.inference.PoseEstimator.refine_detection`); not for ESAC models.
+    ``fit_box_model``: a folder of coordinate-head models of these objects; each translation is fitted into the box
+    of that model's mask around the detector's box (``fit_bbox_xywh``), not blended
+    (:func:`pose_net.inference.mask_box_estimator`)."""
     from PIL import ImageDraw
 
     from pose_net.detector import Detector
     from pose_net.draw import PRED_COLOUR, draw_pose_overlay
     from pose_net.esac import ESAC_FILE, EsacEstimator
-    from pose_net.inference import PoseEstimator, model_set
+    from pose_net.inference import PoseEstimator, mask_box_estimator, model_set
 
     models = model_set(model_dir)
     detector = Detector(detector_dir)
     if not set(detector.obj_ids) & set(models):
         raise PoseInputError(f"the detector in {detector_dir} finds objects {detector.obj_ids}, the model folder "
                              f"{model_dir} knows {sorted(models)}: none in common")
-    estimators, counts, objects = {}, {}, []
+    estimators, mask_estimators, counts, objects = {}, {}, {}, []
     picture = image
     for d in detector.detect(image):
         if d.obj_id not in models or counts.get(d.obj_id, 0) >= max_per_object:
@@ -175,9 +185,16 @@ def predict_all(model_dir, image: np.ndarray, K: np.ndarray, detector_dir, out=N
             e = estimators[d.obj_id]
             if refine_boxes:
                 d = e.refine_detection(image, K, d)
-            est = e.estimate(image, K, d.detector_box, box_is_detection=True)
+            fit_box = None
+            if fit_box_model:
+                if d.obj_id not in mask_estimators:
+                    mask_estimators[d.obj_id] = mask_box_estimator(fit_box_model, d.obj_id)
+                fit_box = mask_estimators[d.obj_id].refine_box(image, K, d.detector_box)
+            est = e.estimate(image, K, d.detector_box, box_is_detection=True, fit_box_xywh=fit_box)
             entry = {"obj_id": d.obj_id, "score": round(d.score, 4), "bbox_xywh": np.asarray(d.bbox_xywh).tolist(),
                      "R": est.R.reshape(9).tolist(), "t_mm": est.t_mm.tolist(), "translation": est.translation}
+            if fit_box is not None:
+                entry["fit_bbox_xywh"] = np.asarray(fit_box).tolist()
             if d.detector_bbox_xywh is not None:
                 entry["detector_bbox_xywh"] = d.detector_bbox_xywh.tolist()
             if e.head == "coords":
@@ -212,7 +229,7 @@ def main(argv):
             raise app.UsageError(f"--box must be x,y,w,h (4 numbers), got {FLAGS.box!r}")
     try:
         result = predict(FLAGS.model_dir, FLAGS.image, FLAGS.camera, box, FLAGS.out, FLAGS.translation,
-                         FLAGS.detector, FLAGS.max_per_object, FLAGS.refine_boxes)
+                         FLAGS.detector, FLAGS.max_per_object, FLAGS.refine_boxes, FLAGS.fit_box_model)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
     print(json.dumps(result))

@@ -158,3 +158,21 @@ def test_untextured_mesh_without_declaration_gets_its_shape_symmetries(tmp_path)
     trimesh.creation.box(extents=(60.0, 160.0, 210.0)).export(path)
     sym, source = symmetries_for_mesh(path, 1, False)
     assert len(sym.discrete) == 3 and "detected from the shape" in source
+
+
+def test_mask_extent_reads_the_largest_region_between_cells():
+    """The box of a coordinate head's mask (pose_net.inference.mask_extent): a stray blob elsewhere is left out,
+    and each side lies where the probability crosses 0.5 between two cell centres."""
+    from pose_net.inference import mask_extent
+
+    n = 16
+    prob = np.zeros((n, n))
+    prob[5:11, 4:10] = 1.0  # the object: rows 5-10, columns 4-9
+    prob[5:11, 3] = 0.25  # a soft left edge: 0.25 at column 3's centre (3.5), 1 at column 4's (4.5)
+    prob[13, 13] = 0.9  # a stray cell on something else
+    x0, y0, x1, y1 = mask_extent(prob) * n
+    assert x0 == pytest.approx(4.5 - 0.5 / 0.75)  # 3.83: where 0.25 -> 1 crosses 0.5
+    assert (y0, x1, y1) == pytest.approx((5.0, 10.0, 11.0))  # hard edges: the cells' own edges
+    assert mask_extent(np.full((n, n), 0.2)) is None  # nothing above the threshold
+    full = mask_extent(np.ones((n, n)))
+    assert full == pytest.approx([0.0, 0.0, 1.0, 1.0])  # a mask reaching the crop's sides ends there

@@ -325,6 +325,30 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
     again = estimator.refine_detection(rgb, K, refined_once)  # always from the detector's own box
     np.testing.assert_allclose(again.bbox_xywh, box, rtol=1e-5)
     assert again.detector_box.tolist() == found.bbox_xywh.tolist()
+    # --fit_box_model: a coordinate head's mask gives the box the translation is fitted into
+    from pose_net.evaluate import report_path
+    from pose_net.train import default_flag_values, train
+
+    coords = tmp_path / "coords"
+    train(default_flag_values(dataset=str(run / "data" / "obj_000001"), model_dir=str(coords), head="coords",
+                              backbone="small", backbone_weights="none", input_size=64, epochs=1, steps_per_epoch=2,
+                              batch_size=8, max_val_images=4, progress=False))
+    fitted = evaluate(model, scenes, 1, boxes="predicted", min_visib=0.3, fit_box_model=coords,
+                      report_dir=tmp_path / "rep_fit")
+    assert "coordinate head's mask" in fitted["box_source"] and fitted["fit_box_model"] == report_path(coords)
+    assert fitted["translation"] == "box" and np.isfinite(fitted["fit_box_size_error_median_percent"])
+    assert fitted["detection_recall"] == result["detection_recall"]  # the same detections, another translation
+    fitted_rows = json.loads((tmp_path / "rep_fit" / "per_instance.json").read_text())
+    assert [r["add_mm_true_translation"] for r in fitted_rows if "add_mm_true_translation" in r] == \
+        [r["add_mm_true_translation"] for r in per_instance if "add_mm_true_translation" in r]  # same crops, rotations
+    with pytest.raises(PoseInputError, match="the direct head; the box comes from a coordinate head's mask"):
+        evaluate(model, scenes, 1, boxes="predicted", min_visib=0.3, fit_box_model=model)
+    with pytest.raises(PoseInputError, match="needs --boxes predicted"):
+        evaluate(model, scenes, 1, boxes="gt", fit_box_model=coords)
+    from pose_net.inference import mask_box_estimator
+
+    with pytest.raises(PoseInputError, match="has no model of object 3"):
+        mask_box_estimator(coords, 3)
     with pytest.raises(PoseInputError, match="finds objects"):
         evaluate(run / "obj_000001", scenes, 3, boxes="predicted", detector=model / "detector",
                  models_dir=builtin_models_dir(), allow_object_mismatch=True)
@@ -344,6 +368,13 @@ def test_evaluate_and_predict_use_the_detector(trained, tmp_path):
     entry = out["objects"][0]  # the refined box reported, the detector's beside it, the pose fitted into that one
     assert entry["detector_bbox_xywh"] == plain_entry["bbox_xywh"] and entry["bbox_xywh"] != plain_entry["bbox_xywh"]
     np.testing.assert_allclose(entry["t_mm"], plain_entry["t_mm"], rtol=1e-4)
+    out = predict(model, scenes / "test" / "000000" / "rgb" / f"{int(im_id):06d}.png", tmp_path / "cam.json",
+                  fit_box_model=coords)
+    entry = out["objects"][0]  # the rotation from the same crop, the translation fitted into the mask's box
+    assert entry["translation"] == "box" and len(entry["fit_bbox_xywh"]) == 4 and entry["R"] == plain_entry["R"]
+    with pytest.raises(PoseInputError, match="--box was given"):
+        predict(model, scenes / "test" / "000000" / "rgb" / f"{int(im_id):06d}.png", tmp_path / "cam.json",
+                box=[40.0, 30.0, 50.0, 40.0], fit_box_model=coords)
 
 
 def test_fine_tuning_two_stages_trains_blocks_5_to_15_from_the_stride_8_features(tmp_path):
