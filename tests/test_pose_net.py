@@ -144,8 +144,9 @@ def test_evaluate_writes_bop_results_and_report(tiny_dataset, tmp_path):
         assert (tmp_path / "rep" / f).is_file(), f
     predicted = evaluate(tmp_path / "m", root, 1, "predicted")
     assert predicted["instances"] == 96
-    with pytest.raises(PoseInputError, match="refines a detector's boxes, and there is none"):
-        evaluate(tmp_path / "m", root, 1, "predicted", refine_boxes=True)  # no detector in the model folder
+    for option in ("refine_boxes", "fit_box_model"):  # no detector in the model folder
+        with pytest.raises(PoseInputError, match=f"--{option} works on a detector's boxes, and there is none"):
+            evaluate(tmp_path / "m", root, 1, "predicted", **{option: True if option == "refine_boxes" else root})
 
 
 def test_corrupt_shard_is_named_with_its_record(tiny_dataset, tmp_path):
