@@ -94,6 +94,12 @@ def gt_box(instance: dict, points_mm, K, image_hw) -> np.ndarray:
     return bbox_from_points(uv[z > 0], image_hw)
 
 
+def box_size_log_ratio(box_xywh, true_box_xywh) -> np.ndarray:
+    """``[2]``: log(width, height of a box / those of the true box); a translation fitted into the box takes the
+    size's error into the depth."""
+    return np.log(np.asarray(box_xywh, np.float64)[2:] / np.asarray(true_box_xywh, np.float64)[2:])
+
+
 def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "test", models_dir=None,
              csv_path=None, report_dir=None, num_pictures: int = 12, allow_object_mismatch: bool = False,
              translation: str | None = None, depth: bool = False, min_visib: float = bop.DEFAULT_MIN_VISIB,
@@ -183,9 +189,9 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             detect_seconds = time.time() - t0
             detected, ious = match_with_ious(dets, obj_id, true_boxes)
             detection_ious += ious
-            box_log_ratios += [np.log(np.asarray(d.detector_box, float)[2:] / np.asarray(tb, float)[2:])
+            box_log_ratios += [box_size_log_ratio(d.detector_box, tb)
                                for d, tb in zip(detected, true_boxes) if d is not None]
-        for inst, det in zip(im.instances, detected):
+        for j, (inst, det) in enumerate(zip(im.instances, detected)):
             if boxes == "predicted" and detector is not None and det is None:  # missed: no pose, a wrong one
                 rows.append({"scene_id": im.scene_id, "im_id": im.im_id, "add_mm": np.inf, "add_s_mm": np.inf,
                              "t_err_mm": np.inf, "depth_err_rel": np.inf, "ok": False, "num_inliers": 0,
@@ -197,7 +203,7 @@ def evaluate(model_dir, bop_root, obj_id: int, boxes: str = "gt", split: str = "
             fit_box = None
             if mask_estimator is not None and det is not None:  # the translation fitted into the mask's box
                 fit_box = mask_estimator.refine_box(rgb, im.K, det.detector_box)
-                fit_box_log_ratios.append(np.log(fit_box[2:] / gt_box(inst, points, im.K, rgb.shape[:2])[2:]))
+                fit_box_log_ratios.append(box_size_log_ratio(fit_box, true_boxes[j]))
             est = estimator.estimate(rgb, im.K, box, bop.load_depth_mm(im) if depth else None,
                                      box_is_detection=det is not None, fit_box_xywh=fit_box)
             elapsed = time.time() - t0 + (detect_seconds if det is not None else 0.0)
@@ -440,6 +446,11 @@ def detector_box_notes(results) -> list[str]:
             f"its size error into the depth)." for r in results if "detector_box_size_error_median_percent" in r]
 
 
+def result_table(result: dict) -> str:
+    """One result's table (:func:`format_table`) with the sentence on its detector's boxes, if any."""
+    return "\n".join([format_table(result)] + detector_box_notes(result))
+
+
 def write_report(report: Path, result, rows, add_errors, adds_errors, diameter, pictures, contact_sheet):
     import matplotlib
 
@@ -449,7 +460,7 @@ def write_report(report: Path, result, rows, add_errors, adds_errors, diameter, 
     report.mkdir(parents=True, exist_ok=True)
     (report / "metrics.json").write_text(json.dumps(result, indent=1))
     (report / "per_instance.json").write_text(json.dumps(rows, indent=1))
-    (report / "table.md").write_text("\n".join([format_table(result)] + detector_box_notes(result)) + "\n")
+    (report / "table.md").write_text(result_table(result) + "\n")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for errors, name in ((add_errors, "ADD"), (adds_errors, "ADD-S")):
         th, acc = metrics.accuracy_vs_threshold(errors, diameter)
@@ -487,7 +498,7 @@ def main(argv):
                           refine_boxes=FLAGS.refine_boxes, fit_box_model=FLAGS.fit_box_model)
     except PoseInputError as e:
         raise SystemExit(f"error: {e}")
-    print("\n".join([format_table(result)] + detector_box_notes(result)))
+    print(result_table(result))
     if FLAGS.report:
         print(f"report written to {FLAGS.report}")
 
